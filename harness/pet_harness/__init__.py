@@ -1,0 +1,1 @@
+"""The Pet operator's end-to-end harness: real control planes, processes, faults, measurements."""

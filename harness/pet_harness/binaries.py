@@ -1,0 +1,289 @@
+"""Find or build the control-plane binaries: ``kube-apiserver`` and ``etcd``.
+
+Lookup order, first hit wins, for each binary:
+
+1. ``TEST_ASSET_KUBE_APISERVER`` / ``TEST_ASSET_ETCD`` (a path to the binary);
+2. ``KUBEBUILDER_ASSETS`` (a folder holding both, the setup-envtest convention);
+3. the per-version cache, ``$PET_HARNESS_CACHE`` or ``~/.cache/pet-harness``;
+4. if allowed, a build from the official Go modules into that cache.
+
+The build uses throwaway Go modules under the cache, one per binary so that their
+dependency versions never merge. ``k8s.io/kubernetes`` requires its staging modules
+at ``v0.0.0``; the replace directives mapping them to the matching ``v0.N.P`` are
+generated from the upstream ``go.mod``, never typed by hand.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+from pet_harness import versions
+
+Progress = Callable[[str], None]
+
+
+class BinaryError(RuntimeError):
+    """A binary could not be found or built; the message says what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ControlPlaneBinaries:
+    kube_apiserver: Path
+    etcd: Path
+    source: str  # where they came from: "env", "kubebuilder-assets", "cache" or "built"
+
+
+def cache_root() -> Path:
+    env = os.environ.get("PET_HARNESS_CACHE")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "pet-harness"
+
+
+def apiserver_cache_path(kubernetes_version: str = versions.KUBERNETES_VERSION) -> Path:
+    return cache_root() / f"kubernetes-v{kubernetes_version}" / "kube-apiserver"
+
+
+def etcd_cache_path(etcd_version: str = versions.ETCD_VERSION) -> Path:
+    return cache_root() / f"etcd-v{etcd_version}" / "etcd"
+
+
+def _executable(path: Path, origin: str) -> Path:
+    if not path.is_file():
+        raise BinaryError(f"{origin} points at {path}, which is not a file")
+    if not os.access(path, os.X_OK):
+        raise BinaryError(f"{origin} points at {path}, which is not executable (chmod +x it)")
+    return path
+
+
+def find_binaries(environ: os._Environ[str] | dict[str, str] | None = None) -> ControlPlaneBinaries | None:
+    """The binaries from the environment or the cache, or None when neither has both."""
+    env = os.environ if environ is None else environ
+    found: dict[str, Path] = {}
+    sources: set[str] = set()
+    for name, var, cached in (
+        ("kube-apiserver", "TEST_ASSET_KUBE_APISERVER", apiserver_cache_path()),
+        ("etcd", "TEST_ASSET_ETCD", etcd_cache_path()),
+    ):
+        if env.get(var):
+            found[name] = _executable(Path(env[var]), var)
+            sources.add("env")
+        elif env.get("KUBEBUILDER_ASSETS"):
+            found[name] = _executable(Path(env["KUBEBUILDER_ASSETS"]) / name, "KUBEBUILDER_ASSETS")
+            sources.add("kubebuilder-assets")
+        elif cached.is_file() and os.access(cached, os.X_OK):
+            found[name] = cached
+            sources.add("cache")
+    if len(found) < 2:
+        return None
+    return ControlPlaneBinaries(found["kube-apiserver"], found["etcd"], "+".join(sorted(sources)))
+
+
+def ensure_binaries(build: bool = True, progress: Progress | None = None) -> ControlPlaneBinaries:
+    """Find the binaries, building what is missing when ``build`` is true."""
+    found = find_binaries()
+    if found is not None:
+        return found
+    if not build:
+        raise BinaryError(
+            "kube-apiserver and etcd are not built yet: run `pet-harness binaries build` "
+            f"(cache: {cache_root()}), or point TEST_ASSET_KUBE_APISERVER and TEST_ASSET_ETCD "
+            "or KUBEBUILDER_ASSETS at binaries you already have"
+        )
+    say = progress or _stderr
+    apiserver = apiserver_cache_path()
+    if not apiserver.is_file():
+        build_kube_apiserver(progress=say)
+    etcd = etcd_cache_path()
+    if not etcd.is_file():
+        build_etcd(progress=say)
+    return ControlPlaneBinaries(apiserver, etcd, "built")
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+# --- building -------------------------------------------------------------------------
+
+
+def go_executable() -> str:
+    go = shutil.which("go")
+    if go is None:
+        raise BinaryError(
+            "the Go toolchain is not on PATH: it is needed once to build kube-apiserver and "
+            "etcd. Install Go 1.24 or newer (Debian: apt-get install golang-go, or the "
+            "official tarball), or set TEST_ASSET_KUBE_APISERVER and TEST_ASSET_ETCD "
+            "(or KUBEBUILDER_ASSETS) to binaries you already have"
+        )
+    return go
+
+
+def _go_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("CGO_ENABLED", "0")
+    env.setdefault("GOFLAGS", "-mod=mod")
+    return env
+
+
+def _run_go(args: Sequence[str], cwd: Path, what: str) -> str:
+    proc = subprocess.run(
+        [go_executable(), *args], cwd=cwd, env=_go_env(), capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        raise BinaryError(_explain_go_failure(what, proc.stderr))
+    return proc.stdout
+
+
+def _explain_go_failure(what: str, stderr: str) -> str:
+    tail = "\n".join(stderr.strip().splitlines()[-15:])
+    hint = ""
+    if re.search(r"dial tcp|no such host|connection refused|i/o timeout|proxyconnect|TLS handshake", stderr):
+        hint = (
+            "\nThe Go module proxy could not be reached. Check network access to the proxy "
+            "named by GOPROXY (now "
+            f"{os.environ.get('GOPROXY', 'the default')!r}), set GOPROXY to one you can "
+            "reach, or set TEST_ASSET_KUBE_APISERVER / TEST_ASSET_ETCD to prebuilt binaries."
+        )
+    elif "requires go >=" in stderr or "toolchain" in stderr:
+        hint = "\nThis Go is too old for the module; install a newer Go or set GOTOOLCHAIN."
+    return f"{what} failed:\n{tail}{hint}"
+
+
+def staging_replaces(upstream_go_mod: str, staging_version: str) -> list[str]:
+    """``replace`` lines for every ``k8s.io/...`` requirement pinned at ``v0.0.0``.
+
+    >>> staging_replaces("require (\\n\\tk8s.io/api v0.0.0\\n\\tk8s.io/utils v0.0.0-2024\\n)", "v0.34.4")
+    ['replace k8s.io/api => k8s.io/api v0.34.4']
+    """
+    modules: list[str] = []
+    for match in re.finditer(r"^\s*(?:require\s+)?(k8s\.io/[\w./-]+)\s+v0\.0\.0\s*(?://.*)?$", upstream_go_mod, re.M):
+        if match.group(1) not in modules:
+            modules.append(match.group(1))
+    return [f"replace {m} => {m} {staging_version}" for m in modules]
+
+
+def _build_progress(lines: Iterator[str], say: Progress, label: str, started: float) -> list[str]:
+    """Relay ``go build -v`` package lines as throttled progress; keep the tail for errors."""
+    tail: list[str] = []
+    count = 0
+    last = 0.0
+    for line in lines:
+        line = line.rstrip()
+        tail = (tail + [line])[-40:]
+        if not line or " " in line:  # compiler messages carry spaces; package paths do not
+            continue
+        count += 1
+        now = time.monotonic()
+        if now - last >= 5:
+            last = now
+            say(f"  {label}: {count} packages compiled, {now - started:.0f}s ({line})")
+    return tail
+
+
+def _go_build(workdir: Path, package: str, output: Path, ldflags: str, say: Progress, label: str) -> None:
+    started = time.monotonic()
+    tmp_out = output.with_name(output.name + ".partial")
+    cmd = [go_executable(), "build", "-v", "-trimpath", "-ldflags", ldflags, "-o", str(tmp_out), package]
+    proc = subprocess.Popen(
+        cmd, cwd=workdir, env=_go_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    assert proc.stdout is not None
+    try:
+        tail = _build_progress(iter(proc.stdout.readline, ""), say, label, started)
+        rc = proc.wait()
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        tmp_out.unlink(missing_ok=True)
+        raise
+    if rc != 0:
+        tmp_out.unlink(missing_ok=True)
+        raise BinaryError(_explain_go_failure(f"go build {package}", "\n".join(tail)))
+    tmp_out.replace(output)
+    say(f"  {label}: built {output} in {time.monotonic() - started:.0f}s")
+
+
+def _module_dir(name: str) -> Path:
+    path = cache_root() / "build" / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def build_kube_apiserver(
+    kubernetes_version: str = versions.KUBERNETES_VERSION, progress: Progress | None = None
+) -> Path:
+    say = progress or _stderr
+    started = time.monotonic()
+    output = apiserver_cache_path(kubernetes_version)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tag = f"v{kubernetes_version}"
+    workdir = _module_dir(f"kube-apiserver-{tag}")
+    say(f"building kube-apiserver {tag} from k8s.io/kubernetes (first build takes minutes)")
+    say("  resolving k8s.io/kubernetes and its staging modules")
+    info = json.loads(_run_go(["mod", "download", "-json", f"k8s.io/kubernetes@{tag}"], workdir, "go mod download"))
+    upstream = Path(info["GoMod"]).read_text()
+    replaces = staging_replaces(upstream, versions.staging_version(kubernetes_version))
+    if not replaces:
+        raise BinaryError(f"k8s.io/kubernetes@{tag}: its go.mod lists no k8s.io staging module at v0.0.0")
+    go_line = re.search(r"^go\s+(\S+)", upstream, re.M)
+    (workdir / "go.mod").write_text(
+        "module pet-harness.local/build/kube-apiserver\n\n"
+        f"go {go_line.group(1) if go_line else '1.24'}\n\n"
+        f"require k8s.io/kubernetes {tag}\n\n" + "\n".join(replaces) + "\n"
+    )
+    say(f"  {len(replaces)} staging replaces generated; downloading dependencies")
+    _run_go(["get", f"k8s.io/kubernetes/cmd/kube-apiserver@{tag}"], workdir, "go get kube-apiserver")
+    major, minor, _ = kubernetes_version.split(".")
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    ldflags = " ".join(
+        f"-X {pkg}.{key}={value}"
+        for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version")
+        for key, value in (
+            ("gitVersion", tag),
+            ("gitMajor", major),
+            ("gitMinor", minor),
+            ("gitTreeState", "clean"),
+            ("buildDate", stamp),
+        )
+    )
+    _go_build(workdir, "k8s.io/kubernetes/cmd/kube-apiserver", output, f"-s -w {ldflags}", say, "kube-apiserver")
+    say(f"kube-apiserver {tag} ready after {time.monotonic() - started:.0f}s")
+    return output
+
+
+def build_etcd(etcd_version: str = versions.ETCD_VERSION, progress: Progress | None = None) -> Path:
+    say = progress or _stderr
+    started = time.monotonic()
+    output = etcd_cache_path(etcd_version)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tag = f"v{etcd_version}"
+    workdir = _module_dir(f"etcd-{tag}")
+    say(f"building etcd {tag} from go.etcd.io/etcd/server/v3")
+    (workdir / "go.mod").write_text(
+        f"module pet-harness.local/build/etcd\n\ngo 1.24\n\nrequire go.etcd.io/etcd/server/v3 {tag}\n"
+    )
+    _run_go(["get", f"go.etcd.io/etcd/server/v3@{tag}"], workdir, "go get etcd")
+    _go_build(workdir, "go.etcd.io/etcd/server/v3", output, "-s -w", say, "etcd")
+    say(f"etcd {tag} ready after {time.monotonic() - started:.0f}s")
+    return output
+
+
+def binary_version(path: Path) -> str:
+    """What a binary says of its own version (first line of ``--version``)."""
+    with tempfile.TemporaryDirectory() as tmp:  # etcd may write default.etcd into cwd
+        proc = subprocess.run([str(path), "--version"], capture_output=True, text=True, cwd=tmp, timeout=60)
+    text = (proc.stdout or proc.stderr).strip()
+    return text.splitlines()[0] if text else ""

@@ -1,0 +1,6 @@
+"""Cluster backends behind one interface: ``local`` (default), ``k3s`` and ``kubeconfig``."""
+
+from pet_harness.clusters.base import Cluster, ClusterError
+from pet_harness.clusters.factory import BACKENDS, make_cluster
+
+__all__ = ["BACKENDS", "Cluster", "ClusterError", "make_cluster"]

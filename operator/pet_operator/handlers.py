@@ -1,0 +1,161 @@
+"""Kopf wiring: indexes that mirror the watch streams, and event handlers that reconcile.
+
+Only ``on.event`` handlers are used: the operator is level-based, every event (and the
+initial listing at start-up, and the periodic resync) leads to the same idempotent
+reconciliation. So Kopf writes no progress or diff-base annotations, no handler
+returns anything, and every status write is the reconciler's explicit patch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import kopf
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from pet_operator import model
+from pet_operator.reconciler import Key, PetIndex, PetsByStore, PetSnapshot, Reconciler, StoreIndex, StoreSnapshot
+
+log = logging.getLogger(__name__)
+
+RETRIES = 5
+
+
+async def with_retries(what: str, call: Callable[[], Awaitable[Any]]) -> None:
+    """Retry transient API failures (5xx, 429, 409, connection errors) with backoff.
+
+    ``on.event`` handlers are not retried by Kopf; the periodic resync is the last resort.
+    """
+    delay = 0.2
+    for attempt in range(1, RETRIES + 1):
+        try:
+            await call()
+            return
+        except ApiException as exc:
+            if exc.status is not None and exc.status < 500 and exc.status not in (409, 429):
+                log.error("%s failed for good: %s %s", what, exc.status, exc.reason)
+                return
+            error: str = f"{exc.status} {exc.reason}"
+        except (OSError, asyncio.TimeoutError) as exc:
+            error = repr(exc)
+        if attempt == RETRIES:
+            log.error("%s failed %d times, last: %s; the next event or resync retries it", what, attempt, error)
+            return
+        log.warning("%s failed (%s), retry %d in %.1fs", what, error, attempt, delay)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 5.0)
+
+
+@dataclasses.dataclass
+class Indexes:
+    """Kopf's index objects, captured at start-up for the periodic resync."""
+
+    pets: PetIndex | None = None
+    stores: StoreIndex | None = None
+    by_store: PetsByStore | None = None
+
+
+def register(registry: kopf.OperatorRegistry, rec: Reconciler, indexes: Indexes) -> None:
+    """Register the operator's indexes and handlers on ``registry``."""
+    @kopf.on.login(id="login", registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        # In a pod: the mounted service-account token; elsewhere: KUBECONFIG or ~/.kube/config.
+        info: kopf.ConnectionInfo | None = kopf.login_with_service_account(**kwargs)
+        return info or kopf.login_with_kubeconfig(**kwargs)
+
+    pets_resource = (model.GROUP, model.VERSION, model.PETS)
+    stores_resource = (model.GROUP, model.VERSION, model.PETSTORES)
+
+    @kopf.index(*pets_resource, id="pet_index", registry=registry)  # type: ignore[arg-type]
+    def pet_index(body: kopf.Body, **_: Any) -> dict[Key, PetSnapshot]:
+        snap = PetSnapshot.from_body(body)
+        rec.observe_pet(snap)
+        return {(snap.namespace, snap.name): snap}
+
+    @kopf.index(*pets_resource, id="pets_by_store", registry=registry)  # type: ignore[arg-type]
+    def pets_by_store(body: kopf.Body, **_: Any) -> dict[Key, Key] | None:
+        meta = body.get("metadata", {})
+        store = (body.get("spec") or {}).get("store")
+        if not store:
+            return None
+        return {(meta["namespace"], store): (meta["namespace"], meta["name"])}
+
+    @kopf.index(*stores_resource, id="store_index", registry=registry)  # type: ignore[arg-type]
+    def store_index(body: kopf.Body, **_: Any) -> dict[Key, StoreSnapshot]:
+        snap = StoreSnapshot.from_body(body)
+        rec.observe_store((snap.namespace, snap.name), snap.uid, str(body.get("metadata", {}).get("resourceVersion", "")))
+        return {(snap.namespace, snap.name): snap}
+
+    @kopf.on.event(*pets_resource, id="pet_event", registry=registry)  # type: ignore[arg-type]
+    async def pet_event(
+        type: str | None, body: kopf.Body, pet_index: kopf.Index[Key, PetSnapshot],
+        store_index: kopf.Index[Key, StoreSnapshot], pets_by_store: kopf.Index[Key, Key], **_: Any,
+    ) -> None:
+        meta = body.get("metadata", {})
+        key: Key = (meta.get("namespace", ""), meta.get("name", ""))
+        store = (body.get("spec") or {}).get("store")
+        stores_to_count: set[str] = {store} if store else set()
+        if type == "DELETED":
+            previous = rec.forget_pet(key[0], key[1], meta.get("uid", ""))
+        else:
+            await with_retries(
+                f"reconcile pet {key[0]}/{key[1]}", lambda: rec.sync_pet(key, pet_index, store_index)
+            )
+            previous = rec.moved_from(key)
+        if previous:
+            stores_to_count.add(previous)
+        for name in stores_to_count:
+            skey: Key = (key[0], name)
+            await with_retries(
+                f"count pets of store {skey[0]}/{skey[1]}",
+                lambda skey=skey: rec.sync_store(skey, pet_index, store_index, pets_by_store),  # type: ignore[misc]
+            )
+
+    @kopf.on.event(*stores_resource, id="store_event", registry=registry)  # type: ignore[arg-type]
+    async def store_event(
+        type: str | None, body: kopf.Body, pet_index: kopf.Index[Key, PetSnapshot],
+        store_index: kopf.Index[Key, StoreSnapshot], pets_by_store: kopf.Index[Key, Key], **_: Any,
+    ) -> None:
+        meta = body.get("metadata", {})
+        skey: Key = (meta.get("namespace", ""), meta.get("name", ""))
+        snap = None if type == "DELETED" else StoreSnapshot.from_body(body)
+        if rec.store_changed(snap, skey):
+            for pet_key in list(pets_by_store.get(skey, ())):
+                await with_retries(
+                    f"reconcile pet {pet_key[0]}/{pet_key[1]}",
+                    lambda pet_key=pet_key: rec.sync_pet(pet_key, pet_index, store_index),  # type: ignore[misc]
+                )
+        if snap is not None:
+            await with_retries(
+                f"count pets of store {skey[0]}/{skey[1]}",
+                lambda: rec.sync_store(skey, pet_index, store_index, pets_by_store),
+            )
+
+
+    @kopf.on.startup(id="capture_indexes", registry=registry)  # type: ignore[arg-type]
+    async def capture_indexes(
+        pet_index: kopf.Index[Key, PetSnapshot], store_index: kopf.Index[Key, StoreSnapshot],
+        pets_by_store: kopf.Index[Key, Key], **_: Any,
+    ) -> None:
+        # The index objects are live: they fill as the watch streams run.
+        indexes.pets, indexes.stores, indexes.by_store = pet_index, store_index, pets_by_store
+
+
+async def resync_forever(rec: Reconciler, indexes: Indexes, period: float) -> None:
+    """Re-reconcile every known object every ``period`` seconds (writes only what changed)."""
+    while True:
+        await asyncio.sleep(period)
+        if indexes.pets is None or indexes.stores is None or indexes.by_store is None:
+            continue
+        pets, stores, by_store = indexes.pets, indexes.stores, indexes.by_store
+        for key in list(pets.keys()):
+            await with_retries(f"resync pet {key[0]}/{key[1]}", lambda key=key: rec.sync_pet(key, pets, stores))  # type: ignore[misc]
+        for skey in list(stores.keys()):
+            await with_retries(
+                f"resync store {skey[0]}/{skey[1]}",
+                lambda skey=skey: rec.sync_store(skey, pets, stores, by_store),  # type: ignore[misc]
+            )

@@ -1,0 +1,221 @@
+"""The operator's decisions as pure functions: what phase a Pet is in, and why.
+
+Nothing here talks to the API; the handlers feed it what they know and write what it
+returns. That keeps every rule of the contract unit-testable in milliseconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+GROUP = "petstore.example.com"
+VERSION = "v1"
+PETS = "pets"
+PETSTORES = "petstores"
+
+
+class Phase(str, enum.Enum):
+    PENDING = "Pending"
+    ACTIVE = "Active"
+    INVALID = "Invalid"
+    CONFLICT = "Conflict"
+
+
+class Reason(str, enum.Enum):
+    RECONCILED = "Reconciled"
+    STORE_NOT_FOUND = "StoreNotFound"
+    TAGS_NOT_ALLOWED = "TagsNotAllowed"
+    DUPLICATE_ID = "DuplicateId"
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreView:
+    """What a Pet's reconciliation needs to know of its PetStore."""
+
+    name: str
+    #: None: any tag is allowed; an empty tuple: no tag is allowed.
+    allowed_tags: tuple[str, ...] | None
+
+    @classmethod
+    def from_body(cls, name: str, spec: Mapping[str, Any]) -> StoreView:
+        allowed = spec.get("allowedTags")
+        return cls(name, None if allowed is None else tuple(allowed))
+
+
+@dataclasses.dataclass(frozen=True)
+class IdClaim:
+    """The outcome of claiming a Pet's id cluster-wide.
+
+    ``holder`` is ``namespace/name`` of the pet that holds the id when it is not this one.
+    """
+
+    status: str  # "True", "False" or "Unknown"
+    reason: str
+    message: str
+    holder: str | None = None
+
+
+#: Until cluster-wide claims exist the claim is honestly unknown, never faked as held.
+ID_CLAIM_NOT_ENFORCED = IdClaim(
+    "Unknown",
+    "NotEnforced",
+    "Cluster-wide id uniqueness is not enforced by this operator version.",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Condition:
+    type: str
+    status: str
+    reason: str
+    message: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    phase: Phase
+    reason: str
+    message: str
+    conditions: tuple[Condition, ...]
+
+
+def disallowed_tags(tags: Sequence[str], allowed: Sequence[str] | None) -> list[str]:
+    """Tags not in ``allowed``, in the pet's order; ``allowed=None`` allows everything."""
+    if allowed is None:
+        return []
+    allowed_set = set(allowed)
+    return [tag for tag in tags if tag not in allowed_set]
+
+
+def describe_allowed(allowed: Sequence[str] | None) -> str:
+    if allowed is None:
+        return "any tag"
+    if not allowed:
+        return "no tags at all"
+    return "[" + ", ".join(sorted(allowed)) + "]"
+
+
+def evaluate_pet(
+    name: str,
+    spec: Mapping[str, Any],
+    store: StoreView | None,
+    claim: IdClaim = ID_CLAIM_NOT_ENFORCED,
+) -> Verdict:
+    """Decide a Pet's phase from its spec, its store (None: not found) and its id claim.
+
+    Precedence when several things are wrong: an id held elsewhere (``Conflict``) first,
+    since nothing else matters until the id is this pet's; then a missing store
+    (``Pending``), which fixes itself; then tags the store does not allow (``Invalid``).
+    """
+    store_name = spec.get("store")
+    tags: list[str] = list(spec.get("tags") or [])
+
+    if claim.status == "False":
+        id_cond = Condition("IdClaimed", "False", Reason.DUPLICATE_ID.value, claim.message)
+    else:
+        id_cond = Condition("IdClaimed", claim.status, claim.reason, claim.message)
+
+    if store_name and store is None:
+        tags_cond = Condition(
+            "TagsValid", "Unknown", Reason.STORE_NOT_FOUND.value,
+            f"Tags cannot be checked until PetStore {store_name!r} exists.",
+        )
+    else:
+        bad = disallowed_tags(tags, store.allowed_tags if store else None)
+        if bad:
+            assert store is not None
+            tags_cond = Condition(
+                "TagsValid", "False", Reason.TAGS_NOT_ALLOWED.value,
+                f"Tags {', '.join(repr(t) for t in bad)} are not allowed by PetStore {store.name!r}, "
+                f"which allows {describe_allowed(store.allowed_tags)}.",
+            )
+        elif store is not None:
+            tags_cond = Condition("TagsValid", "True", "TagsAllowed", f"All tags are allowed by PetStore {store.name!r}.")
+        else:
+            tags_cond = Condition("TagsValid", "True", "NoStore", "The pet names no store, so any tag is allowed.")
+
+    if claim.status == "False":
+        phase, reason = Phase.CONFLICT, Reason.DUPLICATE_ID.value
+        message = f"{claim.message} Change spec.id (delete and recreate the pet) or delete the holder."
+    elif store_name and store is None:
+        phase, reason = Phase.PENDING, Reason.STORE_NOT_FOUND.value
+        message = (
+            f"PetStore {store_name!r} does not exist in this namespace; create it or change "
+            "spec.store, and the pet becomes Active by itself."
+        )
+    elif tags_cond.status == "False":
+        phase, reason = Phase.INVALID, Reason.TAGS_NOT_ALLOWED.value
+        message = f"{tags_cond.message} Remove those tags or widen the store's allowedTags."
+    else:
+        phase, reason = Phase.ACTIVE, Reason.RECONCILED.value
+        message = f"Pet {name!r} is reconciled and active."
+
+    ready = Condition("Ready", "True" if phase is Phase.ACTIVE else "False", reason, message)
+    return Verdict(phase, reason, message, (ready, id_cond, tags_cond))
+
+
+def merge_conditions(
+    current: Iterable[Mapping[str, Any]] | None,
+    desired: Iterable[Condition],
+    generation: int,
+    now: str,
+) -> list[dict[str, Any]]:
+    """Desired conditions in Kubernetes form, keeping ``lastTransitionTime`` while status holds."""
+    previous = {c.get("type"): c for c in (current or [])}
+    merged: list[dict[str, Any]] = []
+    for cond in desired:
+        old = previous.get(cond.type)
+        changed = old is None or old.get("status") != cond.status
+        merged.append(
+            {
+                "type": cond.type,
+                "status": cond.status,
+                "reason": cond.reason,
+                "message": cond.message,
+                "observedGeneration": generation,
+                "lastTransitionTime": now if changed or not old or not old.get("lastTransitionTime")
+                else old["lastTransitionTime"],
+            }
+        )
+    return merged
+
+
+def pet_status(
+    current: Mapping[str, Any] | None, verdict: Verdict, generation: int, now: str
+) -> dict[str, Any]:
+    """The full status a Pet should have; ``lastTransitionTime`` moves only with the phase."""
+    current = current or {}
+    phase_changed = current.get("phase") != verdict.phase.value
+    return {
+        "phase": verdict.phase.value,
+        "reason": verdict.reason,
+        "message": verdict.message,
+        "observedGeneration": generation,
+        "lastTransitionTime": now if phase_changed or not current.get("lastTransitionTime")
+        else current["lastTransitionTime"],
+        "conditions": merge_conditions(current.get("conditions"), verdict.conditions, generation, now),
+    }
+
+
+def store_status(
+    current: Mapping[str, Any] | None, pet_phases: Iterable[str | None], generation: int, now: str
+) -> dict[str, Any]:
+    """A PetStore's status from the phases of the pets that name it."""
+    phases = list(pet_phases)
+    active = sum(1 for p in phases if p == Phase.ACTIVE.value)
+    ready = Condition("Ready", "True", "Reconciled", f"{len(phases)} pets name this store, {active} active.")
+    return {
+        "petCount": len(phases),
+        "activeCount": active,
+        "observedGeneration": generation,
+        "conditions": merge_conditions((current or {}).get("conditions"), [ready], generation, now),
+    }
+
+
+def status_differs(current: Mapping[str, Any] | None, desired: Mapping[str, Any]) -> bool:
+    """Whether writing ``desired`` would change anything the operator owns."""
+    current = current or {}
+    return any(current.get(key) != value for key, value in desired.items())
