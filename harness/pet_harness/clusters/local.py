@@ -25,7 +25,7 @@ from typing import Any
 from pet_harness import binaries as binaries_mod
 from pet_harness.clusters.base import Cluster, ClusterError, write_kubeconfig
 from pet_harness.pki import CertificateAuthority, signing_key_pair
-from pet_harness.processes import ManagedProcess
+from pet_harness.processes import ManagedProcess, pid_alive
 
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 
@@ -44,6 +44,23 @@ rules:
     resources: [{group: coordination.k8s.io, resources: [leases]}]
   - level: Metadata
 """
+
+
+WORKDIR_PREFIX = "pet-cluster-"
+
+
+def sweep_stale_workdirs() -> list[Path]:
+    """Remove work folders of embedded clusters whose owning process is gone (SIGKILLed)."""
+    removed = []
+    for path in Path(tempfile.gettempdir()).glob(WORKDIR_PREFIX + "*"):
+        try:
+            owner = int((path / "owner.pid").read_text())
+        except (OSError, ValueError):
+            continue
+        if not pid_alive(owner):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
 
 
 def free_port() -> int:
@@ -167,8 +184,10 @@ class LocalCluster(Cluster):
             self.workdir = self._requested_workdir
             self.workdir.mkdir(parents=True, exist_ok=True)
         else:
-            self.workdir = Path(tempfile.mkdtemp(prefix="pet-cluster-"))
+            sweep_stale_workdirs()
+            self.workdir = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX))
             self._owns_workdir = True
+        (self.workdir / "owner.pid").write_text(str(os.getpid()))
         pki = self.workdir / "pki"
         pki.mkdir(exist_ok=True)
         (self.workdir / "logs").mkdir(exist_ok=True)

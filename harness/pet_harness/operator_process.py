@@ -1,0 +1,131 @@
+"""The operator as a real subprocess: start, wait until ready, kill, restart, read its log."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+from pet_harness.clusters.local import free_port
+from pet_harness.processes import ManagedProcess
+from pet_harness.waiting import WaitTimeout, wait_for
+
+#: Kopf logs this when a patch it made did not land as sent (e.g. fields pruned by the schema).
+INCONSISTENCY_MARKER = "inconsistencies"
+
+
+def operator_command() -> list[str]:
+    exe = shutil.which("pet-operator")
+    if exe:
+        return [exe]
+    return [sys.executable, "-m", "pet_operator"]
+
+
+class OperatorProcess:
+    """One ``pet-operator`` replica with its own kubeconfig, health port and log file."""
+
+    def __init__(
+        self,
+        kubeconfig: Path,
+        log_path: Path,
+        namespaces: Sequence[str] = (),
+        all_namespaces: bool = False,
+        extra_args: Sequence[str] = (),
+        name: str = "pet-operator",
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        self.kubeconfig = kubeconfig
+        self.log_path = log_path
+        self.namespaces = tuple(namespaces)
+        self.all_namespaces = all_namespaces
+        self.extra_args = tuple(extra_args)
+        self.name = name
+        self.extra_env = dict(extra_env or {})
+        self.health_port = 0
+        self.process: ManagedProcess | None = None
+        self.starts = 0
+
+    def argv(self) -> list[str]:
+        args = [*operator_command(), "--kubeconfig", str(self.kubeconfig), "--health-port", str(self.health_port)]
+        if self.all_namespaces:
+            args.append("--all-namespaces")
+        for ns in self.namespaces:
+            args += ["--namespace", ns]
+        return [*args, *self.extra_args]
+
+    def start(self, wait_ready: bool = True, timeout: float = 60) -> OperatorProcess:
+        self.health_port = free_port()
+        env = dict(os.environ)
+        env.pop("KOPF_NAMESPACE", None)
+        env["PYTHONUNBUFFERED"] = "1"
+        env.update(self.extra_env)
+        self.process = ManagedProcess(self.name, self.argv(), self.log_path, env=env).start()
+        self.starts += 1
+        if wait_ready:
+            self.wait_ready(timeout)
+        return self
+
+    def _probe(self, path: str) -> tuple[int, str]:
+        url = f"http://127.0.0.1:{self.health_port}{path}"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - loopback
+                return int(resp.status), resp.read().decode()
+        except urllib.error.HTTPError as exc:
+            return int(exc.code), exc.read().decode()
+
+    def healthz(self) -> tuple[int, str]:
+        return self._probe("/healthz")
+
+    def readyz(self) -> tuple[int, str]:
+        return self._probe("/readyz")
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        def probe() -> tuple[int, str]:
+            if self.process is None or not self.process.running:
+                code = self.process.returncode if self.process else None
+                raise RuntimeError(f"{self.name} exited with code {code}; log:\n{self.log_tail()}")
+            return self.readyz()
+
+        try:
+            wait_for(probe, lambda r: r[0] == 200, timeout, f"{self.name} /readyz", ignore=(OSError,))
+        except WaitTimeout as exc:
+            raise WaitTimeout(exc.what, exc.timeout, {"readyz": exc.last, "log": self.log_tail()}, exc.error) from None
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.running
+
+    def kill(self) -> None:
+        """SIGKILL: the operator gets no chance to clean up, as in a node crash."""
+        if self.process is not None:
+            self.process.kill()
+
+    def stop(self, grace: float = 15) -> int | None:
+        """SIGTERM, then SIGKILL after ``grace`` seconds; returns the exit code."""
+        if self.process is None:
+            return None
+        return self.process.stop(grace)
+
+    def restart(self, wait_ready: bool = True) -> OperatorProcess:
+        self.stop()
+        return self.start(wait_ready=wait_ready)
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def inconsistency_lines(self) -> list[str]:
+        return [line for line in self.log_text().splitlines() if INCONSISTENCY_MARKER in line.lower()]
+
+    def wait_log(self, needle: str, timeout: float = 30) -> None:
+        wait_for(self.log_text, lambda text: needle in text, timeout, f"{needle!r} in the {self.name} log")
+

@@ -1,0 +1,360 @@
+"""pytest plugin: a real cluster per session (per xdist worker), operators, namespaces.
+
+Fixtures:
+
+* ``pet_cluster`` (session): the backend chosen by ``--pet-cluster`` or ``PET_CLUSTER``
+  (``local`` by default: etcd + kube-apiserver processes), with the CRDs installed.
+  Each xdist worker has its own; an embedded control plane starts in about 4 s here.
+* ``kube_api`` (session): an admin ``kubernetes.client.ApiClient``.
+* ``namespace``: a fresh namespace, deleted with everything in it afterwards.
+* ``pets``: a :class:`~pet_harness.kube.PetApi` bound to ``namespace``.
+* ``operator_factory``: starts ``pet-operator`` subprocesses; each is stopped at the end
+  of the test and its log checked for Kopf's "inconsistencies" warning.
+* ``pet_operator``: one operator serving ``namespace``, started and ready.
+
+On a failure, the report gets each operator's log, the namespace's events and the
+YAML of its pets and stores. At the end, ``--pet-report-dir`` (default ``reports``)
+gets ``e2e-summary.md`` and ``e2e-summary.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from pet_harness import binaries
+from pet_harness.clusters import Cluster, make_cluster
+from pet_harness.clusters.local import LocalCluster
+from pet_harness.kube import PetApi, api_client, create_namespace, delete_namespace, install_crds, unique_namespace_name
+from pet_harness.operator_process import OperatorProcess
+from pet_harness.processes import install_signal_handlers
+
+_OPERATORS = pytest.StashKey[list[OperatorProcess]]()
+_NAMESPACES = pytest.StashKey[list[str]]()
+_KUBE = pytest.StashKey[Any]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("pet-harness")
+    group.addoption("--pet-cluster", default=None, help="cluster backend: local (default), k3s or kubeconfig")
+    group.addoption("--pet-report-dir", default="reports", help="where the e2e summary goes (default: reports)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    install_signal_handlers()
+    config.stash[_TIMINGS] = {}
+    if not hasattr(config, "workerinput"):
+        plugin = _SummaryPlugin()
+        config.stash[_SUMMARY] = plugin
+        config.pluginmanager.register(plugin, "pet-harness-summary")
+
+
+_TIMINGS = pytest.StashKey[dict[str, Any]]()
+
+
+def _worker_id(config: pytest.Config) -> str:
+    return str(getattr(config, "workerinput", {}).get("workerid", "main"))
+
+
+def _report_dir(config: pytest.Config) -> Path:
+    path = Path(str(config.getoption("--pet-report-dir")))
+    if not path.is_absolute():
+        path = Path(str(config.rootpath)) / path
+    return path
+
+
+# --- fixtures ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pet_cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    config = request.config
+    cluster = make_cluster(config.getoption("--pet-cluster"))
+    if isinstance(cluster, LocalCluster):
+        binaries.ensure_binaries(build=True)  # builds once, with progress, if nothing is cached
+    started = time.monotonic()
+    try:
+        cluster.start()
+        api = api_client(cluster.kubeconfig_path)
+        install_crds(api)
+    except BaseException:
+        cluster.stop()
+        raise
+    timings = {
+        "worker": _worker_id(config),
+        "backend": cluster.backend,
+        "cluster_start_seconds": round(getattr(cluster, "start_seconds", None) or time.monotonic() - started, 2),
+        "ready_with_crds_seconds": round(time.monotonic() - started, 2),
+    }
+    config.stash[_TIMINGS].update(timings)
+    try:
+        yield cluster
+    finally:
+        with contextlib.suppress(Exception):
+            api.close()
+        cluster.stop()
+        _write_worker_timings(config)
+
+
+@pytest.fixture(scope="session")
+def kube_api(pet_cluster: Cluster) -> Iterator[Any]:
+    api = api_client(pet_cluster.kubeconfig_path)
+    try:
+        yield api
+    finally:
+        api.close()
+
+
+@pytest.fixture(scope="session")
+def operator_kubeconfig(pet_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The operator's own kubeconfig: its own identity where the backend can mint one."""
+    try:
+        return pet_cluster.user_kubeconfig("pet-operator", ("system:masters",))
+    except Exception:  # noqa: BLE001 - backends without client identities share the admin file
+        path = tmp_path_factory.mktemp("operator") / "kubeconfig"
+        shutil.copy(pet_cluster.kubeconfig_path, path)
+        return path
+
+
+@pytest.fixture
+def make_namespace(request: pytest.FixtureRequest, kube_api: Any) -> Iterator[Any]:
+    created: list[str] = []
+    request.node.stash[_NAMESPACES] = created
+    request.node.stash[_KUBE] = kube_api
+
+    def make(prefix: str | None = None, labels: dict[str, str] | None = None) -> str:
+        name = unique_namespace_name(prefix or request.node.name)
+        create_namespace(kube_api, name, labels)
+        created.append(name)
+        return name
+
+    try:
+        yield make
+    finally:
+        errors = []
+        for name in created:
+            try:
+                delete_namespace(kube_api, name)
+            except Exception as exc:  # noqa: BLE001 - report all, then fail
+                errors.append(f"{name}: {exc}")
+        if errors:
+            raise RuntimeError("namespace cleanup failed: " + "; ".join(errors))
+
+
+@pytest.fixture
+def namespace(make_namespace: Any) -> str:
+    return str(make_namespace())
+
+
+@pytest.fixture
+def pets(kube_api: Any, namespace: str) -> PetApi:
+    return PetApi(kube_api, namespace)
+
+
+@pytest.fixture
+def operator_factory(request: pytest.FixtureRequest, operator_kubeconfig: Path) -> Iterator[Any]:
+    started: list[OperatorProcess] = []
+    request.node.stash[_OPERATORS] = started
+    log_dir = Path(tempfile.mkdtemp(prefix="pet-operator-logs-"))
+
+    def start(
+        namespaces: tuple[str, ...] | list[str] = (), all_namespaces: bool = False,
+        extra_args: tuple[str, ...] = (), wait_ready: bool = True, env: dict[str, str] | None = None,
+    ) -> OperatorProcess:
+        op = OperatorProcess(
+            operator_kubeconfig, log_dir / f"operator-{len(started)}.log", namespaces=namespaces,
+            all_namespaces=all_namespaces, extra_args=extra_args, name=f"pet-operator-{len(started)}",
+            extra_env=env,
+        )
+        started.append(op)
+        op.start(wait_ready=wait_ready)
+        return op
+
+    try:
+        yield start
+    finally:
+        problems = []
+        for op in started:
+            op.stop()
+            bad = op.inconsistency_lines()
+            if bad:
+                problems.append(f"{op.name} logged Kopf inconsistencies:\n" + "\n".join(bad[:5]))
+        if not _failed(request.node):
+            shutil.rmtree(log_dir, ignore_errors=True)
+        if problems:
+            pytest.fail("\n".join(problems), pytrace=False)
+
+
+@pytest.fixture
+def pet_operator(operator_factory: Any, namespace: str) -> OperatorProcess:
+    op: OperatorProcess = operator_factory([namespace])
+    return op
+
+
+# --- failure reports -----------------------------------------------------------------------
+
+_PHASE_REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
+
+
+def _failed(item: pytest.Item) -> bool:
+    reports = item.stash.get(_PHASE_REPORTS, {})
+    return any(r.failed for r in reports.values())
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    report: pytest.TestReport = yield
+    item.stash.setdefault(_PHASE_REPORTS, {})[report.when] = report
+    if report.failed:
+        for title, text in _diagnostics(item):
+            report.sections.append((title, text))
+    return report
+
+
+def _diagnostics(item: pytest.Item) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    for op in item.stash.get(_OPERATORS, []):
+        out.append((f"{op.name} log ({op.log_path})", op.log_text()[-20000:] or "(empty)"))
+    api = item.stash.get(_KUBE, None)
+    for ns in item.stash.get(_NAMESPACES, []):
+        if api is None:
+            break
+        try:
+            out.append((f"namespace {ns}: events", _events_text(api, ns)))
+            out.append((f"namespace {ns}: pets and stores", _objects_text(api, ns)))
+        except Exception as exc:  # noqa: BLE001 - diagnostics must never hide the failure
+            out.append((f"namespace {ns}", f"could not collect diagnostics: {exc!r}"))
+    return out
+
+
+def _events_text(api: Any, ns: str) -> str:
+    from kubernetes import client
+
+    events = client.CoreV1Api(api).list_namespaced_event(ns).items
+    lines = [
+        f"{e.last_timestamp or e.event_time} {e.type} {e.reason} "
+        f"{e.involved_object.kind}/{e.involved_object.name} x{e.count or 1}: {e.message}"
+        for e in events
+    ]
+    return "\n".join(lines) or "(no events)"
+
+
+def _objects_text(api: Any, ns: str) -> str:
+    pets = PetApi(api, ns)
+    items = pets.list_stores() + pets.list_pets()
+    for item in items:
+        item.get("metadata", {}).pop("managedFields", None)
+    return yaml.safe_dump(items, sort_keys=False) if items else "(none)"
+
+
+# --- summary ---------------------------------------------------------------------------------
+
+
+def _write_worker_timings(config: pytest.Config) -> None:
+    timings = config.stash.get(_TIMINGS, {})
+    if not timings:
+        return
+    directory = _report_dir(config) / ".timings"
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"{_worker_id(config)}.json").write_text(json.dumps(timings))
+
+
+class _Summary:
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.outcomes: dict[str, int] = {}
+        self.durations: dict[str, float] = {}
+        self.failures: list[str] = []
+
+    def add(self, report: pytest.TestReport) -> None:
+        self.durations[report.nodeid] = self.durations.get(report.nodeid, 0.0) + report.duration
+        if report.when == "call" or report.outcome != "passed":
+            if report.when != "call" and report.outcome == "skipped":
+                key = "skipped"
+            elif report.when != "call" and report.failed:
+                key = "error"
+            else:
+                key = report.outcome
+            self.outcomes[key] = self.outcomes.get(key, 0) + 1
+            if report.failed:
+                self.failures.append(f"{report.nodeid} ({report.when})")
+
+
+class _SummaryPlugin:
+    """Collects every test report (the controller sees all workers' under xdist)."""
+
+    def __init__(self) -> None:
+        self.summary = _Summary()
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self.summary.add(report)
+
+
+_SUMMARY = pytest.StashKey[_SummaryPlugin]()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    config = session.config
+    if hasattr(config, "workerinput"):
+        return  # workers only write their timings; the controller writes the summary
+    plugin = config.stash.get(_SUMMARY, None)
+    if plugin is None or not plugin.summary.durations:
+        return
+    summary = plugin.summary
+    directory = _report_dir(config)
+    directory.mkdir(parents=True, exist_ok=True)
+    timings = []
+    timing_dir = directory / ".timings"
+    if timing_dir.is_dir():
+        for path in sorted(timing_dir.glob("*.json")):
+            with contextlib.suppress(ValueError, OSError):
+                timings.append(json.loads(path.read_text()))
+        shutil.rmtree(timing_dir, ignore_errors=True)
+    if not timings and config.stash.get(_TIMINGS, {}):
+        timings.append(config.stash[_TIMINGS])
+    wall = time.monotonic() - summary.started
+    slowest = sorted(summary.durations.items(), key=lambda kv: kv[1], reverse=True)[:10]
+    data = {
+        "exit_status": int(exitstatus),
+        "wall_seconds": round(wall, 1),
+        "outcomes": summary.outcomes,
+        "failures": summary.failures,
+        "clusters": timings,
+        "slowest": [{"test": k, "seconds": round(v, 2)} for k, v in slowest],
+        "workers": os.environ.get("PYTEST_XDIST_WORKER_COUNT") or len(timings) or 1,
+    }
+    (directory / "e2e-summary.json").write_text(json.dumps(data, indent=2))
+    lines = [
+        "# e2e summary",
+        "",
+        f"- result: {'PASSED' if exitstatus == 0 else f'FAILED (exit {int(exitstatus)})'}",
+        "- tests: " + ", ".join(f"{v} {k}" for k, v in sorted(summary.outcomes.items())),
+        f"- wall time: {wall:.1f} s",
+    ]
+    for t in timings:
+        lines.append(
+            f"- cluster ({t.get('backend')}, worker {t.get('worker')}): control plane up in "
+            f"{t.get('cluster_start_seconds')} s, CRDs served after {t.get('ready_with_crds_seconds')} s"
+        )
+    if summary.failures:
+        lines += ["", "## failures", ""] + [f"- {f}" for f in summary.failures]
+    lines += ["", "## slowest tests", ""] + [f"- {k}: {v:.2f} s" for k, v in slowest]
+    (directory / "e2e-summary.md").write_text("\n".join(lines) + "\n")
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    if hasattr(config, "workerinput"):
+        return
+    path = _report_dir(config) / "e2e-summary.md"
+    if path.exists():
+        terminalreporter.write_line(f"e2e summary written to {path}")

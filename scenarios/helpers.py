@@ -1,0 +1,52 @@
+"""Small shared helpers of the e2e scenarios."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from kubernetes.client.exceptions import ApiException
+
+from pet_harness.kube import PetApi
+from pet_harness.waiting import wait_for
+
+TIMEOUT = 30.0
+
+
+def phase_of(obj: dict[str, Any]) -> str | None:
+    return (obj.get("status") or {}).get("phase")
+
+
+def wait_pet(pets: PetApi, name: str, predicate: Callable[[dict[str, Any]], bool], what: str,
+             timeout: float = TIMEOUT) -> dict[str, Any]:
+    return wait_for(lambda: pets.get_pet(name), predicate, timeout, f"pet {pets.namespace}/{name}: {what}")
+
+
+def wait_phase(pets: PetApi, name: str, phase: str, reason: str | None = None,
+               timeout: float = TIMEOUT) -> dict[str, Any]:
+    def ok(obj: dict[str, Any]) -> bool:
+        status = obj.get("status") or {}
+        return status.get("phase") == phase and (reason is None or status.get("reason") == reason) and (
+            status.get("observedGeneration") == obj["metadata"]["generation"]
+        )
+
+    return wait_pet(pets, name, ok, f"phase {phase}" + (f"/{reason}" if reason else ""), timeout)
+
+
+def wait_store_counts(pets: PetApi, name: str, pet_count: int, active: int,
+                      timeout: float = TIMEOUT) -> dict[str, Any]:
+    def ok(obj: dict[str, Any]) -> bool:
+        status = obj.get("status") or {}
+        return status.get("petCount") == pet_count and status.get("activeCount") == active
+
+    return wait_for(lambda: pets.get_store(name), ok, timeout,
+                    f"store {pets.namespace}/{name} petCount={pet_count} activeCount={active}")
+
+
+def api_error(call: Callable[[], Any]) -> ApiException:
+    """Run a call that must fail and return the API's error."""
+    try:
+        call()
+    except ApiException as exc:
+        return exc
+    raise AssertionError("the API accepted a request it should have rejected")
