@@ -182,7 +182,7 @@ def _build_progress(lines: Iterator[str], say: Progress, label: str, started: fl
     last = 0.0
     for line in lines:
         line = line.rstrip()
-        tail = (tail + [line])[-40:]
+        tail = [*tail, line][-40:]
         if not line or " " in line:  # compiler messages carry spaces; package paths do not
             continue
         count += 1

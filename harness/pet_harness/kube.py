@@ -6,6 +6,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,7 @@ def install_crds(api: client.ApiClient, crd_dir: Path = CRD_DIR, timeout: float 
         return any(c.type == "Established" and c.status == "True" for c in (crd.status.conditions or []))
 
     for name in CRD_NAMES:
-        wait_for(lambda name=name: established(name), lambda ok: bool(ok), timeout, f"CRD {name} Established")
+        wait_for(partial(established, name), bool, timeout, f"CRD {name} Established")
     custom = client.CustomObjectsApi(api)
 
     def served(plural: str) -> bool:
@@ -63,7 +64,7 @@ def install_crds(api: client.ApiClient, crd_dir: Path = CRD_DIR, timeout: float 
         return True
 
     for plural in ("pets", "petstores"):
-        wait_for(lambda plural=plural: served(plural), lambda ok: bool(ok), timeout, f"{plural} served")
+        wait_for(partial(served, plural), bool, timeout, f"{plural} served")
 
 
 class PetApi:
@@ -81,7 +82,9 @@ class PetApi:
     def create_pet(self, name: str, spec: Mapping[str, Any], **meta: Any) -> dict[str, Any]:
         body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Pet",
                 "metadata": {"name": name, **meta}, "spec": dict(spec)}
-        result: dict[str, Any] = self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, "pets", body)
+        result: dict[str, Any] = self.custom.create_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, "pets", body
+        )
         return result
 
     def get_pet(self, name: str) -> dict[str, Any]:

@@ -55,7 +55,7 @@ class CertificateAuthority:
 
     def __init__(self, common_name: str = "pet-harness-ca") -> None:
         self._key = _key()
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         subject = _name(common_name)
         self._cert = (
             x509.CertificateBuilder()
@@ -88,7 +88,7 @@ class CertificateAuthority:
         sans: Sequence[x509.GeneralName] = (),
     ) -> CertPair:
         key = _key()
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         builder = (
             x509.CertificateBuilder()
             .subject_name(subject)

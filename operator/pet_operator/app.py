@@ -53,12 +53,16 @@ class Readiness:
         return False, self.detail
 
 
+async def _all_uids(kube: Kube, namespaces: tuple[str, ...] | None) -> set[str]:
+    return await kube.list_uids(model.PETS, namespaces) | await kube.list_uids(model.PETSTORES, namespaces)
+
+
 async def initial_sync(config: Config, kube: Kube, rec: Reconciler, readiness: Readiness) -> None:
     await readiness.started.wait()
     namespaces = None if config.all_namespaces else config.namespaces
     while True:
         try:
-            wanted = await kube.list_uids(model.PETS, namespaces) | await kube.list_uids(model.PETSTORES, namespaces)
+            wanted = await _all_uids(kube, namespaces)
             break
         except Exception as exc:  # noqa: BLE001 - report and retry until the API answers
             readiness.detail = f"cannot list pets and petstores yet: {exc}"
@@ -72,7 +76,7 @@ async def initial_sync(config: Config, kube: Kube, rec: Reconciler, readiness: R
         # objects deleted since the listing never show up; forget them after a re-list
         if len(missing) < len(wanted):
             try:
-                current = await kube.list_uids(model.PETS, namespaces) | await kube.list_uids(model.PETSTORES, namespaces)
+                current = await _all_uids(kube, namespaces)
                 wanted &= current
             except Exception:  # noqa: BLE001, S110 - keep waiting on the old listing
                 pass

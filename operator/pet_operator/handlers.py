@@ -40,7 +40,7 @@ async def with_retries(what: str, call: Callable[[], Awaitable[Any]]) -> None:
                 log.error("%s failed for good: %s %s", what, exc.status, exc.reason)
                 return
             error: str = f"{exc.status} {exc.reason}"
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             error = repr(exc)
         if attempt == RETRIES:
             log.error("%s failed %d times, last: %s; the next event or resync retries it", what, attempt, error)
@@ -70,13 +70,13 @@ def register(registry: kopf.OperatorRegistry, rec: Reconciler, indexes: Indexes)
     pets_resource = (model.GROUP, model.VERSION, model.PETS)
     stores_resource = (model.GROUP, model.VERSION, model.PETSTORES)
 
-    @kopf.index(*pets_resource, id="pet_index", registry=registry)  # type: ignore[arg-type]
+    @kopf.index(*pets_resource, id="pet_index", registry=registry)
     def pet_index(body: kopf.Body, **_: Any) -> dict[Key, PetSnapshot]:
         snap = PetSnapshot.from_body(body)
         rec.observe_pet(snap)
         return {(snap.namespace, snap.name): snap}
 
-    @kopf.index(*pets_resource, id="pets_by_store", registry=registry)  # type: ignore[arg-type]
+    @kopf.index(*pets_resource, id="pets_by_store", registry=registry)
     def pets_by_store(body: kopf.Body, **_: Any) -> dict[Key, Key] | None:
         meta = body.get("metadata", {})
         store = (body.get("spec") or {}).get("store")
@@ -84,10 +84,11 @@ def register(registry: kopf.OperatorRegistry, rec: Reconciler, indexes: Indexes)
             return None
         return {(meta["namespace"], store): (meta["namespace"], meta["name"])}
 
-    @kopf.index(*stores_resource, id="store_index", registry=registry)  # type: ignore[arg-type]
+    @kopf.index(*stores_resource, id="store_index", registry=registry)
     def store_index(body: kopf.Body, **_: Any) -> dict[Key, StoreSnapshot]:
         snap = StoreSnapshot.from_body(body)
-        rec.observe_store((snap.namespace, snap.name), snap.uid, str(body.get("metadata", {}).get("resourceVersion", "")))
+        resource_version = str(body.get("metadata", {}).get("resourceVersion", ""))
+        rec.observe_store((snap.namespace, snap.name), snap.uid, resource_version)
         return {(snap.namespace, snap.name): snap}
 
     @kopf.on.event(*pets_resource, id="pet_event", registry=registry)  # type: ignore[arg-type]
@@ -152,10 +153,17 @@ async def resync_forever(rec: Reconciler, indexes: Indexes, period: float) -> No
         if indexes.pets is None or indexes.stores is None or indexes.by_store is None:
             continue
         pets, stores, by_store = indexes.pets, indexes.stores, indexes.by_store
-        for key in list(pets.keys()):
-            await with_retries(f"resync pet {key[0]}/{key[1]}", lambda key=key: rec.sync_pet(key, pets, stores))  # type: ignore[misc]
-        for skey in list(stores.keys()):
-            await with_retries(
-                f"resync store {skey[0]}/{skey[1]}",
-                lambda skey=skey: rec.sync_store(skey, pets, stores, by_store),  # type: ignore[misc]
-            )
+        await resync_once(rec, pets, stores, by_store)
+
+
+async def resync_once(rec: Reconciler, pets: PetIndex, stores: StoreIndex, by_store: PetsByStore) -> None:
+    for key in list(pets.keys()):
+        await with_retries(
+            f"resync pet {key[0]}/{key[1]}",
+            lambda key=key: rec.sync_pet(key, pets, stores),  # type: ignore[misc]
+        )
+    for skey in list(stores.keys()):
+        await with_retries(
+            f"resync store {skey[0]}/{skey[1]}",
+            lambda skey=skey: rec.sync_store(skey, pets, stores, by_store),  # type: ignore[misc]
+        )

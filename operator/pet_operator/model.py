@@ -17,14 +17,14 @@ PETS = "pets"
 PETSTORES = "petstores"
 
 
-class Phase(str, enum.Enum):
+class Phase(enum.StrEnum):
     PENDING = "Pending"
     ACTIVE = "Active"
     INVALID = "Invalid"
     CONFLICT = "Conflict"
 
 
-class Reason(str, enum.Enum):
+class Reason(enum.StrEnum):
     RECONCILED = "Reconciled"
     STORE_NOT_FOUND = "StoreNotFound"
     TAGS_NOT_ALLOWED = "TagsNotAllowed"
@@ -133,7 +133,9 @@ def evaluate_pet(
                 f"which allows {describe_allowed(store.allowed_tags)}.",
             )
         elif store is not None:
-            tags_cond = Condition("TagsValid", "True", "TagsAllowed", f"All tags are allowed by PetStore {store.name!r}.")
+            tags_cond = Condition(
+                "TagsValid", "True", "TagsAllowed", f"All tags are allowed by PetStore {store.name!r}."
+            )
         else:
             tags_cond = Condition("TagsValid", "True", "NoStore", "The pet names no store, so any tag is allowed.")
 

@@ -100,7 +100,7 @@ PhaseListener = Callable[[PetSnapshot, str | None, model.Verdict], None]
 
 
 def utc_now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _first(values: Collection[Any] | None) -> Any:

@@ -296,7 +296,7 @@ class LocalCluster(Cluster):
 
     def _etcd_healthy(self) -> bool:
         url = f"http://127.0.0.1:{self.etcd_client_port}/health"
-        with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - loopback only
+        with urllib.request.urlopen(url, timeout=2) as resp:
             return bool(resp.status == 200 and json.loads(resp.read()).get("health") == "true")
 
     def admin_ssl_context(self) -> ssl.SSLContext:

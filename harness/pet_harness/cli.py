@@ -1,0 +1,123 @@
+"""``pet-harness``: build the control-plane binaries and run a cluster by hand.
+
+    pet-harness binaries build        build kube-apiserver and etcd (cached per version)
+    pet-harness binaries where        show which binaries would be used, and their versions
+    pet-harness cluster up            start the embedded cluster in the background
+    pet-harness cluster status        is it running, where, on which ports
+    pet-harness cluster kubeconfig    print the admin kubeconfig's path
+    pet-harness cluster down          stop it; nothing is left running
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from pet_harness import binaries, cluster_daemon, versions
+from pet_harness.clusters.base import ClusterError
+
+
+def _cmd_binaries_build(args: argparse.Namespace) -> int:
+    if args.force:
+        for path in (binaries.apiserver_cache_path(), binaries.etcd_cache_path()):
+            path.unlink(missing_ok=True)
+    found = binaries.ensure_binaries(build=True)
+    print(f"kube-apiserver: {found.kube_apiserver} ({binaries.binary_version(found.kube_apiserver)})")
+    print(f"etcd:           {found.etcd} ({binaries.binary_version(found.etcd)})")
+    return 0
+
+
+def _cmd_binaries_where(args: argparse.Namespace) -> int:
+    print(f"pinned: Kubernetes {versions.KUBERNETES_VERSION}, etcd {versions.ETCD_VERSION}")
+    print(f"cache:  {binaries.cache_root()}")
+    found = binaries.find_binaries()
+    if found is None:
+        print("binaries: not built yet (run `pet-harness binaries build`)")
+        return 1
+    print(f"source: {found.source}")
+    print(f"kube-apiserver: {found.kube_apiserver} ({binaries.binary_version(found.kube_apiserver)})")
+    print(f"etcd:           {found.etcd} ({binaries.binary_version(found.etcd)})")
+    return 0
+
+
+def _cmd_cluster_up(args: argparse.Namespace) -> int:
+    state = cluster_daemon.up(args.name)
+    print(f"cluster {args.name!r} is up at {state['server']} (supervisor pid {state['supervisor_pid']})",
+          file=sys.stderr)
+    print(f"use it with:  export KUBECONFIG={state['kubeconfig']}", file=sys.stderr)
+    print(f"stop it with: pet-harness cluster down --name {args.name}", file=sys.stderr)
+    print(state["kubeconfig"])
+    return 0
+
+
+def _cmd_cluster_down(args: argparse.Namespace) -> int:
+    if cluster_daemon.down(args.name):
+        print(f"cluster {args.name!r} stopped")
+    else:
+        print(f"cluster {args.name!r} was not running")
+    return 0
+
+
+def _cmd_cluster_status(args: argparse.Namespace) -> int:
+    state = cluster_daemon.status(args.name)
+    print(json.dumps(state, indent=2))
+    return 0 if state.get("status") == "running" else 1
+
+
+def _cmd_cluster_kubeconfig(args: argparse.Namespace) -> int:
+    state = cluster_daemon.status(args.name)
+    if state.get("status") != "running":
+        print(f"pet-harness: cluster {args.name!r} is not running (status: {state.get('status')}); "
+              "start it with `pet-harness cluster up`", file=sys.stderr)
+        return 1
+    print(state["kubeconfig"])
+    return 0
+
+
+def _cmd_cluster_serve(args: argparse.Namespace) -> int:
+    return cluster_daemon.serve(args.name)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pet-harness", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    bins = sub.add_parser("binaries", help="build or locate kube-apiserver and etcd")
+    bins_sub = bins.add_subparsers(dest="action", required=True)
+    build = bins_sub.add_parser("build", help="build what is missing from the cache (shows progress)")
+    build.add_argument("--force", action="store_true", help="rebuild even if cached")
+    build.set_defaults(func=_cmd_binaries_build)
+    bins_sub.add_parser("where", help="show the binaries in use").set_defaults(func=_cmd_binaries_where)
+
+    cluster = sub.add_parser("cluster", help="run the embedded cluster by hand")
+    cluster_sub = cluster.add_subparsers(dest="action", required=True)
+    for action, func, text in (
+        ("up", _cmd_cluster_up, "start it in the background; prints the kubeconfig path"),
+        ("down", _cmd_cluster_down, "stop it and everything it started"),
+        ("status", _cmd_cluster_status, "show its state (exit 1 if not running)"),
+        ("kubeconfig", _cmd_cluster_kubeconfig, "print the admin kubeconfig path"),
+        ("serve", _cmd_cluster_serve, argparse.SUPPRESS),
+    ):
+        p = cluster_sub.add_parser(action, help=text)
+        p.add_argument("--name", default="default", help="cluster name (default: default)")
+        p.set_defaults(func=func)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except (binaries.BinaryError, ClusterError) as exc:
+        print(f"pet-harness: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
