@@ -60,8 +60,9 @@ def test_client_certificate_identities(local_only: LocalCluster) -> None:
         assert review.status.user_info.username == "alice"
         assert "pet-devs" in review.status.user_info.groups
         # RBAC is on: alice may do nothing she was not granted
-        exc = pytest.raises(ApiException, client.CoreV1Api(api).list_namespace).value
-        assert exc.status == 403
+        with pytest.raises(ApiException) as caught:
+            client.CoreV1Api(api).list_namespace()
+        assert caught.value.status == 403
 
 
 def test_token_request_and_rbac(kube_api: Any, namespace: str, local_only: LocalCluster) -> None:
@@ -74,9 +75,10 @@ def test_token_request_and_rbac(kube_api: Any, namespace: str, local_only: Local
                             local_only.server_url, local_only.ca_pem, "reader", token=token)
     with api_client(path) as api:
         as_reader = PetApi(api, namespace)
-        exc = pytest.raises(ApiException, as_reader.list_pets).value
-        assert exc.status == 403
-        assert f"system:serviceaccount:{namespace}:reader" in exc.body
+        with pytest.raises(ApiException) as caught:
+            as_reader.list_pets()
+        assert caught.value.status == 403
+        assert f"system:serviceaccount:{namespace}:reader" in caught.value.body
         rbac = client.RbacAuthorizationV1Api(kube_api)
         rbac.create_namespaced_role(namespace, {
             "metadata": {"name": "pet-reader"},

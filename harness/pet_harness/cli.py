@@ -93,15 +93,15 @@ def build_parser() -> argparse.ArgumentParser:
     bins_sub.add_parser("where", help="show the binaries in use").set_defaults(func=_cmd_binaries_where)
 
     cluster = sub.add_parser("cluster", help="run the embedded cluster by hand")
-    cluster_sub = cluster.add_subparsers(dest="action", required=True)
+    cluster_sub = cluster.add_subparsers(dest="action", required=True, metavar="{up,down,status,kubeconfig}")
     for action, func, text in (
         ("up", _cmd_cluster_up, "start it in the background; prints the kubeconfig path"),
         ("down", _cmd_cluster_down, "stop it and everything it started"),
         ("status", _cmd_cluster_status, "show its state (exit 1 if not running)"),
         ("kubeconfig", _cmd_cluster_kubeconfig, "print the admin kubeconfig path"),
-        ("serve", _cmd_cluster_serve, argparse.SUPPRESS),
+        ("serve", _cmd_cluster_serve, None),  # internal: the supervisor that `up` starts
     ):
-        p = cluster_sub.add_parser(action, help=text)
+        p = cluster_sub.add_parser(action, help=text) if text else cluster_sub.add_parser(action)
         p.add_argument("--name", default="default", help="cluster name (default: default)")
         p.set_defaults(func=func)
     return parser

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 
@@ -67,19 +68,18 @@ async def initial_sync(config: Config, kube: Kube, rec: Reconciler, readiness: R
         except Exception as exc:  # noqa: BLE001 - report and retry until the API answers
             readiness.detail = f"cannot list pets and petstores yet: {exc}"
             await asyncio.sleep(1)
+    polls = 0
     while True:
         missing = wanted - rec.observed
         if not missing:
             break
         readiness.detail = f"waiting for the watch streams: {len(missing)} of {len(wanted)} objects not seen yet"
         await asyncio.sleep(0.1)
-        # objects deleted since the listing never show up; forget them after a re-list
-        if len(missing) < len(wanted):
-            try:
-                current = await _all_uids(kube, namespaces)
-                wanted &= current
-            except Exception:  # noqa: BLE001, S110 - keep waiting on the old listing
-                pass
+        # objects deleted since the listing never show up: forget them after a re-list (every 10 polls)
+        polls += 1
+        if polls % 10 == 0:
+            with contextlib.suppress(Exception):  # keep waiting on the old listing
+                wanted &= await _all_uids(kube, namespaces)
     readiness.synced = True
     log.info("ready: %d existing objects seen, serving %s", len(wanted), config.scope)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import math
 import os
 import re
 import sys
@@ -56,7 +57,7 @@ def parse_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] |
     env = os.environ if environ is None else environ
     args = build_parser().parse_args(argv)
     namespaces = [ns.strip() for ns in args.namespace if ns.strip()]
-    if not namespaces and env.get("KOPF_NAMESPACE"):
+    if not namespaces and not args.all_namespaces and env.get("KOPF_NAMESPACE"):
         namespaces = [ns.strip() for ns in env["KOPF_NAMESPACE"].split(",") if ns.strip()]
     if args.all_namespaces and namespaces:
         raise ConfigError(
@@ -75,7 +76,7 @@ def parse_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] |
             )
     if not 1 <= args.health_port <= 65535:
         raise ConfigError(f"--health-port {args.health_port} is not a TCP port (1..65535)")
-    if args.resync_period < 0:
+    if not math.isfinite(args.resync_period) or args.resync_period < 0:
         raise ConfigError(f"--resync-period {args.resync_period} must be 0 (off) or positive")
     return Config(
         namespaces=tuple(dict.fromkeys(namespaces)),

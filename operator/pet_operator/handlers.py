@@ -14,6 +14,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import kopf
 from kubernetes_asyncio.client.exceptions import ApiException
 
@@ -40,7 +41,7 @@ async def with_retries(what: str, call: Callable[[], Awaitable[Any]]) -> None:
                 log.error("%s failed for good: %s %s", what, exc.status, exc.reason)
                 return
             error: str = f"{exc.status} {exc.reason}"
-        except (TimeoutError, OSError) as exc:
+        except (TimeoutError, OSError, aiohttp.ClientConnectionError) as exc:
             error = repr(exc)
         if attempt == RETRIES:
             log.error("%s failed %d times, last: %s; the next event or resync retries it", what, attempt, error)
@@ -153,7 +154,10 @@ async def resync_forever(rec: Reconciler, indexes: Indexes, period: float) -> No
         if indexes.pets is None or indexes.stores is None or indexes.by_store is None:
             continue
         pets, stores, by_store = indexes.pets, indexes.stores, indexes.by_store
-        await resync_once(rec, pets, stores, by_store)
+        try:
+            await resync_once(rec, pets, stores, by_store)
+        except Exception:
+            log.exception("resync pass failed; the next one runs in %.0fs", period)
 
 
 async def resync_once(rec: Reconciler, pets: PetIndex, stores: StoreIndex, by_store: PetsByStore) -> None:

@@ -173,7 +173,9 @@ class Reconciler:
     def forget_pet(self, namespace: str, name: str, uid: str) -> str | None:
         self._written.pop(uid, None)
         self.observed.discard(uid)
-        self._pet_locks.pop((namespace, name), None)
+        lock = self._pet_locks.get((namespace, name))
+        if lock is not None and not lock.locked():
+            del self._pet_locks[(namespace, name)]
         self._moved_from.pop((namespace, name), None)
         return self._pet_store.pop((namespace, name), None)
 

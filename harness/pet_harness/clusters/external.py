@@ -109,8 +109,8 @@ class K3sCluster(Cluster):
         return K3SContainer(image=self.image)
 
     def start(self) -> None:
-        container = self._new_container()
         try:
+            container = self._new_container()  # testcontainers already talks to Docker here
             container.start()
         except Exception as exc:
             raise ClusterError(
@@ -126,15 +126,15 @@ class K3sCluster(Cluster):
         _check_reachable(path, "k3s backend")
 
     def stop(self) -> None:
-        if self._container is not None:
-            try:
+        try:
+            if self._container is not None:
                 self._container.stop()
-            finally:
-                self._container = None
-        if self._tmp is not None:
-            shutil.rmtree(self._tmp, ignore_errors=True)
-            self._tmp = None
-        self._path = None
+        finally:
+            self._container = None
+            if self._tmp is not None:
+                shutil.rmtree(self._tmp, ignore_errors=True)
+                self._tmp = None
+            self._path = None
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.backend, "image": self.image, "kubeconfig": str(self._path)}

@@ -1,0 +1,239 @@
+"""app: Readiness, Kopf settings, the initial-sync readiness gate, and main()'s wiring."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import kopf
+import pytest
+from operator_fakes import FakeWriter
+
+from pet_operator import app, model
+from pet_operator.cli import Config
+from pet_operator.reconciler import Reconciler
+
+REAL_SLEEP = asyncio.sleep
+
+
+class Stop(Exception):
+    """Raised by the fake sleep: the loop under test would have gone on forever."""
+
+
+def config(*namespaces: str, all_namespaces: bool = False, resync: float = 0.0) -> Config:
+    return Config(
+        namespaces=namespaces,
+        all_namespaces=all_namespaces,
+        health_port=8080,
+        kubeconfig=None,
+        resync_period=resync,
+        log_level="INFO",
+    )
+
+
+# --- Readiness -----------------------------------------------------------------------------------
+
+
+def test_readiness_states() -> None:
+    readiness = app.Readiness()
+    assert readiness.check() == (False, "starting")
+    readiness.detail = "waiting"
+    assert readiness.check() == (False, "waiting")
+    readiness.synced = True
+    assert readiness.check() == (True, "ok")
+    readiness.stopping = True
+    assert readiness.check() == (False, "shutting down")
+
+
+# --- Kopf settings ----------------------------------------------------------------------------------
+
+
+def test_settings_keep_kopf_state_out_of_status() -> None:
+    settings = app.make_settings()
+    assert settings.peering.standalone is True
+    progress = settings.persistence.progress_storage
+    diffbase = settings.persistence.diffbase_storage
+    # exactly the annotation storages: Kopf's default (smart/status) storages would write status.kopf
+    assert type(progress) is kopf.AnnotationsProgressStorage
+    assert type(diffbase) is kopf.AnnotationsDiffBaseStorage
+    assert progress.prefix == model.GROUP
+    assert diffbase.prefix == model.GROUP
+    assert diffbase.key == "last-handled-configuration"
+    assert settings.watching.connect_timeout == 10
+    assert settings.watching.server_timeout == 120
+    assert settings.networking.request_timeout == 60
+
+
+# --- initial_sync ---------------------------------------------------------------------------------
+
+
+class FakeKube:
+    """list_uids answers from ``objects`` (plural -> uids); ``failures`` are raised first."""
+
+    def __init__(self, objects: dict[str, set[str]], failures: int = 0) -> None:
+        self.objects = objects
+        self.failures = failures
+        self.listed: list[tuple[str, tuple[str, ...] | None]] = []
+
+    async def list_uids(self, plural: str, namespaces: tuple[str, ...] | None) -> set[str]:
+        self.listed.append((plural, namespaces))
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionRefusedError("API server not up")
+        return set(self.objects.get(plural, set()))
+
+
+def fake_sleep(
+    monkeypatch: pytest.MonkeyPatch, on_sleep: Callable[[int], None], limit: int = 50
+) -> list[float]:
+    """Replace asyncio.sleep: call ``on_sleep(n)`` on the n-th sleep, raise Stop past ``limit``."""
+    delays: list[float] = []
+
+    async def sleep(delay: float, *args: Any, **kwargs: Any) -> None:
+        delays.append(delay)
+        if len(delays) > limit:
+            raise Stop(f"still not ready after {limit} polls")
+        on_sleep(len(delays))
+
+    monkeypatch.setattr(asyncio, "sleep", sleep)
+    return delays
+
+
+@pytest.fixture
+def rec() -> Reconciler:
+    return Reconciler(FakeWriter())
+
+
+async def test_initial_sync_ready_at_once_when_everything_was_seen(
+    rec: Reconciler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kube = FakeKube({"pets": {"p1"}, "petstores": {"s1"}})
+    rec.observed |= {"p1", "s1", "unrelated"}
+    readiness = app.Readiness()
+    readiness.started.set()
+    delays = fake_sleep(monkeypatch, lambda n: None)
+    await app.initial_sync(config("default", "other"), kube, rec, readiness)  # type: ignore[arg-type]
+    assert readiness.check() == (True, "ok")
+    assert delays == []
+    assert kube.listed == [("pets", ("default", "other")), ("petstores", ("default", "other"))]
+
+
+async def test_initial_sync_lists_cluster_wide_for_all_namespaces(
+    rec: Reconciler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kube = FakeKube({})
+    readiness = app.Readiness()
+    readiness.started.set()
+    fake_sleep(monkeypatch, lambda n: None)
+    await app.initial_sync(config(all_namespaces=True), kube, rec, readiness)  # type: ignore[arg-type]
+    assert readiness.synced
+    assert kube.listed == [("pets", None), ("petstores", None)]
+
+
+async def test_initial_sync_waits_for_kopf_start_and_for_the_api(
+    rec: Reconciler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kube = FakeKube({"pets": {"p1"}}, failures=2)
+    readiness = app.Readiness()
+    details: list[str] = []
+
+    def on_sleep(n: int) -> None:
+        details.append(readiness.detail)
+        if n == 3:
+            rec.observed.add("p1")
+
+    delays = fake_sleep(monkeypatch, on_sleep)
+    task = asyncio.create_task(app.initial_sync(config("default"), kube, rec, readiness))  # type: ignore[arg-type]
+    for _ in range(3):
+        await REAL_SLEEP(0)  # let the task run as far as it can
+    assert kube.listed == []  # nothing happens before Kopf has started
+    assert not task.done()
+    readiness.started.set()
+    await asyncio.wait_for(task, 2)
+    assert delays == [1, 1, 0.1]
+    assert details[0].startswith("cannot list pets and petstores yet: ")
+    assert "API server not up" in details[0]
+    assert details[2] == "waiting for the watch streams: 1 of 1 objects not seen yet"
+    assert readiness.check() == (True, "ok")
+
+
+async def test_initial_sync_forgets_objects_deleted_since_the_listing(
+    rec: Reconciler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kube = FakeKube({"pets": {"p1", "p2"}})
+    rec.observed.add("p1")
+    readiness = app.Readiness()
+    readiness.started.set()
+
+    def on_sleep(n: int) -> None:
+        kube.objects["pets"] = {"p1"}  # p2 was deleted before the watch saw it
+
+    fake_sleep(monkeypatch, on_sleep)
+    await app.initial_sync(config("default"), kube, rec, readiness)  # type: ignore[arg-type]
+    assert readiness.synced
+
+
+async def test_initial_sync_ready_when_the_only_object_is_deleted(
+    rec: Reconciler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kube = FakeKube({"pets": {"p1"}})
+    readiness = app.Readiness()
+    readiness.started.set()
+
+    def on_sleep(n: int) -> None:
+        # the watch saw p1, then p1 was deleted: the DELETED handler forgets it
+        rec.observed.add("p1")
+        rec.forget_pet("default", "p1", "p1")
+        kube.objects["pets"] = set()
+
+    fake_sleep(monkeypatch, on_sleep, limit=20)
+    await app.initial_sync(config("default"), kube, rec, readiness)  # type: ignore[arg-type]
+    assert readiness.synced
+
+
+# --- main ---------------------------------------------------------------------------------------------
+
+
+class FakeAppKube(FakeWriter):
+    closed = False
+
+    async def list_uids(self, plural: str, namespaces: tuple[str, ...] | None) -> set[str]:
+        return set()
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.parametrize(
+    ("cfg", "clusterwide", "namespaces"),
+    [(config("default", "pets"), False, ["default", "pets"]), (config(all_namespaces=True), True, [])],
+    ids=["namespaced", "cluster-wide"],
+)
+async def test_main_wires_kopf_with_the_configured_scope(
+    cfg: Config, clusterwide: bool, namespaces: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kube = FakeAppKube()
+    seen: dict[str, Any] = {}
+    credentials: list[str | None] = []
+
+    async def fake_load_credentials(kubeconfig: str | None) -> None:
+        credentials.append(kubeconfig)
+
+    async def fake_operator(**kwargs: Any) -> None:
+        seen.update(kwargs)
+        kwargs["ready_flag"].set()
+
+    cfg = Config(**{**cfg.__dict__, "health_port": 0})  # any free port
+    monkeypatch.setattr(app, "load_credentials", fake_load_credentials)
+    monkeypatch.setattr(app, "Kube", lambda: kube)
+    monkeypatch.setattr(kopf, "operator", fake_operator)
+    assert await app.main(cfg) == 0
+    assert credentials == [None]
+    assert seen["clusterwide"] is clusterwide
+    assert seen["namespaces"] == namespaces
+    assert seen["standalone"] is True
+    assert seen["settings"].persistence.progress_storage.prefix == model.GROUP
+    registry = seen["registry"]
+    assert {h.id for h in registry._watching.get_all_handlers()} == {"pet_event", "store_event"}
+    assert kube.closed

@@ -1,0 +1,217 @@
+"""cli: command line and environment into a validated Config; every error names value and rule."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from pet_operator import app, cli
+from pet_operator.cli import Config, ConfigError, parse_config
+
+NO_ENV: dict[str, str] = {}
+
+
+def test_namespace_flags() -> None:
+    config = parse_config(["--namespace", "default", "-n", "pet-system"], NO_ENV)
+    assert config.namespaces == ("default", "pet-system")
+    assert config.all_namespaces is False
+    assert config.scope == "namespaces default, pet-system"
+
+
+def test_defaults() -> None:
+    config = parse_config(["-n", "default"], NO_ENV)
+    assert config == Config(
+        namespaces=("default",),
+        all_namespaces=False,
+        health_port=8080,
+        kubeconfig=None,
+        resync_period=300.0,
+        log_level="INFO",
+    )
+
+
+def test_all_options() -> None:
+    config = parse_config(
+        [
+            "-n",
+            "a",
+            "--health-port",
+            "9000",
+            "--kubeconfig",
+            "/tmp/kc",
+            "--resync-period",
+            "0",
+            "--log-level",
+            "DEBUG",
+        ],
+        NO_ENV,
+    )
+    assert (config.health_port, config.kubeconfig, config.resync_period, config.log_level) == (
+        9000,
+        "/tmp/kc",
+        0.0,
+        "DEBUG",
+    )
+
+
+def test_empty_kubeconfig_means_none() -> None:
+    assert parse_config(["-n", "a", "--kubeconfig", ""], NO_ENV).kubeconfig is None
+
+
+def test_kopf_namespace_env_comma_separated_with_spaces() -> None:
+    config = parse_config([], {"KOPF_NAMESPACE": " default , pet-system,,  other "})
+    assert config.namespaces == ("default", "pet-system", "other")
+
+
+def test_namespace_flag_wins_over_env() -> None:
+    config = parse_config(["--namespace", "mine"], {"KOPF_NAMESPACE": "default,pet-system"})
+    assert config.namespaces == ("mine",)
+
+
+def test_env_is_read_from_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KOPF_NAMESPACE", "from-env")
+    assert parse_config([]).namespaces == ("from-env",)
+
+
+def test_duplicates_are_removed_keeping_order() -> None:
+    assert parse_config(["-n", "b", "-n", "a", "-n", "b", "-n", " a "], NO_ENV).namespaces == ("b", "a")
+    assert parse_config([], {"KOPF_NAMESPACE": "b,a,b, a"}).namespaces == ("b", "a")
+
+
+def test_all_namespaces() -> None:
+    config = parse_config(["--all-namespaces"], NO_ENV)
+    assert config.all_namespaces is True
+    assert config.namespaces == ()
+    assert config.scope == "all namespaces"
+    assert parse_config(["-A"], NO_ENV).all_namespaces is True
+
+
+# --- errors -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "env"),
+    [([], {}), ([], {"KOPF_NAMESPACE": ""}), ([], {"KOPF_NAMESPACE": " , ,"}), (["-n", "  "], {})],
+    ids=["nothing", "empty-env", "blank-env", "blank-flag"],
+)
+def test_no_namespace_is_an_error_never_cluster_wide(argv: list[str], env: dict[str, str]) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(argv, env)
+    message = str(info.value)
+    assert "no namespace to serve" in message
+    assert "--namespace" in message
+    assert "KOPF_NAMESPACE" in message
+    assert "--all-namespaces" in message
+
+
+def test_all_namespaces_and_namespaces_exclude_each_other() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(["-A", "-n", "default", "-n", "other"], NO_ENV)
+    message = str(info.value)
+    assert "--all-namespaces" in message
+    assert "default, other" in message
+    assert "exclude each other" in message
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["Default", "pet_system", "-lead", "trail-", "a" * 64, "dots.not.allowed", "ümlaut", "a,b"],
+)
+def test_invalid_namespace_names_are_rejected(bad: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config([f"--namespace={bad}"], NO_ENV)
+    message = str(info.value)
+    assert repr(bad) in message
+    assert "not a valid namespace name" in message
+    assert "1 to 63 characters" in message
+    assert "lower-case letters, digits and '-'" in message
+
+
+def test_invalid_namespace_from_env_is_rejected() -> None:
+    with pytest.raises(ConfigError, match=r"namespace 'Bad' is not a valid namespace name"):
+        parse_config([], {"KOPF_NAMESPACE": "good,Bad"})
+
+
+@pytest.mark.parametrize("good", ["a", "0", "a" * 63, "a-b-1", "1abc"])
+def test_valid_namespace_names(good: str) -> None:
+    assert parse_config(["-n", good], NO_ENV).namespaces == (good,)
+
+
+@pytest.mark.parametrize("port", ["0", "65536", "-1"])
+def test_health_port_out_of_range(port: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(["-n", "a", "--health-port", port], NO_ENV)
+    assert str(info.value) == f"--health-port {port} is not a TCP port (1..65535)"
+
+
+@pytest.mark.parametrize("port", ["1", "65535"])
+def test_health_port_bounds(port: str) -> None:
+    assert parse_config(["-n", "a", "--health-port", port], NO_ENV).health_port == int(port)
+
+
+def test_negative_resync_period() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(["-n", "a", "--resync-period", "-1"], NO_ENV)
+    assert str(info.value) == "--resync-period -1.0 must be 0 (off) or positive"
+
+
+def test_argparse_type_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        parse_config(["-n", "a", "--health-port", "http"], NO_ENV)
+    assert info.value.code == 2
+    assert "--health-port: invalid int value: 'http'" in capsys.readouterr().err
+
+
+def test_config_error_is_a_value_error() -> None:
+    assert issubclass(ConfigError, ValueError)
+
+
+# --- main -------------------------------------------------------------------------------------
+
+
+def test_main_without_arguments_returns_2_with_the_message(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("KOPF_NAMESPACE", raising=False)
+    monkeypatch.setattr(sys, "argv", ["pet-operator"])
+    assert cli.main() == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith("pet-operator: error: no namespace to serve: give --namespace NS")
+    assert "--all-namespaces" in err
+
+
+def test_main_reports_bad_values(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KOPF_NAMESPACE", raising=False)
+    assert cli.main(["-n", "Bad"]) == 2
+    assert "pet-operator: error: namespace 'Bad' is not a valid namespace name" in capsys.readouterr().err
+
+
+def test_main_runs_the_operator_with_the_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[Config] = []
+
+    def fake_run(config: Config) -> int:
+        seen.append(config)
+        return 0
+
+    monkeypatch.setattr(app, "run", fake_run)
+    assert cli.main(["-n", "default", "--health-port", "8181"]) == 0
+    assert [c.namespaces for c in seen] == [("default",)]
+    assert seen[0].health_port == 8181
+
+
+def test_console_script_without_arguments_exits_2() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "KOPF_NAMESPACE"}
+    result = subprocess.run(
+        [sys.executable, "-m", "pet_operator"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "pet-operator: error: no namespace to serve" in result.stderr

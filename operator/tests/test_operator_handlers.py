@@ -1,0 +1,526 @@
+"""handlers: the retry wrapper, the Kopf registration, and the handlers' wiring to the reconciler."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import kopf
+import pytest
+from kubernetes_asyncio.client.exceptions import ApiException
+from operator_fakes import (
+    NS,
+    Clock,
+    CountingIndex,
+    FakeWriter,
+    by_store_of,
+    index_of,
+    pet,
+    pet_body,
+    store,
+    store_body,
+)
+
+from pet_operator import handlers, model
+from pet_operator.reconciler import Reconciler
+
+LOGGER = "pet_operator.handlers"
+
+
+class Stop(Exception):
+    """Raised by the fake sleep to end an endless loop under test."""
+
+
+@pytest.fixture
+def delays(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Replace asyncio.sleep with a recorder: backoff is asserted, never waited for."""
+    recorded: list[float] = []
+
+    async def fake_sleep(delay: float, *args: Any, **kwargs: Any) -> None:
+        recorded.append(delay)
+
+    monkeypatch.setattr(handlers.asyncio, "sleep", fake_sleep)
+    return recorded
+
+
+def failing(*errors: BaseException) -> tuple[Callable[[], Awaitable[None]], list[int]]:
+    """A call that raises ``errors`` in turn, then succeeds; returns it and its call counter."""
+    pending = list(errors)
+    calls = [0]
+
+    async def call() -> None:
+        calls[0] += 1
+        if pending:
+            raise pending.pop(0)
+
+    return call, calls
+
+
+# --- with_retries ------------------------------------------------------------------------------
+
+
+async def test_success_needs_no_retry(delays: list[float]) -> None:
+    call, calls = failing()
+    await handlers.with_retries("thing", call)
+    assert calls == [1]
+    assert delays == []
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ApiException(status=500, reason="Internal Server Error"),
+        ApiException(status=503, reason="Service Unavailable"),
+        ApiException(status=504, reason="Gateway Timeout"),
+        ApiException(status=429, reason="Too Many Requests"),
+        ApiException(status=409, reason="Conflict"),
+        ApiException(reason="no status at all"),
+        ConnectionResetError("reset by peer"),
+        ConnectionRefusedError("refused"),
+        OSError("network unreachable"),
+        TimeoutError(),
+        aiohttp.ClientOSError(104, "Connection reset by peer"),  # aiohttp's OSError flavour
+    ],
+    ids=lambda e: type(e).__name__ + ("-" + str(e.status) if isinstance(e, ApiException) else ""),
+)
+async def test_transient_errors_are_retried_with_backoff(
+    error: BaseException, delays: list[float], caplog: pytest.LogCaptureFixture
+) -> None:
+    call, calls = failing(error, error)
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        await handlers.with_retries("reconcile pet default/rex", call)
+    assert calls == [3]
+    assert delays == [0.2, 0.4]
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2
+    assert "reconcile pet default/rex failed" in warnings[0].getMessage()
+    assert "retry 1 in 0.2s" in warnings[0].getMessage()
+    assert "retry 2 in 0.4s" in warnings[1].getMessage()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_gives_up_after_the_last_retry_and_logs_an_error(
+    delays: list[float], caplog: pytest.LogCaptureFixture
+) -> None:
+    error = ApiException(status=503, reason="Service Unavailable")
+    call, calls = failing(*[error] * 10)
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        await handlers.with_retries("count pets of store default/shop", call)  # no exception escapes
+    assert calls == [handlers.RETRIES] == [5]
+    assert delays == [0.2, 0.4, 0.8, 1.6]  # no sleep after the last attempt
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors == [
+        "count pets of store default/shop failed 5 times, last: 503 Service Unavailable; "
+        "the next event or resync retries it"
+    ]
+
+
+async def test_backoff_is_capped_at_five_seconds(
+    delays: list[float], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(handlers, "RETRIES", 10)
+    call, calls = failing(*[OSError("down")] * 20)
+    await handlers.with_retries("thing", call)
+    assert calls == [10]
+    assert delays == [0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0, 5.0, 5.0]
+
+
+@pytest.mark.parametrize(
+    ("status", "reason"),
+    [
+        (400, "Bad Request"),
+        (401, "Unauthorized"),
+        (403, "Forbidden"),
+        (404, "Not Found"),
+        (410, "Gone"),
+        (422, "Unprocessable Entity"),
+    ],
+)
+async def test_client_errors_are_not_retried(
+    status: int, reason: str, delays: list[float], caplog: pytest.LogCaptureFixture
+) -> None:
+    call, calls = failing(ApiException(status=status, reason=reason))
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        await handlers.with_retries("reconcile pet default/rex", call)
+    assert calls == [1]
+    assert delays == []
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.ERROR, f"reconcile pet default/rex failed for good: {status} {reason}")
+    ]
+
+
+async def test_unexpected_errors_propagate(delays: list[float]) -> None:
+    call, calls = failing(ValueError("a bug"))
+    with pytest.raises(ValueError, match="a bug"):
+        await handlers.with_retries("thing", call)
+    assert calls == [1]
+    assert delays == []
+
+
+async def test_server_disconnect_is_retried(delays: list[float]) -> None:
+    call, calls = failing(aiohttp.ServerDisconnectedError())
+    await handlers.with_retries("thing", call)
+    assert calls == [2]
+    assert delays == [0.2]
+
+
+# --- Kopf registration -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def writer() -> FakeWriter:
+    return FakeWriter()
+
+
+@pytest.fixture
+def rec(writer: FakeWriter) -> Reconciler:
+    return Reconciler(writer, clock=Clock())
+
+
+@pytest.fixture
+def indexes() -> handlers.Indexes:
+    return handlers.Indexes()
+
+
+@pytest.fixture
+def registry(rec: Reconciler, indexes: handlers.Indexes) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+    handlers.register(registry, rec, indexes)
+    return registry
+
+
+def handler_fn(registry: kopf.OperatorRegistry, kind: str, handler_id: str) -> Any:
+    for handler in getattr(registry, kind).get_all_handlers():
+        if handler.id == handler_id:
+            return handler.fn
+    raise LookupError(f"{handler_id} not in {kind}")
+
+
+def ids(registry: kopf.OperatorRegistry, kind: str) -> set[str]:
+    return {h.id for h in getattr(registry, kind).get_all_handlers()}
+
+
+def test_registration_declares_exactly_the_expected_handlers(registry: kopf.OperatorRegistry) -> None:
+    assert ids(registry, "_activities") == {"login", "capture_indexes"}
+    assert ids(registry, "_indexing") == {"pet_index", "pets_by_store", "store_index"}
+    assert ids(registry, "_watching") == {"pet_event", "store_event"}
+    # no change-detecting handlers (they would keep diff-base/progress and could return into status),
+    # no daemons or timers, no webhooks
+    assert ids(registry, "_changing") == set()
+    assert ids(registry, "_spawning") == set()
+    assert ids(registry, "_webhooks") == set()
+
+
+def test_registration_selects_the_right_resources(registry: kopf.OperatorRegistry) -> None:
+    selected = {
+        h.id: (h.selector.group, h.selector.version, h.selector.any_name)
+        for kind in ("_indexing", "_watching")
+        for h in getattr(registry, kind).get_all_handlers()
+    }
+    pets = (model.GROUP, model.VERSION, "pets")
+    stores = (model.GROUP, model.VERSION, "petstores")
+    assert selected == {
+        "pet_index": pets,
+        "pets_by_store": pets,
+        "pet_event": pets,
+        "store_index": stores,
+        "store_event": stores,
+    }
+    assert model.GROUP == "petstore.example.com"
+    assert model.VERSION == "v1"
+
+
+def test_registration_activities(registry: kopf.OperatorRegistry) -> None:
+    activities = {h.id: h.activity.value for h in registry._activities.get_all_handlers()}
+    assert activities == {"login": "authentication", "capture_indexes": "startup"}
+
+
+def test_registration_does_not_touch_the_global_registry(rec: Reconciler) -> None:
+    before = {h.id for h in kopf.get_default_registry()._watching.get_all_handlers()}
+    handlers.register(kopf.OperatorRegistry(), rec, handlers.Indexes())
+    assert {h.id for h in kopf.get_default_registry()._watching.get_all_handlers()} == before
+
+
+def test_login_uses_kubeconfig_outside_a_pod(
+    registry: kopf.OperatorRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if os.path.exists("/var/run/secrets/kubernetes.io/serviceaccount/token"):
+        pytest.skip("running in a pod: the service account wins")
+    kubeconfig = tmp_path / "config"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+        "contexts: [{name: c, context: {cluster: k, user: u, namespace: pets}}]\n"
+        "clusters: [{name: k, cluster: {server: 'https://127.0.0.1:6443'}}]\n"
+        "users: [{name: u, user: {token: secret-token}}]\n"
+    )
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    info = handler_fn(registry, "_activities", "login")(
+        settings=kopf.OperatorSettings(), logger=logging.getLogger()
+    )
+    assert isinstance(info, kopf.ConnectionInfo)
+    assert info.server == "https://127.0.0.1:6443"
+    assert info.token == "secret-token"
+
+
+# --- index functions ----------------------------------------------------------------------------
+
+
+def test_pet_index_snapshots_and_observes(registry: kopf.OperatorRegistry, rec: Reconciler) -> None:
+    fn = handler_fn(registry, "_indexing", "pet_index")
+    result = fn(body=pet_body("rex", store="a"))
+    snap = result[(NS, "rex")]
+    assert snap.store == "a"
+    assert snap.uid in rec.observed
+    fn(body=pet_body("rex", store="b", rv="2"))
+    assert rec.moved_from((NS, "rex")) == "a"
+
+
+def test_pets_by_store_index(registry: kopf.OperatorRegistry) -> None:
+    fn = handler_fn(registry, "_indexing", "pets_by_store")
+    assert fn(body=pet_body("rex", store="shop")) == {(NS, "shop"): (NS, "rex")}
+    assert fn(body=pet_body("rex")) is None
+    assert fn(body=pet_body("rex", store="")) is None
+
+
+async def test_store_index_snapshots_and_releases_the_write_cache(
+    registry: kopf.OperatorRegistry, rec: Reconciler, writer: FakeWriter
+) -> None:
+    stale = store("shop", rv="1")
+    await rec.sync_store((NS, "shop"), index_of(), index_of(stale), by_store_of())
+    fn = handler_fn(registry, "_indexing", "store_index")
+    result = fn(body=store_body("shop", rv=str(writer.resource_version), status=writer.calls[0].status))
+    assert result[(NS, "shop")].status == writer.calls[0].status
+    assert stale.uid in rec.observed
+    # the cache is released: the stale index decides again and the write is repeated
+    await rec.sync_store((NS, "shop"), index_of(), index_of(stale), by_store_of())
+    assert len(writer.calls) == 2
+
+
+async def test_capture_indexes_keeps_the_live_index_objects(
+    registry: kopf.OperatorRegistry, indexes: handlers.Indexes
+) -> None:
+    pets, stores, by_store = CountingIndex(), CountingIndex(), CountingIndex()
+    await handler_fn(registry, "_activities", "capture_indexes")(
+        pet_index=pets, store_index=stores, pets_by_store=by_store, logger=logging.getLogger()
+    )
+    assert indexes.pets is pets
+    assert indexes.stores is stores
+    assert indexes.by_store is by_store
+
+
+# --- event handlers ---------------------------------------------------------------------------
+
+
+async def test_pet_event_reconciles_pet_and_counts_its_store(
+    registry: kopf.OperatorRegistry, writer: FakeWriter, delays: list[float]
+) -> None:
+    p = pet("rex", store="shop")
+    await handler_fn(registry, "_watching", "pet_event")(
+        type="ADDED",
+        body=pet_body("rex", store="shop"),
+        pet_index=index_of(p),
+        store_index=index_of(store("shop")),
+        pets_by_store=by_store_of(p),
+    )
+    assert [(c.plural, c.name) for c in writer.calls] == [("pets", "rex"), ("petstores", "shop")]
+    assert writer.calls[0].status["phase"] == "Active"
+    assert (writer.calls[1].status["petCount"], writer.calls[1].status["activeCount"]) == (1, 1)
+
+
+async def test_pet_event_recounts_old_and_new_store_when_a_pet_moves(
+    registry: kopf.OperatorRegistry, rec: Reconciler, writer: FakeWriter, delays: list[float]
+) -> None:
+    counted = {"petCount": 1, "activeCount": 1}
+    old, new = pet("rex", store="a", status={"phase": "Active"}), pet("rex", store="b", rv="2")
+    rec.observe_pet(old)
+    rec.observe_pet(new)
+    await handler_fn(registry, "_watching", "pet_event")(
+        type="MODIFIED",
+        body=pet_body("rex", store="b", rv="2"),
+        pet_index=index_of(new),
+        store_index=index_of(store("a", status=counted), store("b")),
+        pets_by_store=by_store_of(new),
+    )
+    stores = {c.name: (c.status["petCount"], c.status["activeCount"]) for c in writer.of("petstores")}
+    assert stores == {"a": (0, 0), "b": (1, 1)}
+    assert rec.moved_from((NS, "rex")) is None  # consumed by the handler
+
+
+async def test_pet_event_deleted_forgets_the_pet_and_recounts(
+    registry: kopf.OperatorRegistry, rec: Reconciler, writer: FakeWriter, delays: list[float]
+) -> None:
+    gone = pet("rex", store="shop")
+    rec.observe_pet(gone)
+    await handler_fn(registry, "_watching", "pet_event")(
+        type="DELETED",
+        body=pet_body("rex", store="shop"),
+        pet_index=index_of(),
+        store_index=index_of(store("shop", status={"petCount": 1, "activeCount": 1})),
+        pets_by_store=by_store_of(),
+    )
+    assert gone.uid not in rec.observed
+    assert [(c.plural, c.name) for c in writer.calls] == [("petstores", "shop")]  # no write to the pet
+    assert writer.calls[0].status["petCount"] == 0
+
+
+async def test_store_event_with_new_spec_reconciles_its_pets(
+    registry: kopf.OperatorRegistry, rec: Reconciler, writer: FakeWriter, delays: list[float]
+) -> None:
+    p = pet("rex", store="shop", tags=["cute"], status={"phase": "Active"})
+    narrowed = store("shop", allowed=["big"], generation=2)
+    await handler_fn(registry, "_watching", "store_event")(
+        type="MODIFIED",
+        body=store_body("shop", allowed=["big"], generation=2),
+        pet_index=index_of(p),
+        store_index=index_of(narrowed),
+        pets_by_store=by_store_of(p),
+    )
+    pet_call, store_call = writer.calls
+    assert (pet_call.name, pet_call.status["phase"], pet_call.status["reason"]) == (
+        "rex",
+        "Invalid",
+        "TagsNotAllowed",
+    )
+    assert "'cute'" in pet_call.status["message"]
+    assert "[big]" in pet_call.status["message"]
+    assert (store_call.name, store_call.status["petCount"], store_call.status["activeCount"]) == (
+        "shop",
+        1,
+        0,
+    )
+
+
+async def test_store_event_without_spec_change_does_not_resync_pets(
+    registry: kopf.OperatorRegistry,
+    rec: Reconciler,
+    writer: FakeWriter,
+    monkeypatch: pytest.MonkeyPatch,
+    delays: list[float],
+) -> None:
+    synced: list[tuple[str, str]] = []
+    real_sync_pet = rec.sync_pet
+
+    async def spy(key: tuple[str, str], *args: Any) -> Any:
+        synced.append(key)
+        return await real_sync_pet(key, *args)
+
+    monkeypatch.setattr(rec, "sync_pet", spy)
+    p = pet("rex", store="shop")
+    fn = handler_fn(registry, "_watching", "store_event")
+    kwargs = {
+        "pet_index": index_of(p),
+        "store_index": index_of(store("shop")),
+        "pets_by_store": by_store_of(p),
+    }
+    await fn(type=None, body=store_body("shop"), **kwargs)  # first sight (initial listing)
+    assert synced == [(NS, "rex")]
+    # our own status write comes back: same uid and generation
+    await fn(type="MODIFIED", body=store_body("shop", rv="9", status={"petCount": 1}), **kwargs)
+    assert synced == [(NS, "rex")]
+
+
+async def test_store_event_deleted_turns_its_pets_pending(
+    registry: kopf.OperatorRegistry, rec: Reconciler, writer: FakeWriter, delays: list[float]
+) -> None:
+    p = pet("rex", store="shop", status={"phase": "Active"})
+    rec.store_changed(store("shop"), (NS, "shop"))
+    await handler_fn(registry, "_watching", "store_event")(
+        type="DELETED",
+        body=store_body("shop"),
+        pet_index=index_of(p),
+        store_index=index_of(),
+        pets_by_store=by_store_of(p),
+    )
+    [call] = writer.calls  # the pet only: a deleted store gets no status write
+    assert (call.plural, call.name, call.status["phase"], call.status["reason"]) == (
+        "pets",
+        "rex",
+        "Pending",
+        "StoreNotFound",
+    )
+
+
+async def test_event_handler_retries_transient_failures(
+    registry: kopf.OperatorRegistry, writer: FakeWriter, delays: list[float]
+) -> None:
+    writer.errors.append(ApiException(status=500, reason="etcd leader changed"))
+    p = pet("rex")
+    await handler_fn(registry, "_watching", "pet_event")(
+        type="ADDED",
+        body=pet_body("rex"),
+        pet_index=index_of(p),
+        store_index=index_of(),
+        pets_by_store=by_store_of(),
+    )
+    assert delays == [0.2]
+    assert len(writer.calls) == 2
+    assert writer.calls[-1].status["phase"] == "Active"
+
+
+# --- resync ----------------------------------------------------------------------------------------
+
+
+async def test_resync_once_writes_what_changed_then_nothing(rec: Reconciler, writer: FakeWriter) -> None:
+    p1, p2 = pet("rex", store="shop"), pet("fido", store="gone")
+    args = (index_of(p1, p2), index_of(store("shop")), by_store_of(p1, p2))
+    await handlers.resync_once(rec, *args)
+    assert sorted((c.plural, c.name, c.status.get("phase")) for c in writer.calls) == [
+        ("pets", "fido", "Pending"),
+        ("pets", "rex", "Active"),
+        ("petstores", "shop", None),
+    ]
+    await handlers.resync_once(rec, *args)
+    assert len(writer.calls) == 3
+
+
+def stopping_sleep(monkeypatch: pytest.MonkeyPatch, after: int) -> list[float]:
+    """Fake asyncio.sleep that records periods and raises Stop on call number ``after``."""
+    periods: list[float] = []
+
+    async def fake_sleep(delay: float, *args: Any, **kwargs: Any) -> None:
+        periods.append(delay)
+        if len(periods) >= after:
+            raise Stop
+
+    monkeypatch.setattr(asyncio, "sleep", fake_sleep)
+    return periods
+
+
+async def test_resync_forever_waits_for_indexes(
+    rec: Reconciler, writer: FakeWriter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    periods = stopping_sleep(monkeypatch, after=3)
+    with pytest.raises(Stop):
+        await handlers.resync_forever(rec, handlers.Indexes(), 30.0)
+    assert periods == [30.0, 30.0, 30.0]
+    assert writer.calls == []
+
+
+async def test_resync_forever_resyncs_every_period(
+    rec: Reconciler, writer: FakeWriter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p = pet("rex")
+    indexes = handlers.Indexes(pets=index_of(p), stores=index_of(), by_store=by_store_of())
+    periods = stopping_sleep(monkeypatch, after=3)
+    with pytest.raises(Stop):
+        await handlers.resync_forever(rec, indexes, 30.0)
+    assert periods == [30.0, 30.0, 30.0]
+    assert [c.name for c in writer.calls] == ["rex"]  # two passes, one write
+
+
+async def test_resync_forever_survives_a_failing_pass(
+    rec: Reconciler, writer: FakeWriter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p = pet("rex")
+    indexes = handlers.Indexes(pets=index_of(p), stores=index_of(), by_store=by_store_of())
+    writer.errors.append(RuntimeError("unexpected"))  # anything with_retries does not handle
+    periods = stopping_sleep(monkeypatch, after=3)
+    with pytest.raises(Stop):
+        await handlers.resync_forever(rec, indexes, 30.0)
+    assert periods == [30.0, 30.0, 30.0]
+    assert writer.calls[-1].status["phase"] == "Active"
