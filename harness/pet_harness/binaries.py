@@ -68,34 +68,43 @@ def _executable(path: Path, origin: str) -> Path:
     return path
 
 
-def find_binaries(environ: os._Environ[str] | dict[str, str] | None = None) -> ControlPlaneBinaries | None:
-    """The binaries from the environment or the cache, or None when neither has both."""
-    env = os.environ if environ is None else environ
-    found: dict[str, Path] = {}
-    sources: set[str] = set()
+def _locate(environ: os._Environ[str] | dict[str, str]) -> dict[str, tuple[Path, str]]:
+    """Each binary that the environment or the cache provides: name -> (path, source)."""
+    found: dict[str, tuple[Path, str]] = {}
     for name, var, cached in (
         ("kube-apiserver", "TEST_ASSET_KUBE_APISERVER", apiserver_cache_path()),
         ("etcd", "TEST_ASSET_ETCD", etcd_cache_path()),
     ):
-        if env.get(var):
-            found[name] = _executable(Path(env[var]), var)
-            sources.add("env")
-        elif env.get("KUBEBUILDER_ASSETS"):
-            found[name] = _executable(Path(env["KUBEBUILDER_ASSETS"]) / name, "KUBEBUILDER_ASSETS")
-            sources.add("kubebuilder-assets")
+        if environ.get(var):
+            found[name] = (_executable(Path(environ[var]), var), "env")
+        elif environ.get("KUBEBUILDER_ASSETS"):
+            found[name] = (_executable(Path(environ["KUBEBUILDER_ASSETS"]) / name, "KUBEBUILDER_ASSETS"),
+                           "kubebuilder-assets")
         elif cached.is_file() and os.access(cached, os.X_OK):
-            found[name] = cached
-            sources.add("cache")
+            found[name] = (cached, "cache")
+    return found
+
+
+def find_binaries(environ: os._Environ[str] | dict[str, str] | None = None) -> ControlPlaneBinaries | None:
+    """The binaries from the environment or the cache, or None when they do not give both."""
+    found = _locate(os.environ if environ is None else environ)
     if len(found) < 2:
         return None
-    return ControlPlaneBinaries(found["kube-apiserver"], found["etcd"], "+".join(sorted(sources)))
+    sources = "+".join(sorted({source for _, source in found.values()}))
+    return ControlPlaneBinaries(found["kube-apiserver"][0], found["etcd"][0], sources)
 
 
 def ensure_binaries(build: bool = True, progress: Progress | None = None) -> ControlPlaneBinaries:
-    """Find the binaries, building what is missing when ``build`` is true."""
-    found = find_binaries()
-    if found is not None:
-        return found
+    """Find the binaries, building only what is missing when ``build`` is true.
+
+    A binary given by the environment is always used as given; only the other one is built.
+    """
+    found = _locate(os.environ)
+    if len(found) == 2:
+        return ControlPlaneBinaries(
+            found["kube-apiserver"][0], found["etcd"][0],
+            "+".join(sorted({source for _, source in found.values()})),
+        )
     if not build:
         raise BinaryError(
             "kube-apiserver and etcd are not built yet: run `pet-harness binaries build` "
@@ -103,12 +112,8 @@ def ensure_binaries(build: bool = True, progress: Progress | None = None) -> Con
             "or KUBEBUILDER_ASSETS at binaries you already have"
         )
     say = progress or _stderr
-    apiserver = apiserver_cache_path()
-    if not apiserver.is_file():
-        build_kube_apiserver(progress=say)
-    etcd = etcd_cache_path()
-    if not etcd.is_file():
-        build_etcd(progress=say)
+    apiserver = found["kube-apiserver"][0] if "kube-apiserver" in found else build_kube_apiserver(progress=say)
+    etcd = found["etcd"][0] if "etcd" in found else build_etcd(progress=say)
     return ControlPlaneBinaries(apiserver, etcd, "built")
 
 

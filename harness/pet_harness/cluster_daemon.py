@@ -22,9 +22,18 @@ from pathlib import Path
 from typing import Any
 
 from pet_harness.binaries import cache_root, ensure_binaries
-from pet_harness.clusters.base import ClusterError
+from pet_harness.clusters.base import ClusterError, write_private
 from pet_harness.clusters.local import LocalCluster
 from pet_harness.processes import pid_alive
+
+
+def _is_ours(pid: int, marker: str) -> bool:
+    """Whether ``pid`` is still the process we recorded (its command line names ``marker``)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return False
+    return marker in cmdline
 
 
 def state_dir(name: str) -> Path:
@@ -60,10 +69,7 @@ def serve(name: str) -> int:
 
         with api_client(cluster.kubeconfig_path) as api:
             install_crds(api)
-        kubeconfig = state_dir(name) / "kubeconfig"
-        kubeconfig.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(cluster.kubeconfig_path, kubeconfig)
-        kubeconfig.chmod(0o600)
+        kubeconfig = write_private(state_dir(name) / "kubeconfig", cluster.kubeconfig_path.read_bytes())
         info = cluster.describe()
         info.update(status="running", supervisor_pid=os.getpid(), kubeconfig=str(kubeconfig))
         _write_state(name, **info)
@@ -120,7 +126,7 @@ def down(name: str, timeout: float = 60) -> bool:
     if not state:
         return False
     pid = int(state.get("supervisor_pid", 0))
-    was_running = bool(pid) and pid_alive(pid)
+    was_running = bool(pid) and pid_alive(pid) and _is_ours(pid, "cluster serve")
     if was_running:
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
@@ -130,9 +136,10 @@ def down(name: str, timeout: float = 60) -> bool:
             time.sleep(0.1)
         if pid_alive(pid):
             os.kill(pid, signal.SIGKILL)  # its children die with it (PDEATHSIG)
+    workdir = str(state.get("workdir") or "\0never")
     for key in ("apiserver_pid", "etcd_pid"):
         child = state.get(key)
-        if child and pid_alive(int(child)):
+        if child and pid_alive(int(child)) and _is_ours(int(child), workdir):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(int(child), signal.SIGKILL)
     shutil.rmtree(state_dir(name), ignore_errors=True)

@@ -168,6 +168,12 @@ def delete_namespace(api: client.ApiClient, name: str, timeout: float = 30) -> N
     for kind in ("config_map", "secret", "service_account"):
         with contextlib.suppress(ApiException):
             getattr(core, f"delete_collection_namespaced_{kind}")(name)
+    with contextlib.suppress(ApiException):
+        client.CoordinationV1Api(api).delete_collection_namespaced_lease(name)
+    rbac = client.RbacAuthorizationV1Api(api)
+    for kind in ("role_binding", "role"):
+        with contextlib.suppress(ApiException):
+            getattr(rbac, f"delete_collection_namespaced_{kind}")(name)
     try:
         core.delete_namespace(name)
     except ApiException as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import ipaddress
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,8 +30,9 @@ class CertPair:
     def write(self, directory: Path, stem: str) -> tuple[Path, Path]:
         cert, key = directory / f"{stem}.crt", directory / f"{stem}.key"
         cert.write_bytes(self.cert_pem)
-        key.write_bytes(self.key_pem)
-        key.chmod(0o600)
+        fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(self.key_pem)
         return cert, key
 
 

@@ -6,7 +6,9 @@ Every process the harness starts goes through :class:`ManagedProcess`:
   it forked too;
 * its output goes to a log file that tests attach to their reports;
 * on Linux it gets ``PR_SET_PDEATHSIG=SIGKILL`` unless told to outlive the harness,
-  so even a SIGKILLed harness leaves nothing running;
+  so even a SIGKILLed harness leaves nothing running. The signal is tied to the
+  *thread* that started the child: start processes from a thread that outlives them
+  (the main thread, as the harness does), or the child dies when that thread ends;
 * every live process is registered, and :func:`stop_all` (run at exit and from the
   SIGTERM handler installed by :func:`install_signal_handlers`) stops them all.
 """

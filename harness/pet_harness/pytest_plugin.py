@@ -162,7 +162,13 @@ def pets(kube_api: Any, namespace: str) -> PetApi:
 
 
 @pytest.fixture
-def operator_factory(request: pytest.FixtureRequest, operator_kubeconfig: Path) -> Iterator[Any]:
+def claims_namespace(make_namespace: Any) -> str:
+    """The operator's own namespace, where it keeps id claims; one per test, shared by its replicas."""
+    return str(make_namespace("pet-system"))
+
+
+@pytest.fixture
+def operator_factory(request: pytest.FixtureRequest, operator_kubeconfig: Path, claims_namespace: str) -> Iterator[Any]:
     started: list[OperatorProcess] = []
     request.node.stash[_OPERATORS] = started
     log_dir = Path(tempfile.mkdtemp(prefix="pet-operator-logs-"))
@@ -173,7 +179,8 @@ def operator_factory(request: pytest.FixtureRequest, operator_kubeconfig: Path) 
     ) -> OperatorProcess:
         op = OperatorProcess(
             operator_kubeconfig, log_dir / f"operator-{len(started)}.log", namespaces=namespaces,
-            all_namespaces=all_namespaces, extra_args=extra_args, name=f"pet-operator-{len(started)}",
+            all_namespaces=all_namespaces, extra_args=("--claims-namespace", claims_namespace, *extra_args),
+            name=f"pet-operator-{len(started)}",
             extra_env=env,
         )
         started.append(op)

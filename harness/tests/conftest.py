@@ -1,6 +1,6 @@
 """Shared fixtures for the harness unit tests.
 
-Every test runs with a private cache folder and a private temp folder, without any of
+Every test runs with a private cache folder and a private ``tempfile`` folder, without any of
 the environment variables that steer the harness, and must not leave a managed process
 running: the ``_no_leaked_processes`` check fails the test that leaked one.
 """
@@ -41,9 +41,13 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     return cache
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def private_tmpdir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """Point ``tempfile.gettempdir()`` at an empty folder so leftovers can be counted exactly."""
+    """Point ``tempfile.gettempdir()`` at an empty folder so leftovers can be counted exactly.
+
+    Autouse, so that nothing the code under test creates with ``tempfile`` can land in the
+    real temp folder, even when a test fails half-way.
+    """
     path = tmp_path / "systmp"
     path.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(path))

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from pet_harness import binaries, cli, cluster_daemon, processes, versions
+from pet_harness.waiting import wait_for
 
 
 def _dead_pid() -> int:
@@ -89,8 +90,10 @@ def test_down_of_a_dead_cluster_cleans_the_state() -> None:
 
 
 def test_down_stops_a_live_supervisor() -> None:
-    supervisor = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    # argv[0] "cluster serve" makes it look like the supervisor `cluster up` starts
+    supervisor = subprocess.Popen(["bash", "-c", 'exec -a "cluster serve" sleep 30'], start_new_session=True)
     try:
+        wait_for(lambda: cluster_daemon._is_ours(supervisor.pid, "cluster serve"), bool, 10, "the exec")
         _write_state("dev", status="running", supervisor_pid=supervisor.pid)
         assert cluster_daemon.down("dev", timeout=10) is True
         assert not processes.pid_alive(supervisor.pid)  # down() reaps its own children too
@@ -99,6 +102,20 @@ def test_down_stops_a_live_supervisor() -> None:
         if supervisor.poll() is None:
             supervisor.kill()
             supervisor.wait()
+
+
+def test_down_never_signals_a_reused_pid() -> None:
+    """A stale state file whose pid now belongs to another program must not get it killed."""
+    stranger = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        _write_state("dev", status="running", supervisor_pid=stranger.pid, etcd_pid=stranger.pid,
+                     apiserver_pid=stranger.pid, workdir="/tmp/pet-cluster-gone")
+        assert cluster_daemon.down("dev", timeout=5) is False
+        assert stranger.poll() is None
+        assert not cluster_daemon.state_dir("dev").exists()
+    finally:
+        stranger.kill()
+        stranger.wait()
 
 
 def test_up_returns_a_running_cluster_without_starting_another(monkeypatch: pytest.MonkeyPatch) -> None:

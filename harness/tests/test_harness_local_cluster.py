@@ -132,7 +132,7 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     base = tmp_path_factory.mktemp("running")
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(local_mod.tempfile, "tempdir", str(base))
-        cluster = LocalCluster(_fake_bins(base / "bin"), extra_apiserver_args=("--v=2",), start_timeout=30,
+        cluster = LocalCluster(_fake_bins(base / "bin"), extra_apiserver_args=("--v=2",), start_timeout=10,
                                keep_workdir=False)
         cluster.start()
     try:
@@ -298,7 +298,7 @@ def test_start_twice_is_a_no_op(running: LocalCluster) -> None:
 
 def test_stop_removes_everything(fake_bins: ControlPlaneBinaries, private_tmpdir: Path,
                                  cluster_factory: list[LocalCluster]) -> None:
-    cluster = LocalCluster(fake_bins, start_timeout=30)
+    cluster = LocalCluster(fake_bins, start_timeout=10)
     cluster_factory.append(cluster)
     cluster.start()
     assert cluster.etcd is not None
@@ -319,7 +319,7 @@ def test_stop_removes_everything(fake_bins: ControlPlaneBinaries, private_tmpdir
 
 
 def test_restarts(fake_bins: ControlPlaneBinaries, cluster_factory: list[LocalCluster]) -> None:
-    cluster = LocalCluster(fake_bins, start_timeout=30)
+    cluster = LocalCluster(fake_bins, start_timeout=10)
     cluster_factory.append(cluster)
     cluster.start()
     assert cluster.apiserver is not None
@@ -344,7 +344,7 @@ def test_restarts(fake_bins: ControlPlaneBinaries, cluster_factory: list[LocalCl
 def test_requested_workdir_is_kept(fake_bins: ControlPlaneBinaries, tmp_path: Path,
                                    cluster_factory: list[LocalCluster]) -> None:
     workdir = tmp_path / "mine"
-    cluster = LocalCluster(fake_bins, workdir=workdir, start_timeout=30)
+    cluster = LocalCluster(fake_bins, workdir=workdir, start_timeout=10)
     cluster_factory.append(cluster)
     cluster.start()
     assert cluster.workdir == workdir
@@ -357,7 +357,7 @@ def test_requested_workdir_is_kept(fake_bins: ControlPlaneBinaries, tmp_path: Pa
 
 def test_etcd_exiting_at_start(fake_bins: ControlPlaneBinaries, tmp_path: Path, private_tmpdir: Path) -> None:
     etcd = _script(tmp_path / "broken" / "etcd", "#!/bin/sh\necho 'etcdmain: cannot open data dir'\nexit 3\n")
-    cluster = LocalCluster(ControlPlaneBinaries(fake_bins.kube_apiserver, etcd, "test"), start_timeout=30)
+    cluster = LocalCluster(ControlPlaneBinaries(fake_bins.kube_apiserver, etcd, "test"), start_timeout=10)
     with pytest.raises(ClusterError) as info:
         cluster.start()
     message = str(info.value)
@@ -372,7 +372,7 @@ def test_apiserver_exiting_at_start_stops_etcd(
     fake_bins: ControlPlaneBinaries, tmp_path: Path, private_tmpdir: Path
 ) -> None:
     apiserver = _script(tmp_path / "broken" / "kube-apiserver", "#!/bin/sh\necho 'E0101 bad flag' >&2\nexit 1\n")
-    cluster = LocalCluster(ControlPlaneBinaries(apiserver, fake_bins.etcd, "test"), start_timeout=30)
+    cluster = LocalCluster(ControlPlaneBinaries(apiserver, fake_bins.etcd, "test"), start_timeout=10)
     started: list[processes.ManagedProcess] = []
     real_start = processes.ManagedProcess.start
 
@@ -396,7 +396,7 @@ def test_port_collisions_are_retried_three_times(tmp_path: Path, private_tmpdir:
         f"#!/bin/sh\necho attempt >> {attempts}\n"
         "echo 'listen tcp 127.0.0.1:2380: bind: address already in use'\nexit 1\n",
     )
-    cluster = LocalCluster(ControlPlaneBinaries(etcd, etcd, "test"), start_timeout=30)
+    cluster = LocalCluster(ControlPlaneBinaries(etcd, etcd, "test"), start_timeout=10)
     with pytest.raises(ClusterError, match="could not find free loopback ports after 3 tries"):
         cluster.start()
     assert attempts.read_text().count("attempt") == 3
@@ -463,7 +463,7 @@ def test_start_sweeps_stale_workdirs(fake_bins: ControlPlaneBinaries, private_tm
     stale = private_tmpdir / f"{WORKDIR_PREFIX}stale"
     stale.mkdir()
     (stale / "owner.pid").write_text(str(_dead_pid()))
-    cluster = LocalCluster(fake_bins, start_timeout=30)
+    cluster = LocalCluster(fake_bins, start_timeout=10)
     cluster_factory.append(cluster)
     cluster.start()
     assert not stale.exists()

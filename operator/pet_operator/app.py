@@ -11,6 +11,7 @@ import kopf
 
 from pet_operator import handlers, model
 from pet_operator.cli import Config
+from pet_operator.events import EventRecorder
 from pet_operator.health import HealthServer
 from pet_operator.kube import Kube, load_credentials
 from pet_operator.reconciler import Reconciler
@@ -42,6 +43,7 @@ class Readiness:
 
     def __init__(self) -> None:
         self.started = asyncio.Event()
+        self.synced_event = asyncio.Event()
         self.synced = False
         self.stopping = False
         self.detail = "starting"
@@ -81,25 +83,43 @@ async def initial_sync(config: Config, kube: Kube, rec: Reconciler, readiness: R
             with contextlib.suppress(Exception):  # keep waiting on the old listing
                 wanted &= await _all_uids(kube, namespaces)
     readiness.synced = True
+    readiness.synced_event.set()
     log.info("ready: %d existing objects seen, serving %s", len(wanted), config.scope)
+
+
+async def maintenance(config: Config, rec: Reconciler, indexes: handlers.Indexes, readiness: Readiness) -> None:
+    """Once ready: collect orphaned id claims, then resync every ``--resync-period`` seconds."""
+    await readiness.synced_event.wait()
+    if indexes.pets is not None and indexes.stores is not None:
+        pets, stores = indexes.pets, indexes.stores
+        await handlers.with_retries("collect orphaned id claims", lambda: rec.collect_orphans(pets, stores))
+    if config.resync_period > 0:
+        await handlers.resync_forever(rec, indexes, config.resync_period)
 
 
 async def main(config: Config) -> int:
     if config.kubeconfig:
         os.environ["KUBECONFIG"] = config.kubeconfig  # Kopf's login reads it too
     await load_credentials(config.kubeconfig)
-    kube = Kube()
-    rec = Reconciler(kube)
+    kube = Kube(claims_namespace=config.claims_namespace)
+    recorder = EventRecorder(kube, config.event_level)
+    rec = Reconciler(
+        kube, on_phase_change=recorder.phase_changed, claims=kube, finalizers=kube,
+        served=None if config.all_namespaces else frozenset(config.namespaces),
+    )
+    try:
+        rec.prime_claims(await kube.list_claims())
+    except Exception as exc:  # noqa: BLE001 - claims are read one by one then
+        log.warning("cannot list id claims in namespace %s: %s", config.claims_namespace, exc)
     registry = kopf.OperatorRegistry()
     indexes = handlers.Indexes()
     handlers.register(registry, rec, indexes)
     readiness = Readiness()
     health = HealthServer(config.health_port, readiness.check)
     await health.start()
-    log.info("serving %s; health on :%d", config.scope, config.health_port)
+    log.info("serving %s; claims in %s; health on :%d", config.scope, config.claims_namespace, config.health_port)
     background = [asyncio.create_task(initial_sync(config, kube, rec, readiness))]
-    if config.resync_period > 0:
-        background.append(asyncio.create_task(handlers.resync_forever(rec, indexes, config.resync_period)))
+    background.append(asyncio.create_task(maintenance(config, rec, indexes, readiness)))
     try:
         await kopf.operator(
             registry=registry,

@@ -26,6 +26,8 @@ class Config:
     kubeconfig: str | None
     resync_period: float
     log_level: str
+    claims_namespace: str = "pet-system"
+    event_level: str = "Normal"
 
     @property
     def scope(self) -> str:
@@ -48,6 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--resync-period", type=float, default=300.0,
         help="re-reconcile every object this often, in seconds; 0 turns it off (default 300)",
+    )
+    parser.add_argument(
+        "--claims-namespace", default=None, metavar="NS",
+        help="namespace of the id claims, the operator's own (default: $POD_NAMESPACE, else pet-system)",
+    )
+    parser.add_argument(
+        "--event-level", default="Normal", choices=["Normal", "Warning", "None"],
+        help="post Events of this type and above: Normal (all), Warning (warnings only), None (default Normal)",
     )
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
@@ -78,7 +88,15 @@ def parse_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] |
         raise ConfigError(f"--health-port {args.health_port} is not a TCP port (1..65535)")
     if not math.isfinite(args.resync_period) or args.resync_period < 0:
         raise ConfigError(f"--resync-period {args.resync_period} must be 0 (off) or positive")
+    claims_namespace = args.claims_namespace or env.get("POD_NAMESPACE") or "pet-system"
+    if not _NAMESPACE_RE.match(claims_namespace):
+        raise ConfigError(
+            f"claims namespace {claims_namespace!r} is not a valid namespace name (lower-case letters, "
+            "digits and '-', 1 to 63 characters, starting and ending with a letter or digit)"
+        )
     return Config(
+        claims_namespace=claims_namespace,
+        event_level=args.event_level,
         namespaces=tuple(dict.fromkeys(namespaces)),
         all_namespaces=bool(args.all_namespaces),
         health_port=args.health_port,

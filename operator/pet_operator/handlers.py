@@ -148,7 +148,7 @@ def register(registry: kopf.OperatorRegistry, rec: Reconciler, indexes: Indexes)
 
 
 async def resync_forever(rec: Reconciler, indexes: Indexes, period: float) -> None:
-    """Re-reconcile every known object every ``period`` seconds (writes only what changed)."""
+    """Re-reconcile every known object and collect orphaned claims every ``period`` seconds."""
     while True:
         await asyncio.sleep(period)
         if indexes.pets is None or indexes.stores is None or indexes.by_store is None:
@@ -161,6 +161,7 @@ async def resync_forever(rec: Reconciler, indexes: Indexes, period: float) -> No
 
 
 async def resync_once(rec: Reconciler, pets: PetIndex, stores: StoreIndex, by_store: PetsByStore) -> None:
+    await with_retries("collect orphaned id claims", lambda: rec.collect_orphans(pets, stores))
     for key in list(pets.keys()):
         await with_retries(
             f"resync pet {key[0]}/{key[1]}",

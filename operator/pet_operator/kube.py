@@ -13,6 +13,7 @@ from typing import Any
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from pet_operator.claims import CLAIM_LABEL, Claim, claim_body, claim_from_body, claim_name
 from pet_operator.model import GROUP, VERSION
 
 log = logging.getLogger(__name__)
@@ -38,9 +39,12 @@ async def load_credentials(kubeconfig: str | None) -> None:
 class Kube:
     """A small typed facade over the calls the operator makes."""
 
-    def __init__(self) -> None:
+    def __init__(self, claims_namespace: str = "pet-system") -> None:
         self._api_client = client.ApiClient()
         self._custom = client.CustomObjectsApi(self._api_client)
+        self._coordination = client.CoordinationV1Api(self._api_client)
+        self._core = client.CoreV1Api(self._api_client)
+        self.claims_namespace = claims_namespace
 
     async def close(self) -> None:
         await self._api_client.close()
@@ -71,3 +75,91 @@ class Kube:
                 result = await self._custom.list_namespaced_custom_object(GROUP, VERSION, ns, plural)
                 bodies.extend(result.get("items", []))
         return {str(b["metadata"]["uid"]) for b in bodies}
+
+    async def set_finalizers(
+        self, plural: str, namespace: str, name: str, finalizers: list[str], resource_version: str
+    ) -> dict[str, Any]:
+        """Replace ``metadata.finalizers``; the resourceVersion makes it fail (409) if the object moved."""
+        body = {"metadata": {"finalizers": finalizers or None, "resourceVersion": resource_version}}
+        try:
+            result: dict[str, Any] = await self._custom.patch_namespaced_custom_object(
+                GROUP, VERSION, namespace, plural, name, body, _content_type=MERGE_PATCH
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                raise NotFound(f"{plural} {namespace}/{name}") from exc
+            raise
+        return result
+
+    # --- id claims (Leases in the claims namespace) -------------------------------------
+
+    @staticmethod
+    def _lease_dict(lease: Any) -> dict[str, Any]:
+        meta = lease.metadata
+        return {
+            "metadata": {"name": meta.name, "annotations": meta.annotations or {},
+                         "resourceVersion": meta.resource_version, "uid": meta.uid},
+            "spec": {"holderIdentity": lease.spec.holder_identity if lease.spec else None},
+        }
+
+    async def create_claim(self, pet_id: int, namespace: str, name: str, uid: str) -> Claim | None:
+        try:
+            lease = await self._coordination.create_namespaced_lease(
+                self.claims_namespace, claim_body(pet_id, namespace, name, uid)
+            )
+        except ApiException as exc:
+            if exc.status == 409:
+                return None
+            raise
+        return claim_from_body(self._lease_dict(lease))
+
+    async def read_claim(self, pet_id: int) -> Claim | None:
+        try:
+            lease = await self._coordination.read_namespaced_lease(claim_name(pet_id), self.claims_namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return claim_from_body(self._lease_dict(lease))
+
+    async def delete_claim(self, claim: Claim) -> bool:
+        options = {"preconditions": {"resourceVersion": claim.resource_version}}
+        try:
+            await self._coordination.delete_namespaced_lease(
+                claim_name(claim.pet_id), self.claims_namespace, body=options
+            )
+        except ApiException as exc:
+            if exc.status in (404, 409):
+                return False
+            raise
+        return True
+
+    async def list_claims(self) -> list[Claim]:
+        leases = await self._coordination.list_namespaced_lease(
+            self.claims_namespace, label_selector=f"{CLAIM_LABEL}=true"
+        )
+        claims = [claim_from_body(self._lease_dict(lease)) for lease in leases.items]
+        return [c for c in claims if c is not None]
+
+    # --- events ----------------------------------------------------------------------------
+
+    async def create_event(self, namespace: str, body: Mapping[str, Any]) -> dict[str, Any] | None:
+        try:
+            event = await self._core.create_namespaced_event(namespace, dict(body))
+        except ApiException as exc:
+            if exc.status == 409:
+                return None
+            raise
+        return {"count": event.count}
+
+    async def read_event(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            event = await self._core.read_namespaced_event(name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return {"count": event.count}
+
+    async def patch_event(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
+        await self._core.patch_namespaced_event(name, namespace, dict(patch), _content_type=MERGE_PATCH)

@@ -15,14 +15,17 @@ requests for that store only mark it dirty and the running one goes round again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import dataclasses
 import datetime
+import inspect
 import logging
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any, Protocol
 
 from pet_operator import model
+from pet_operator.claims import FINALIZER, Claim, ClaimStore, claim_outcome
 from pet_operator.kube import NotFound
 
 log = logging.getLogger(__name__)
@@ -39,6 +42,14 @@ class PetSnapshot:
     resource_version: str
     spec: dict[str, Any]
     status: dict[str, Any]
+    created: str = ""
+    deleting: bool = False
+    finalizers: tuple[str, ...] = ()
+
+    @property
+    def pet_id(self) -> int | None:
+        value = self.spec.get("id")
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
 
     @property
     def store(self) -> str | None:
@@ -56,6 +67,9 @@ class PetSnapshot:
             resource_version=str(meta.get("resourceVersion", "")),
             spec=copy.deepcopy(dict(body.get("spec") or {})),
             status=copy.deepcopy(dict(body.get("status") or {})),
+            created=str(meta.get("creationTimestamp", "")),
+            deleting=bool(meta.get("deletionTimestamp")),
+            finalizers=tuple(meta.get("finalizers") or ()),
         )
 
 
@@ -96,7 +110,14 @@ class StatusWriter(Protocol):
     ) -> dict[str, Any]: ...
 
 
-PhaseListener = Callable[[PetSnapshot, str | None, model.Verdict], None]
+class FinalizerWriter(Protocol):
+    async def set_finalizers(
+        self, plural: str, namespace: str, name: str, finalizers: list[str], resource_version: str
+    ) -> dict[str, Any]:
+        """Replace metadata.finalizers, failing with a conflict if the object changed."""
+
+
+PhaseListener = Callable[[PetSnapshot, str | None, model.Verdict], Awaitable[None] | None]
 
 
 def utc_now() -> str:
@@ -135,7 +156,19 @@ class Reconciler:
         writer: StatusWriter,
         clock: Callable[[], str] = utc_now,
         on_phase_change: PhaseListener | None = None,
+        claims: ClaimStore | None = None,
+        finalizers: FinalizerWriter | None = None,
+        served: frozenset[str] | None = None,
     ) -> None:
+        """``claims`` and ``finalizers`` turn on cluster-wide unique ids (both or neither);
+        ``served`` is the set of namespaces served (None: all), for telling orphaned claims."""
+        if (claims is None) != (finalizers is None):
+            raise ValueError("claims and finalizers go together")
+        self.claims = claims
+        self.finalizers = finalizers
+        self.served = served
+        self._claims: dict[int, Claim] = {}
+        self._finalized: set[str] = set()  # uids we added our finalizer to, until the watch shows it
         self.writer = writer
         self.clock = clock
         self.on_phase_change = on_phase_change
@@ -156,6 +189,8 @@ class Reconciler:
     def observe_pet(self, snap: PetSnapshot) -> None:
         """Note a pet seen on the watch (before its handler runs)."""
         self.observed.add(snap.uid)
+        if FINALIZER in snap.finalizers:
+            self._finalized.discard(snap.uid)
         written = self._written.get(snap.uid)
         if written is not None and _caught_up(written.resource_version, snap.resource_version):
             del self._written[snap.uid]  # the watch caught up: the snapshot is the truth again
@@ -172,6 +207,7 @@ class Reconciler:
 
     def forget_pet(self, namespace: str, name: str, uid: str) -> str | None:
         self._written.pop(uid, None)
+        self._finalized.discard(uid)
         self.observed.discard(uid)
         lock = self._pet_locks.get((namespace, name))
         if lock is not None and not lock.locked():
@@ -187,36 +223,146 @@ class Reconciler:
 
     async def sync_pet(self, key: Key, pets: PetIndex, stores: StoreIndex) -> model.Verdict | None:
         """Bring one pet's status in line with the newest known state; None if it is gone."""
+        released: int | None = None
         lock = self._pet_locks.setdefault(key, asyncio.Lock())
         async with lock:
             snap: PetSnapshot | None = _first(pets.get(key))
             if snap is None:
                 return None
-            store_snap: StoreSnapshot | None = (
-                _first(stores.get((snap.namespace, snap.store))) if snap.store else None
+            if snap.deleting:
+                released = await self._finalize(snap)
+                verdict = None
+            else:
+                verdict = await self._sync_live_pet(snap, pets, stores)
+        if released is not None:
+            await self.promote_waiting(released, pets, stores)
+        return verdict
+
+    async def _sync_live_pet(self, snap: PetSnapshot, pets: PetIndex, stores: StoreIndex) -> model.Verdict | None:
+        store_snap: StoreSnapshot | None = (
+            _first(stores.get((snap.namespace, snap.store))) if snap.store else None
+        )
+        claim = await self._claim(snap, pets)
+        if claim is None:
+            return None
+        verdict = model.evaluate_pet(snap.name, snap.spec, store_snap.view() if store_snap else None, claim)
+        current = self.effective_status(snap)
+        desired = model.pet_status(current, verdict, snap.generation, self.clock())
+        if not model.status_differs(current, desired):
+            return verdict
+        try:
+            obj = await self.writer.patch_status(model.PETS, snap.namespace, snap.name, desired)
+        except NotFound:
+            return None
+        self.writes += 1
+        meta = obj.get("metadata", {})
+        if meta.get("uid") == snap.uid:
+            self._written[snap.uid] = _Written(str(meta.get("resourceVersion", "")), obj.get("status", desired))
+        previous_phase = current.get("phase")
+        if previous_phase != verdict.phase.value:
+            log.info(
+                "pet %s/%s: %s -> %s (%s)",
+                snap.namespace, snap.name, previous_phase or "-", verdict.phase.value, verdict.reason,
             )
-            verdict = model.evaluate_pet(snap.name, snap.spec, store_snap.view() if store_snap else None)
-            current = self.effective_status(snap)
-            desired = model.pet_status(current, verdict, snap.generation, self.clock())
-            if not model.status_differs(current, desired):
-                return verdict
+            if self.on_phase_change is not None:
+                result = self.on_phase_change(snap, previous_phase, verdict)
+                if inspect.isawaitable(result):
+                    await result
+        return verdict
+
+    # --- id claims ------------------------------------------------------------------------
+
+    def prime_claims(self, claims: list[Claim]) -> None:
+        """Fill the claim cache from a listing (at start-up), sparing a read per pet."""
+        for claim in claims:
+            self._claims[claim.pet_id] = claim
+
+    def _is_orphan(self, claim: Claim, pets: PetIndex) -> bool:
+        """A claim whose holder we can see is gone (only decidable in a served namespace)."""
+        namespace, name = claim.holder_key
+        if self.served is not None and namespace not in self.served:
+            return False
+        holder: PetSnapshot | None = _first(pets.get((namespace, name)))
+        return holder is None or holder.uid != claim.holder_uid
+
+    async def _claim(self, snap: PetSnapshot, pets: PetIndex) -> model.IdClaim | None:
+        """Claim the pet's id (finalizer first, so a delete always releases); None if the pet is gone."""
+        if self.claims is None or self.finalizers is None:
+            return model.ID_CLAIM_NOT_ENFORCED
+        pet_id = snap.pet_id
+        if pet_id is None:
+            return model.IdClaim("Unknown", "NoId", "The pet has no integer spec.id to claim.")
+        if FINALIZER not in snap.finalizers and snap.uid not in self._finalized:
             try:
-                obj = await self.writer.patch_status(model.PETS, snap.namespace, snap.name, desired)
+                await self.finalizers.set_finalizers(
+                    model.PETS, snap.namespace, snap.name, [*snap.finalizers, FINALIZER], snap.resource_version
+                )
             except NotFound:
                 return None
-            self.writes += 1
-            meta = obj.get("metadata", {})
-            if meta.get("uid") == snap.uid:
-                self._written[snap.uid] = _Written(str(meta.get("resourceVersion", "")), obj.get("status", desired))
-            previous_phase = current.get("phase")
-            if previous_phase != verdict.phase.value:
-                log.info(
-                    "pet %s/%s: %s -> %s (%s)",
-                    snap.namespace, snap.name, previous_phase or "-", verdict.phase.value, verdict.reason,
-                )
-                if self.on_phase_change is not None:
-                    self.on_phase_change(snap, previous_phase, verdict)
-            return verdict
+            self._finalized.add(snap.uid)
+        cached = self._claims.get(pet_id)
+        if cached is not None and cached.holder_uid == snap.uid:
+            return claim_outcome(pet_id, snap.namespace, snap.name, snap.uid, cached)
+        for _ in range(3):
+            claim = await self.claims.create_claim(pet_id, snap.namespace, snap.name, snap.uid)
+            if claim is None:
+                claim = await self.claims.read_claim(pet_id)
+            if claim is None:
+                continue  # released between our create and read: try again
+            if claim.holder_uid != snap.uid and self._is_orphan(claim, pets):
+                log.info("collecting orphaned claim of id %d (holder %s is gone)", pet_id, claim.holder)
+                await self.claims.delete_claim(claim)
+                self._claims.pop(pet_id, None)
+                continue
+            self._claims[pet_id] = claim
+            return claim_outcome(pet_id, snap.namespace, snap.name, snap.uid, claim)
+        return claim_outcome(pet_id, snap.namespace, snap.name, snap.uid, None)
+
+    async def _finalize(self, snap: PetSnapshot) -> int | None:
+        """Release a deleted pet's claim, then its finalizer; returns the id released, if any."""
+        if FINALIZER not in snap.finalizers or self.claims is None or self.finalizers is None:
+            return None
+        released = None
+        pet_id = snap.pet_id
+        if pet_id is not None:
+            claim = self._claims.get(pet_id)
+            if claim is None or claim.holder_uid != snap.uid:
+                claim = await self.claims.read_claim(pet_id)
+            if claim is not None and claim.holder_uid == snap.uid:
+                if await self.claims.delete_claim(claim):
+                    log.info("pet %s/%s deleted: released id %d", snap.namespace, snap.name, pet_id)
+                    released = pet_id
+                self._claims.pop(pet_id, None)
+        remaining = [f for f in snap.finalizers if f != FINALIZER]
+        with contextlib.suppress(NotFound):  # already gone: nothing left to release
+            await self.finalizers.set_finalizers(
+                model.PETS, snap.namespace, snap.name, remaining, snap.resource_version
+            )
+        self._finalized.discard(snap.uid)
+        return released
+
+    async def promote_waiting(self, pet_id: int, pets: PetIndex, stores: StoreIndex) -> None:
+        """After a release, let the oldest pet waiting for the id take it; the rest stay Conflict."""
+        waiting: list[PetSnapshot] = []
+        for values in list(pets.values()):
+            snap: PetSnapshot | None = _first(values)
+            if snap is not None and snap.pet_id == pet_id and not snap.deleting:
+                waiting.append(snap)
+        for snap in sorted(waiting, key=lambda s: (s.created, s.namespace, s.name)):
+            await self.sync_pet((snap.namespace, snap.name), pets, stores)
+
+    async def collect_orphans(self, pets: PetIndex, stores: StoreIndex) -> int:
+        """Delete claims whose holder is gone; promote pets waiting for those ids."""
+        if self.claims is None:
+            return 0
+        collected = 0
+        for claim in await self.claims.list_claims():
+            if self._is_orphan(claim, pets) and await self.claims.delete_claim(claim):
+                log.info("collected orphaned claim of id %d (holder %s is gone)", claim.pet_id, claim.holder)
+                self._claims.pop(claim.pet_id, None)
+                collected += 1
+                await self.promote_waiting(claim.pet_id, pets, stores)
+        return collected
 
     # --- stores -------------------------------------------------------------------------
 

@@ -204,6 +204,9 @@ class FakeAppKube(FakeWriter):
     async def close(self) -> None:
         self.closed = True
 
+    async def list_claims(self) -> list[Any]:
+        return []
+
 
 @pytest.mark.parametrize(
     ("cfg", "clusterwide", "namespaces"),
@@ -226,7 +229,7 @@ async def test_main_wires_kopf_with_the_configured_scope(
 
     cfg = Config(**{**cfg.__dict__, "health_port": 0})  # any free port
     monkeypatch.setattr(app, "load_credentials", fake_load_credentials)
-    monkeypatch.setattr(app, "Kube", lambda: kube)
+    monkeypatch.setattr(app, "Kube", lambda claims_namespace: kube)
     monkeypatch.setattr(kopf, "operator", fake_operator)
     assert await app.main(cfg) == 0
     assert credentials == [None]

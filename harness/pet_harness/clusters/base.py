@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import base64
+import os
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -55,6 +56,17 @@ class Cluster(abc.ABC):
         self.stop()
 
 
+def write_private(path: Path, data: str | bytes) -> Path:
+    """Write a file that only its owner can read, with no moment of wider permissions."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    raw = data.encode() if isinstance(data, str) else data
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(raw)
+    path.chmod(0o600)  # an existing file keeps its old mode through O_CREAT
+    return path
+
+
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
@@ -90,7 +102,4 @@ def write_kubeconfig(
         "contexts": [{"name": f"{user}@{cluster_name}", "context": context}],
         "current-context": f"{user}@{cluster_name}",
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    path.chmod(0o600)
-    return path
+    return write_private(path, yaml.safe_dump(config, sort_keys=False))

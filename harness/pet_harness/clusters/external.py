@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from pet_harness.clusters.base import Cluster, ClusterError
+from pet_harness.clusters.base import Cluster, ClusterError, write_private
 
 K3S_IMAGE = "rancher/k3s:v1.34.4-k3s1"
 
@@ -58,15 +58,15 @@ class KubeconfigCluster(Cluster):
         if self.context:
             import yaml
 
-            data = yaml.safe_load(self.source.read_text())
-            names = [c.get("name") for c in data.get("contexts", [])]
+            data = yaml.safe_load(self.source.read_text()) or {}
+            if not isinstance(data, dict):
+                raise ClusterError(f"{self.source} is not a kubeconfig (its YAML is not a mapping)")
+            names = [c.get("name") for c in (data.get("contexts") or []) if isinstance(c, dict)]
             if self.context not in names:
                 raise ClusterError(f"context {self.context!r} is not in {self.source} (it has {names})")
             data["current-context"] = self.context
             self._tmp = Path(tempfile.mkdtemp(prefix="pet-kubeconfig-"))
-            path = self._tmp / "kubeconfig"
-            path.write_text(yaml.safe_dump(data))
-            path.chmod(0o600)
+            path = write_private(self._tmp / "kubeconfig", yaml.safe_dump(data))
         _check_reachable(path, "kubeconfig backend")
         self._path = path
 
@@ -119,9 +119,7 @@ class K3sCluster(Cluster):
             ) from exc
         self._container = container
         self._tmp = Path(tempfile.mkdtemp(prefix="pet-k3s-"))
-        path = self._tmp / "kubeconfig"
-        path.write_text(container.config_yaml())
-        path.chmod(0o600)
+        path = write_private(self._tmp / "kubeconfig", container.config_yaml())
         self._path = path
         _check_reachable(path, "k3s backend")
 

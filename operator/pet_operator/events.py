@@ -1,0 +1,102 @@
+"""Kubernetes Events for phase changes, aggregated like kubectl's and the kubelet's.
+
+One Event per phase change, ``Normal`` for ``Active`` and ``Warning`` otherwise. The
+Event's name is derived from the object's UID, the type, reason and message, so the
+same event on the same object always lands on the same Event object: the first one is
+created with ``count: 1``, every repeat patches ``count`` and ``lastTimestamp``.
+``min_level`` filters: ``Warning`` posts only warnings, ``None`` posts nothing.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import logging
+import os
+import socket
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from pet_operator import model
+from pet_operator.reconciler import PetSnapshot
+
+log = logging.getLogger(__name__)
+
+LEVELS = {"Normal": 0, "Warning": 1, "None": 2}
+COMPONENT = "pet-operator"
+
+
+class EventApi(Protocol):
+    async def create_event(self, namespace: str, body: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Create an Event; None if one of that name exists already."""
+
+    async def read_event(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+
+    async def patch_event(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None: ...
+
+
+def event_name(object_name: str, uid: str, type_: str, reason: str, message: str) -> str:
+    digest = hashlib.sha256("\0".join((uid, type_, reason, message)).encode()).hexdigest()[:16]
+    return f"{object_name[:200]}.{digest}"
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class EventRecorder:
+    def __init__(self, api: EventApi, min_level: str = "Normal", instance: str | None = None) -> None:
+        if min_level not in LEVELS:
+            raise ValueError(f"event level {min_level!r} is not one of {', '.join(LEVELS)}")
+        self.api = api
+        self.min_level = min_level
+        self.instance = instance or os.environ.get("POD_NAME") or socket.gethostname()
+        self._counts: dict[tuple[str, str], int] = {}  # (namespace, event name) -> count we last wrote
+        self.posted = 0
+
+    def wants(self, type_: str) -> bool:
+        return LEVELS[type_] >= LEVELS[self.min_level]
+
+    async def phase_changed(self, snap: PetSnapshot, previous: str | None, verdict: model.Verdict) -> None:
+        type_ = "Normal" if verdict.phase is model.Phase.ACTIVE else "Warning"
+        ref = {"apiVersion": f"{model.GROUP}/{model.VERSION}", "kind": "Pet", "name": snap.name,
+               "namespace": snap.namespace, "uid": snap.uid}
+        try:
+            await self.post(ref, type_, verdict.reason, verdict.message)
+        except Exception:
+            # an event is a courtesy: failing to post one must never fail the reconciliation
+            log.exception("could not post event %s/%s on pet %s/%s", type_, verdict.reason, snap.namespace, snap.name)
+
+    async def post(self, ref: Mapping[str, str], type_: str, reason: str, message: str) -> None:
+        if not self.wants(type_):
+            return
+        namespace = ref["namespace"]
+        name = event_name(ref["name"], ref["uid"], type_, reason, message)
+        now = _now()
+        key = (namespace, name)
+        count = self._counts.get(key)
+        if count is None:
+            body = {
+                "apiVersion": "v1",
+                "kind": "Event",
+                "metadata": {"name": name, "namespace": namespace},
+                "involvedObject": dict(ref),
+                "type": type_,
+                "reason": reason,
+                "message": message,
+                "count": 1,
+                "firstTimestamp": now,
+                "lastTimestamp": now,
+                "source": {"component": COMPONENT},
+                "reportingComponent": f"{model.GROUP}/{COMPONENT}",
+                "reportingInstance": self.instance,
+            }
+            if await self.api.create_event(namespace, body) is not None:
+                self._counts[key] = 1
+                self.posted += 1
+                return
+            existing = await self.api.read_event(namespace, name)
+            count = int((existing or {}).get("count") or 1)
+        await self.api.patch_event(namespace, name, {"count": count + 1, "lastTimestamp": now})
+        self._counts[key] = count + 1
+        self.posted += 1

@@ -1,0 +1,169 @@
+"""Contract behaviours 4 and 5: cluster-wide unique ids held by claims in the cluster."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from helpers import phase_of, wait_phase
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from pet_harness.kube import PetApi, api_client
+from pet_harness.waiting import wait_for
+
+CLAIM_LABEL = "petstore.example.com/id-claim=true"
+FINALIZER = "petstore.example.com/id-claim"
+
+
+def claims(kube_api: Any, namespace: str) -> dict[str, Any]:
+    leases = client.CoordinationV1Api(kube_api).list_namespaced_lease(namespace, label_selector=CLAIM_LABEL)
+    return {lease.metadata.name: lease for lease in leases.items}
+
+
+def test_claim_is_recorded_in_the_cluster_and_released_on_delete(
+    pets: PetApi, pet_operator: Any, kube_api: Any, claims_namespace: str
+) -> None:
+    pets.create_pet("rex", {"id": 501, "name": "Rex"})
+    pet = wait_phase(pets, "rex", "Active")
+    assert FINALIZER in pet["metadata"]["finalizers"]
+    conditions = {c["type"]: c for c in pet["status"]["conditions"]}
+    assert conditions["IdClaimed"]["status"] == "True"
+    lease = claims(kube_api, claims_namespace)["pet-id-501"]
+    assert lease.spec.holder_identity == f"{pets.namespace}/rex"
+    assert lease.metadata.annotations["petstore.example.com/pet-uid"] == pet["metadata"]["uid"]
+    pets.delete_pet("rex")
+    wait_for(pets.list_pets, lambda items: items == [], 20, "the pet to be gone")
+    assert "pet-id-501" not in claims(kube_api, claims_namespace)
+
+
+def test_duplicate_id_in_another_namespace_conflicts_then_takes_over(
+    pets: PetApi, make_namespace: Any, operator_factory: Any, kube_api: Any, claims_namespace: str,
+    request: Any,
+) -> None:
+    other = pets.in_namespace(make_namespace("other"))
+    operator_factory([pets.namespace, other.namespace])
+    pets.create_pet("holder", {"id": 502, "name": "holder"})
+    wait_phase(pets, "holder", "Active")
+    other.create_pet("older-twin", {"id": 502, "name": "older twin"})
+    first = wait_phase(other, "older-twin", "Conflict", "DuplicateId")
+    assert f"{pets.namespace}/holder" in first["status"]["message"]
+    assert {c["type"]: c for c in first["status"]["conditions"]}["IdClaimed"]["status"] == "False"
+    other.create_pet("younger-twin", {"id": 502, "name": "younger twin"})
+    wait_phase(other, "younger-twin", "Conflict", "DuplicateId")
+
+    deleted_at = time.monotonic()
+    pets.delete_pet("holder")
+    wait_phase(other, "older-twin", "Active", "Reconciled")
+    takeover = time.monotonic() - deleted_at
+    young = wait_phase(other, "younger-twin", "Conflict", "DuplicateId")
+    assert f"{other.namespace}/older-twin" in young["status"]["message"]
+    assert claims(kube_api, claims_namespace)["pet-id-502"].spec.holder_identity == f"{other.namespace}/older-twin"
+    _record(request, "takeover", {"seconds_from_delete_to_active": round(takeover, 3)})
+
+
+def test_pet_deleted_while_the_operator_is_down_goes_away_when_it_is_back(
+    pets: PetApi, pet_operator: Any, kube_api: Any, claims_namespace: str
+) -> None:
+    pets.create_pet("rex", {"id": 503, "name": "Rex"})
+    wait_phase(pets, "rex", "Active")
+    pet_operator.kill()
+    pets.delete_pet("rex")
+    held = pets.get_pet("rex")
+    assert held["metadata"].get("deletionTimestamp")
+    assert "pet-id-503" in claims(kube_api, claims_namespace)
+    pet_operator.start()
+    wait_for(pets.list_pets, lambda items: items == [], 30, "the deleted pet to go away")
+    assert "pet-id-503" not in claims(kube_api, claims_namespace)
+
+
+def test_orphaned_claims_are_collected_at_start(
+    pets: PetApi, operator_factory: Any, kube_api: Any, claims_namespace: str
+) -> None:
+    coordination = client.CoordinationV1Api(kube_api)
+    coordination.create_namespaced_lease(claims_namespace, {
+        "metadata": {"name": "pet-id-504", "labels": {"petstore.example.com/id-claim": "true"},
+                     "annotations": {"petstore.example.com/pet-uid": "0000-gone"}},
+        "spec": {"holderIdentity": f"{pets.namespace}/ghost"},
+    })
+    operator_factory([pets.namespace])
+    wait_for(lambda: claims(kube_api, claims_namespace), lambda found: "pet-id-504" not in found, 30,
+             "the orphaned claim to be collected")
+    pets.create_pet("heir", {"id": 504, "name": "heir"})
+    wait_phase(pets, "heir", "Active")
+
+
+def test_racing_creates_leave_exactly_one_holder_per_id(
+    pet_cluster: Any, make_namespace: Any, operator_factory: Any, kube_api: Any, claims_namespace: str,
+    request: Any,
+) -> None:
+    rounds, namespaces_n, clients_per_namespace = 8, 3, 2
+    namespaces = [make_namespace(f"race{i}") for i in range(namespaces_n)]
+    operator_factory(namespaces)
+    apis = [api_client(pet_cluster.kubeconfig_path) for _ in range(namespaces_n * clients_per_namespace)]
+    outcomes: list[dict[str, int]] = []
+    try:
+        with ThreadPoolExecutor(len(apis)) as pool:
+            for r in range(rounds):
+                pet_id = 600 + r
+                barrier = threading.Barrier(len(apis))
+
+                def create(i: int, pet_id: int = pet_id, barrier: threading.Barrier = barrier) -> tuple[str, str]:
+                    ns = namespaces[i % namespaces_n]
+                    name = f"r{pet_id}-c{i}"
+                    barrier.wait(10)
+                    PetApi(apis[i], ns).create_pet(name, {"id": pet_id, "name": name})
+                    return ns, name
+
+                created = list(pool.map(create, range(len(apis))))
+                phases = {}
+                for ns, name in created:
+                    pet = wait_for(lambda ns=ns, name=name: PetApi(kube_api, ns).get_pet(name),
+                                   lambda p: phase_of(p) in ("Active", "Conflict"), 30, f"{ns}/{name} settled")
+                    phases[(ns, name)] = phase_of(pet)
+                active = [k for k, v in phases.items() if v == "Active"]
+                assert len(active) == 1, f"round {r}: {phases}"
+                holder = f"{active[0][0]}/{active[0][1]}"
+                for (ns, name), phase in phases.items():
+                    if phase == "Conflict":
+                        assert holder in PetApi(kube_api, ns).get_pet(name)["status"]["message"]
+                outcomes.append({"active": len(active), "conflict": len(phases) - len(active)})
+    finally:
+        for api in apis:
+            api.close()
+    for ns in namespaces:
+        for pet in PetApi(kube_api, ns).list_pets():
+            PetApi(kube_api, ns).delete_pet(pet["metadata"]["name"])
+    for ns in namespaces:
+        wait_for(PetApi(kube_api, ns).list_pets, lambda items: items == [], 60, f"pets of {ns} deleted")
+    assert claims(kube_api, claims_namespace) == {}
+    _record(request, "race", {"rounds": rounds, "namespaces": namespaces_n, "clients": len(apis),
+                              "pets_per_round": len(apis), "outcomes": outcomes,
+                              "claims_left_after_delete": 0})
+
+
+def _record(request: Any, name: str, data: dict[str, Any]) -> None:
+    """Write a measured figure to reports/ for the notes (never asserted on)."""
+    directory = Path(str(request.config.getoption("--pet-report-dir")))
+    if not directory.is_absolute():
+        directory = Path(str(request.config.rootpath)) / directory
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"unique-ids-{name}.json").write_text(json.dumps(data, indent=2))
+
+
+def test_status_of_a_pet_is_not_writable_by_the_admission_of_ids(pets: PetApi, pet_operator: Any) -> None:
+    """A pet whose id was taken keeps its id: spec.id stays immutable even in Conflict."""
+    pets.create_pet("a", {"id": 505, "name": "a"})
+    wait_phase(pets, "a", "Active")
+    pets.create_pet("b", {"id": 505, "name": "b"})
+    wait_phase(pets, "b", "Conflict")
+    try:
+        pets.patch_pet("b", {"spec": {"id": 506}})
+    except ApiException as exc:
+        assert exc.status == 422
+    else:
+        raise AssertionError("spec.id changed on a conflicting pet")
