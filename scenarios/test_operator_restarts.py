@@ -20,7 +20,7 @@ def _spec(i: int, store: str | None = None) -> dict[str, Any]:
 def test_killed_mid_run_and_restarted_converges_without_duplicate_work(
     pets: PetApi, operator_factory: Any
 ) -> None:
-    op = operator_factory([pets.namespace])
+    op = operator_factory([pets.namespace], webhook=False)  # writes go on while it is down
     pets.create_store("shop")
     settled = [f"settled-{i}" for i in range(10)]
     for i, name in enumerate(settled):

@@ -46,6 +46,7 @@ class OperatorProcess:
         self.name = name
         self.extra_env = dict(extra_env or {})
         self.health_port = 0
+        self.webhook_port = 0
         self.process: ManagedProcess | None = None
         self.starts = 0
 

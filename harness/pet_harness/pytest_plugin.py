@@ -32,9 +32,9 @@ from typing import Any
 import pytest
 import yaml
 
-from pet_harness import binaries
+from pet_harness import binaries, webhooks
 from pet_harness.clusters import Cluster, make_cluster
-from pet_harness.clusters.local import LocalCluster
+from pet_harness.clusters.local import LocalCluster, free_port
 from pet_harness.kube import PetApi, api_client, create_namespace, delete_namespace, install_crds, unique_namespace_name
 from pet_harness.operator_process import OperatorProcess
 from pet_harness.processes import install_signal_handlers
@@ -168,29 +168,60 @@ def claims_namespace(make_namespace: Any) -> str:
 
 
 @pytest.fixture
-def operator_factory(request: pytest.FixtureRequest, operator_kubeconfig: Path, claims_namespace: str) -> Iterator[Any]:
+def operator_factory(
+    request: pytest.FixtureRequest, operator_kubeconfig: Path, claims_namespace: str, kube_api: Any
+) -> Iterator[Any]:
+    """Start ``pet-operator`` replicas; by default each serves the admission webhook.
+
+    The first replica that serves the webhook is registered in a ValidatingWebhookConfiguration
+    (the one in ``deploy/webhook/``, pointed at its loopback port, with a certificate from the
+    harness's CA), and the factory waits until the API server calls it.
+    """
     started: list[OperatorProcess] = []
     request.node.stash[_OPERATORS] = started
     log_dir = Path(tempfile.mkdtemp(prefix="pet-operator-logs-"))
+    hook: dict[str, Any] = {}
 
     def start(
         namespaces: tuple[str, ...] | list[str] = (), all_namespaces: bool = False,
         extra_args: tuple[str, ...] = (), wait_ready: bool = True, env: dict[str, str] | None = None,
+        webhook: bool = True,
     ) -> OperatorProcess:
+        served = list(namespaces) or [ns for ns in (env or {}).get("KOPF_NAMESPACE", "").split(",") if ns]
+        args = ["--claims-namespace", claims_namespace]
+        if webhook and served:
+            if "dir" not in hook:
+                hook["dir"] = log_dir / "webhook-certs"
+                hook["ca"] = webhooks.write_serving_certificate(hook["dir"])
+            port = free_port()
+            args += ["--webhook-port", str(port), "--webhook-cert-dir", str(hook["dir"])]
+        else:
+            port = 0
+            args += ["--webhook-port", "0"]
         op = OperatorProcess(
             operator_kubeconfig, log_dir / f"operator-{len(started)}.log", namespaces=namespaces,
-            all_namespaces=all_namespaces, extra_args=("--claims-namespace", claims_namespace, *extra_args),
-            name=f"pet-operator-{len(started)}",
-            extra_env=env,
+            all_namespaces=all_namespaces, extra_args=(*args, *extra_args),
+            name=f"pet-operator-{len(started)}", extra_env=env,
         )
+        op.webhook_port = port
         started.append(op)
         op.start(wait_ready=wait_ready)
+        if port and "name" not in hook:
+            hook["name"] = f"pet-operator-{served[0]}"[:253]
+            webhooks.install(kube_api, webhooks.webhook_configuration(
+                hook["name"], served, f"https://127.0.0.1:{port}/validate-pets", hook["ca"]))
+            webhooks.wait_effective(kube_api, served[0])
         return op
 
     try:
         yield start
     finally:
         problems = []
+        if "name" in hook:
+            try:
+                webhooks.uninstall(kube_api, hook["name"])
+            except Exception as exc:  # noqa: BLE001 - report it with the rest
+                problems.append(f"could not remove the webhook configuration: {exc}")
         for op in started:
             op.stop()
             bad = op.inconsistency_lines()

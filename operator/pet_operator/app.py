@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
+import threading
 
 import kopf
 
@@ -15,12 +17,17 @@ from pet_operator.events import EventRecorder
 from pet_operator.health import HealthServer
 from pet_operator.kube import Kube, load_credentials
 from pet_operator.reconciler import Reconciler
+from pet_operator.webhook import PATH, WebhookServer, certificates_for
 
 log = logging.getLogger("pet_operator")
 
 
-def make_settings() -> kopf.OperatorSettings:
+def make_settings(shutdown_grace: float = 20.0) -> kopf.OperatorSettings:
     settings = kopf.OperatorSettings()
+    # On SIGTERM Kopf stops watching (no new work) and gives each object's worker this long
+    # to finish what it is doing; every handler is idempotent, so a cut-off one is redone
+    # by whichever replica reconciles next.
+    settings.batching.exit_timeout = shutdown_grace
     # No Kopf peering: several replicas are coordinated by a Lease (leader election), not by
     # Kopf's freeze-on-peer protocol.
     settings.peering.standalone = True
@@ -97,6 +104,23 @@ async def maintenance(config: Config, rec: Reconciler, indexes: handlers.Indexes
         await handlers.resync_forever(rec, indexes, config.resync_period)
 
 
+async def start_webhook(config: Config, kube: Kube) -> WebhookServer | None:
+    if not config.webhook_port:
+        return None
+    certificates, ca_pem = certificates_for(config.webhook_cert_dir, config.webhook_host_names)
+    server = WebhookServer(config.webhook_port, certificates, kube.read_store, kube.read_claim)
+    await server.start()
+    log.info("admission webhook on :%d%s (%s certificate)", config.webhook_port, PATH,
+             "mounted" if config.webhook_cert_dir else "self-signed")
+    if ca_pem is not None and config.webhook_configuration:
+        try:
+            await kube.publish_ca_bundle(config.webhook_configuration, ca_pem)
+            log.info("published the webhook CA into %s", config.webhook_configuration)
+        except Exception as exc:  # noqa: BLE001 - the webhook still serves; the API server will not trust it
+            log.error("cannot publish the webhook CA into %s: %s", config.webhook_configuration, exc)
+    return server
+
+
 async def main(config: Config) -> int:
     if config.kubeconfig:
         os.environ["KUBECONFIG"] = config.kubeconfig  # Kopf's login reads it too
@@ -117,22 +141,54 @@ async def main(config: Config) -> int:
     readiness = Readiness()
     health = HealthServer(config.health_port, readiness.check)
     await health.start()
+    webhook = await start_webhook(config, kube)
     log.info("serving %s; claims in %s; health on :%d", config.scope, config.claims_namespace, config.health_port)
     background = [asyncio.create_task(initial_sync(config, kube, rec, readiness))]
     background.append(asyncio.create_task(maintenance(config, rec, indexes, readiness)))
+    stop_flag = asyncio.Event()
+
+    async def graceful_stop(sig: signal.Signals) -> None:
+        """Unready at once, close the webhook and our own tasks, then let Kopf drain its workers.
+
+        Kopf waits up to 5 s for tasks it did not start (the webhook's keep-alive connections
+        from the API server would be such); closing them first makes shutdown prompt.
+        """
+        log.info("%s received: stopping (grace %.0fs)", sig.name, config.shutdown_grace)
+        readiness.stopping = True
+        for task in background:
+            task.cancel()
+        if webhook is not None:
+            await webhook.stop()
+        stop_flag.set()
+
+    async def take_over_signals() -> None:
+        await readiness.started.wait()  # Kopf has installed its own handlers by now: replace them
+        loop = asyncio.get_running_loop()
+
+        def on_signal(sig: signal.Signals) -> None:
+            background.append(asyncio.create_task(graceful_stop(sig)))
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal, sig)
+
+    if threading.current_thread() is threading.main_thread():
+        background.append(asyncio.create_task(take_over_signals()))
     try:
         await kopf.operator(
             registry=registry,
-            settings=make_settings(),
+            settings=make_settings(config.shutdown_grace),
             standalone=True,
             clusterwide=config.all_namespaces,
             namespaces=list(config.namespaces),
             ready_flag=readiness.started,
+            stop_flag=stop_flag,
         )
     finally:
         readiness.stopping = True
         for task in background:
             task.cancel()
+        if webhook is not None:
+            await webhook.stop()
         await health.stop()
         await kube.close()
     log.info("stopped after %d status writes", rec.writes)

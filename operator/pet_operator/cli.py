@@ -28,6 +28,11 @@ class Config:
     log_level: str
     claims_namespace: str = "pet-system"
     event_level: str = "Normal"
+    webhook_port: int = 9443
+    webhook_cert_dir: str | None = None
+    webhook_configuration: str | None = None
+    webhook_host_names: tuple[str, ...] = ()
+    shutdown_grace: float = 20.0
 
     @property
     def scope(self) -> str:
@@ -59,6 +64,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--event-level", default="Normal", choices=["Normal", "Warning", "None"],
         help="post Events of this type and above: Normal (all), Warning (warnings only), None (default Normal)",
     )
+    hook = parser.add_argument_group("admission webhook (TLS)")
+    hook.add_argument("--webhook-port", type=int, default=9443, help="HTTPS port of /validate-pets; 0 turns it off")
+    hook.add_argument("--webhook-cert-dir", default=None, metavar="DIR",
+                      help="folder with tls.crt and tls.key (re-read on change); default: self-signed at start")
+    hook.add_argument("--webhook-configuration", default=None, metavar="NAME",
+                      help="ValidatingWebhookConfiguration whose caBundle gets the self-signed CA")
+    hook.add_argument("--webhook-host-name", action="append", default=[], metavar="NAME",
+                      help="host name or IP for the self-signed certificate (repeatable; default: the Service "
+                           "name pet-operator-webhook.<claims namespace>.svc, localhost and 127.0.0.1)")
+    parser.add_argument("--shutdown-grace", type=float, default=20.0,
+                        help="seconds in-flight work may take after SIGTERM before the operator exits (default 20)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
 
@@ -94,7 +110,21 @@ def parse_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] |
             f"claims namespace {claims_namespace!r} is not a valid namespace name (lower-case letters, "
             "digits and '-', 1 to 63 characters, starting and ending with a letter or digit)"
         )
+    if args.webhook_port != 0 and not 1 <= args.webhook_port <= 65535:
+        raise ConfigError(f"--webhook-port {args.webhook_port} is not a TCP port (1..65535, or 0 for off)")
+    if args.webhook_port and args.webhook_port == args.health_port:
+        raise ConfigError(f"--webhook-port and --health-port are both {args.health_port}: they need two ports")
+    if not math.isfinite(args.shutdown_grace) or args.shutdown_grace < 0:
+        raise ConfigError(f"--shutdown-grace {args.shutdown_grace} must be 0 or a positive number of seconds")
+    host_names = tuple(args.webhook_host_name) or (
+        f"pet-operator-webhook.{claims_namespace}.svc", "localhost", "127.0.0.1"
+    )
     return Config(
+        webhook_port=args.webhook_port,
+        webhook_cert_dir=args.webhook_cert_dir,
+        webhook_configuration=args.webhook_configuration,
+        webhook_host_names=host_names,
+        shutdown_grace=args.shutdown_grace,
         claims_namespace=claims_namespace,
         event_level=args.event_level,
         namespaces=tuple(dict.fromkeys(namespaces)),

@@ -14,7 +14,7 @@ from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from pet_operator.claims import CLAIM_LABEL, Claim, claim_body, claim_from_body, claim_name
-from pet_operator.model import GROUP, VERSION
+from pet_operator.model import GROUP, VERSION, StoreView
 
 log = logging.getLogger(__name__)
 
@@ -163,3 +163,30 @@ class Kube:
 
     async def patch_event(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
         await self._core.patch_namespaced_event(name, namespace, dict(patch), _content_type=MERGE_PATCH)
+
+    # --- webhook support ---------------------------------------------------------------------
+
+    async def read_store(self, namespace: str, name: str) -> StoreView | None:
+        try:
+            body = await self._custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "petstores", name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return StoreView.from_body(name, body.get("spec") or {})
+
+    async def publish_ca_bundle(self, configuration: str, ca_pem: bytes) -> None:
+        """Write the CA into every webhook of a ValidatingWebhookConfiguration."""
+        import base64
+
+        api = client.AdmissionregistrationV1Api(self._api_client)
+        current = await api.read_validating_webhook_configuration(configuration)
+        bundle = base64.b64encode(ca_pem).decode()
+        patch = [
+            {"op": "add", "path": f"/webhooks/{i}/clientConfig/caBundle", "value": bundle}
+            for i in range(len(current.webhooks or []))
+        ]
+        if patch:
+            await api.patch_validating_webhook_configuration(
+                configuration, patch, _content_type="application/json-patch+json"
+            )

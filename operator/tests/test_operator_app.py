@@ -29,6 +29,7 @@ def config(*namespaces: str, all_namespaces: bool = False, resync: float = 0.0) 
         kubeconfig=None,
         resync_period=resync,
         log_level="INFO",
+        webhook_port=0,
     )
 
 

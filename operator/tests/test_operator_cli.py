@@ -30,6 +30,7 @@ def test_defaults() -> None:
         kubeconfig=None,
         resync_period=300.0,
         log_level="INFO",
+        webhook_host_names=("pet-operator-webhook.pet-system.svc", "localhost", "127.0.0.1"),
     )
 
 

@@ -1,0 +1,76 @@
+"""Admission rules for Pets (pure): allowed tags of the store, and ids already held.
+
+The webhook server (:mod:`pet_operator.webhook`) fetches what these rules need and
+turns their verdict into an AdmissionReview response.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from pet_operator.claims import Claim
+from pet_operator.model import StoreView, describe_allowed, disallowed_tags
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    message: str = ""
+    code: int = 200
+
+
+ALLOW = Decision(True)
+
+
+def tags_changed(old_spec: Mapping[str, Any] | None, new_spec: Mapping[str, Any]) -> bool:
+    return old_spec is None or set(old_spec.get("tags") or []) != set(new_spec.get("tags") or [])
+
+
+def review_pet(
+    operation: str,
+    namespace: str,
+    name: str,
+    new: Mapping[str, Any] | None,
+    old: Mapping[str, Any] | None,
+    store: StoreView | None,
+    claim: Claim | None,
+) -> Decision:
+    """Decide on a CREATE or UPDATE of a pet.
+
+    * Tags are checked when a pet is created or its tags change, never on other updates:
+      a store that narrows ``allowedTags`` later turns its pets ``Invalid`` instead, and
+      those pets must stay updatable (finalizers, labels) and deletable.
+    * The id is checked on CREATE only (it is immutable): a claim held by another pet
+      rejects the create; a claim of a pet with this very namespace/name is a stale one
+      of a pet being recreated, which the controller sorts out.
+    """
+    if operation not in ("CREATE", "UPDATE") or new is None:
+        return ALLOW
+    if (new.get("metadata") or {}).get("deletionTimestamp"):
+        return ALLOW
+    spec = new.get("spec") or {}
+    problems: list[str] = []
+    old_spec = (old or {}).get("spec") if operation == "UPDATE" else None
+    if store is not None and tags_changed(old_spec, spec):
+        bad = disallowed_tags(list(spec.get("tags") or []), store.allowed_tags)
+        if bad:
+            problems.append(
+                f"tags {', '.join(repr(t) for t in bad)} are not allowed by PetStore {store.name!r}, "
+                f"which allows {describe_allowed(store.allowed_tags)}"
+            )
+    if operation == "CREATE" and claim is not None and claim.holder != f"{namespace}/{name}":
+        problems.append(
+            f"spec.id {spec.get('id')} is already held by pet {claim.holder}; ids are unique across all namespaces"
+        )
+    if not problems:
+        return ALLOW
+    return Decision(False, "; ".join(problems), 422)
+
+
+def review_response(uid: str, decision: Decision) -> dict[str, Any]:
+    response: dict[str, Any] = {"uid": uid, "allowed": decision.allowed}
+    if not decision.allowed:
+        response["status"] = {"code": decision.code, "reason": "Invalid", "message": decision.message}
+    return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response}

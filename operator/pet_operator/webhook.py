@@ -1,0 +1,204 @@
+"""The validating admission webhook for Pets, served over TLS by every replica.
+
+Certificates come from ``--webhook-cert-dir`` (``tls.crt`` and ``tls.key``, as
+cert-manager mounts them) and are re-read when those files change; without a folder a
+self-signed CA and serving certificate are made at start, and the CA is written into
+the ``caBundle`` of the ValidatingWebhookConfiguration named by
+``--webhook-configuration`` (so only one replica should run in that mode: each would
+make its own CA). The path served is ``/validate-pets``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import ipaddress
+import logging
+import ssl
+import tempfile
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from pet_operator import admission
+from pet_operator.claims import Claim
+from pet_operator.model import StoreView
+
+log = logging.getLogger(__name__)
+
+PATH = "/validate-pets"
+StoreLookup = Callable[[str, str], Awaitable[StoreView | None]]
+ClaimLookup = Callable[[int], Awaitable[Claim | None]]
+
+
+def self_signed(dns_names: Sequence[str], directory: Path) -> bytes:
+    """Make a CA and a serving certificate in ``directory``; returns the CA's PEM."""
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pet-operator-webhook-ca")])
+    ca = (
+        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=365))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    sans: list[x509.GeneralName] = []
+    for name in dns_names:
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            sans.append(x509.DNSName(name))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns_names[0])]))
+        .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=365))
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "tls.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path = directory / "tls.key"
+    key_path.touch(mode=0o600)
+    key_path.write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ))
+    return ca.public_bytes(serialization.Encoding.PEM)
+
+
+class CertificateFiles:
+    """``tls.crt``/``tls.key`` loaded into one SSLContext, reloaded when they change."""
+
+    def __init__(self, directory: Path) -> None:
+        self.cert = directory / "tls.crt"
+        self.key = directory / "tls.key"
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.minimum_version = ssl.TLSVersion.TLSv1_2
+        self._stamp: tuple[float, float, int, int] | None = None
+        self.reloads = 0
+        self.reload()
+
+    def _current_stamp(self) -> tuple[float, float, int, int]:
+        c, k = self.cert.stat(), self.key.stat()
+        return c.st_mtime, k.st_mtime, c.st_size, k.st_size
+
+    def reload(self) -> bool:
+        """Load the files if they changed since the last load; True if they were loaded."""
+        try:
+            stamp = self._current_stamp()
+        except OSError as exc:
+            if self._stamp is None:
+                raise ValueError(f"webhook certificate files missing: {exc}") from exc
+            log.warning("webhook certificate files unreadable, keeping the old ones: %s", exc)
+            return False
+        if stamp == self._stamp:
+            return False
+        try:
+            self.context.load_cert_chain(str(self.cert), str(self.key))
+        except (ssl.SSLError, OSError) as exc:
+            if self._stamp is None:
+                raise ValueError(f"webhook certificate {self.cert} / {self.key} cannot be loaded: {exc}") from exc
+            log.warning("new webhook certificate cannot be loaded (mid-rotation?), keeping the old one: %s", exc)
+            return False
+        if self._stamp is not None:
+            self.reloads += 1
+            log.info("webhook certificate reloaded from %s", self.cert)
+        self._stamp = stamp
+        return True
+
+
+class WebhookServer:
+    def __init__(
+        self,
+        port: int,
+        certificates: CertificateFiles,
+        stores: StoreLookup,
+        claims: ClaimLookup,
+        reload_interval: float = 5.0,
+        host: str = "0.0.0.0",  # noqa: S104 - a Service routes to the pod's address
+    ) -> None:
+        self.port = port
+        self.host = host
+        self.certificates = certificates
+        self.stores = stores
+        self.claims = claims
+        self.reload_interval = reload_interval
+        self._runner: web.AppRunner | None = None
+        self._reloader: asyncio.Task[None] | None = None
+        self.reviews = 0
+
+    async def _review(self, request: web.Request) -> web.Response:
+        try:
+            review: dict[str, Any] = await request.json()
+            req = review["request"]
+            uid = str(req["uid"])
+        except (ValueError, KeyError, TypeError):
+            return web.json_response({"error": "expected an AdmissionReview with a request"}, status=400)
+        self.reviews += 1
+        try:
+            decision = await self.decide(req)
+        except Exception as exc:
+            log.exception("admission review %s failed", uid)
+            decision = admission.Decision(False, f"the pet-operator webhook could not decide: {exc}", 500)
+        return web.json_response(admission.review_response(uid, decision))
+
+    async def decide(self, req: dict[str, Any]) -> admission.Decision:
+        operation = str(req.get("operation", ""))
+        namespace = str(req.get("namespace", ""))
+        new = req.get("object")
+        old = req.get("oldObject")
+        if operation not in ("CREATE", "UPDATE") or not isinstance(new, dict):
+            return admission.ALLOW
+        name = str((new.get("metadata") or {}).get("name") or req.get("name") or "")
+        spec = new.get("spec") or {}
+        store_name = spec.get("store")
+        store = await self.stores(namespace, str(store_name)) if store_name else None
+        pet_id = spec.get("id")
+        claim = await self.claims(pet_id) if operation == "CREATE" and isinstance(pet_id, int) else None
+        return admission.review_pet(operation, namespace, name, new, old, store, claim)
+
+    async def _reload_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.reload_interval)
+            self.certificates.reload()
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post(PATH, self._review)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        # reviews take milliseconds; on shutdown, in-flight ones get 3 s, idle keep-alives none
+        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.certificates.context,
+                           shutdown_timeout=3.0)
+        await site.start()
+        self._reloader = asyncio.create_task(self._reload_forever())
+
+    async def stop(self) -> None:
+        if self._reloader is not None:
+            self._reloader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reloader
+        if self._runner is not None:
+            await asyncio.shield(self._runner.cleanup())
+            self._runner = None
+
+
+def certificates_for(cert_dir: str | None, dns_names: Sequence[str]) -> tuple[CertificateFiles, bytes | None]:
+    """Mounted certificates, or a self-signed set (with its CA PEM) in a private temp folder."""
+    if cert_dir:
+        return CertificateFiles(Path(cert_dir)), None
+    directory = Path(tempfile.mkdtemp(prefix="pet-operator-webhook-"))
+    ca_pem = self_signed(dns_names, directory)
+    return CertificateFiles(directory), ca_pem
