@@ -168,3 +168,26 @@ def test_a_conflicting_pet_cannot_change_its_id(pets: PetApi, operator_factory: 
     with pytest.raises(ApiException) as caught:
         pets.patch_pet("b", {"spec": {"id": 506}})
     assert caught.value.status == 422
+
+
+def test_strip_finalizers_when_the_operator_is_gone_for_good(
+    pets: PetApi, operator_factory: Any, kube_api: Any, claims_namespace: str, pet_cluster: Any
+) -> None:
+    import subprocess
+    import sys
+
+    op = operator_factory([pets.namespace], webhook=False)
+    pets.create_pet("rex", {"id": 510, "name": "Rex"})
+    wait_phase(pets, "rex", "Active")
+    op.stop()
+    pets.delete_pet("rex")
+    assert pets.get_pet("rex")["metadata"]["deletionTimestamp"]
+    done = subprocess.run(
+        [sys.executable, "-m", "pet_harness.cli", "finalizers", "strip", "--kubeconfig",
+         str(pet_cluster.kubeconfig_path), "--namespace", pets.namespace, "--claims-namespace", claims_namespace],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "from 1 pets; deleted 1 id claims" in done.stdout
+    wait_for(pets.list_pets, lambda items: items == [], 20, "the pet to go")
+    assert claims(kube_api, claims_namespace) == {}

@@ -6,14 +6,17 @@
     pet-harness cluster status        is it running, where, on which ports
     pet-harness cluster kubeconfig    print the admin kubeconfig's path
     pet-harness cluster down          stop it; nothing is left running
+    pet-harness finalizers strip      remove the operator's finalizers once it is gone for good
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from pet_harness import binaries, cluster_daemon, versions
 from pet_harness.clusters.base import ClusterError
@@ -76,6 +79,20 @@ def _cmd_cluster_kubeconfig(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_finalizers_strip(args: argparse.Namespace) -> int:
+    from pet_harness import finalizers
+    from pet_harness.kube import api_client
+
+    if not args.all_namespaces and not args.namespace:
+        print("pet-harness: error: give --namespace NS (repeatable) or --all-namespaces", file=sys.stderr)
+        return 2
+    kubeconfig = args.kubeconfig or os.environ.get("KUBECONFIG") or str(Path.home() / ".kube" / "config")
+    with api_client(kubeconfig) as api:
+        pets, claims = finalizers.strip(api, None if args.all_namespaces else args.namespace, args.claims_namespace)
+    print(f"stripped the id-claim finalizer from {pets} pets; deleted {claims} id claims")
+    return 0
+
+
 def _cmd_cluster_serve(args: argparse.Namespace) -> int:
     return cluster_daemon.serve(args.name)
 
@@ -104,6 +121,14 @@ def build_parser() -> argparse.ArgumentParser:
         p = cluster_sub.add_parser(action, help=text) if text else cluster_sub.add_parser(action)
         p.add_argument("--name", default="default", help="cluster name (default: default)")
         p.set_defaults(func=func)
+    fin = sub.add_parser("finalizers", help="clean up after the operator is uninstalled")
+    fin_sub = fin.add_subparsers(dest="action", required=True)
+    strip = fin_sub.add_parser("strip", help="remove petstore.example.com/id-claim from pets (and the claims)")
+    strip.add_argument("--kubeconfig", default=None, help="default: $KUBECONFIG, then ~/.kube/config")
+    strip.add_argument("--namespace", "-n", action="append", default=[], help="namespace of pets (repeatable)")
+    strip.add_argument("--all-namespaces", "-A", action="store_true", help="pets of every namespace")
+    strip.add_argument("--claims-namespace", default=None, help="also delete the id claims (Leases) here")
+    strip.set_defaults(func=_cmd_finalizers_strip)
     return parser
 
 

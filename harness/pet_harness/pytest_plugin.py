@@ -8,8 +8,10 @@ Fixtures:
 * ``kube_api`` (session): an admin ``kubernetes.client.ApiClient``.
 * ``namespace``: a fresh namespace, deleted with everything in it afterwards.
 * ``pets``: a :class:`~pet_harness.kube.PetApi` bound to ``namespace``.
-* ``operator_factory``: starts ``pet-operator`` subprocesses; each is stopped at the end
-  of the test and its log checked for Kopf's "inconsistencies" warning.
+* ``operator_factory``: starts ``pet-operator`` subprocesses under the ServiceAccount and
+  RBAC of ``deploy/rbac/`` (a TokenRequest token, never admin), each serving the admission
+  webhook unless told not to; each is stopped at the end of the test and its log checked
+  for Kopf's "inconsistencies" warning.
 * ``pet_operator``: one operator serving ``namespace``, started and ready.
 
 On a failure, the report gets each operator's log, the namespace's events and the
@@ -38,6 +40,8 @@ from pet_harness.clusters.local import LocalCluster, free_port
 from pet_harness.kube import PetApi, api_client, create_namespace, delete_namespace, install_crds, unique_namespace_name
 from pet_harness.operator_process import OperatorProcess
 from pet_harness.processes import install_signal_handlers
+from pet_harness.rbac import OperatorIdentity
+from pet_harness.waiting import wait_for
 
 _OPERATORS = pytest.StashKey[list[OperatorProcess]]()
 _NAMESPACES = pytest.StashKey[list[str]]()
@@ -115,17 +119,6 @@ def kube_api(pet_cluster: Cluster) -> Iterator[Any]:
         api.close()
 
 
-@pytest.fixture(scope="session")
-def operator_kubeconfig(pet_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The operator's own kubeconfig: its own identity where the backend can mint one."""
-    try:
-        return pet_cluster.user_kubeconfig("pet-operator", ("system:masters",))
-    except Exception:  # noqa: BLE001 - backends without client identities share the admin file
-        path = tmp_path_factory.mktemp("operator") / "kubeconfig"
-        shutil.copy(pet_cluster.kubeconfig_path, path)
-        return path
-
-
 @pytest.fixture
 def make_namespace(request: pytest.FixtureRequest, kube_api: Any) -> Iterator[Any]:
     created: list[str] = []
@@ -169,7 +162,7 @@ def claims_namespace(make_namespace: Any) -> str:
 
 @pytest.fixture
 def operator_factory(
-    request: pytest.FixtureRequest, operator_kubeconfig: Path, claims_namespace: str, kube_api: Any
+    request: pytest.FixtureRequest, pet_cluster: Cluster, claims_namespace: str, kube_api: Any
 ) -> Iterator[Any]:
     """Start ``pet-operator`` replicas; by default each serves the admission webhook.
 
@@ -181,6 +174,7 @@ def operator_factory(
     request.node.stash[_OPERATORS] = started
     log_dir = Path(tempfile.mkdtemp(prefix="pet-operator-logs-"))
     hook: dict[str, Any] = {}
+    identity = OperatorIdentity(kube_api, claims_namespace, claims_namespace)
 
     def start(
         namespaces: tuple[str, ...] | list[str] = (), all_namespaces: bool = False,
@@ -198,8 +192,11 @@ def operator_factory(
         else:
             port = 0
             args += ["--webhook-port", "0"]
+        identity.create(None if all_namespaces else served)
+        kubeconfig = identity.kubeconfig(pet_cluster.kubeconfig_path, log_dir / f"operator-{len(started)}.kubeconfig")
+        _wait_authorized(kubeconfig, served or [claims_namespace])
         op = OperatorProcess(
-            operator_kubeconfig, log_dir / f"operator-{len(started)}.log", namespaces=namespaces,
+            kubeconfig, log_dir / f"operator-{len(started)}.log", namespaces=namespaces,
             all_namespaces=all_namespaces, extra_args=(*args, *extra_args),
             name=f"pet-operator-{len(started)}", extra_env=env,
         )
@@ -224,6 +221,11 @@ def operator_factory(
                 problems.append(f"could not remove the webhook configuration: {exc}")
         for op in started:
             op.stop()
+        try:
+            identity.delete()
+        except Exception as exc:  # noqa: BLE001 - report it with the rest
+            problems.append(f"could not remove the operator's cluster role bindings: {exc}")
+        for op in started:
             bad = op.inconsistency_lines()
             if bad:
                 problems.append(f"{op.name} logged Kopf inconsistencies:\n" + "\n".join(bad[:5]))
@@ -231,6 +233,14 @@ def operator_factory(
             shutil.rmtree(log_dir, ignore_errors=True)
         if problems:
             pytest.fail("\n".join(problems), pytrace=False)
+
+
+def _wait_authorized(kubeconfig: Path, namespaces: list[str]) -> None:
+    """RBAC is read through a cache in the API server: wait until the new bindings apply."""
+    with api_client(kubeconfig) as api:
+        for ns in namespaces:
+            wait_for(PetApi(api, ns).list_pets, lambda _: True, 30,
+                     f"the operator's ServiceAccount to be allowed to list pets in {ns}")
 
 
 @pytest.fixture

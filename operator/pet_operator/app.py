@@ -27,7 +27,7 @@ def make_settings(shutdown_grace: float = 20.0) -> kopf.OperatorSettings:
     # On SIGTERM Kopf stops watching (no new work) and gives each object's worker this long
     # to finish what it is doing; every handler is idempotent, so a cut-off one is redone
     # by whichever replica reconciles next.
-    settings.batching.exit_timeout = shutdown_grace
+    settings.queueing.exit_timeout = shutdown_grace
     # No Kopf peering: several replicas are coordinated by a Lease (leader election), not by
     # Kopf's freeze-on-peer protocol.
     settings.peering.standalone = True

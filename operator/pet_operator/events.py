@@ -17,6 +17,8 @@ import socket
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from kubernetes_asyncio.client.exceptions import ApiException
+
 from pet_operator import model
 from pet_operator.reconciler import PetSnapshot
 
@@ -97,6 +99,14 @@ class EventRecorder:
                 return
             existing = await self.api.read_event(namespace, name)
             count = int((existing or {}).get("count") or 1)
-        await self.api.patch_event(namespace, name, {"count": count + 1, "lastTimestamp": now})
+        try:
+            await self.api.patch_event(namespace, name, {"count": count + 1, "lastTimestamp": now})
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            # the API server expired it (--event-ttl): start again with a new Event
+            self._counts.pop(key, None)
+            await self.post(ref, type_, reason, message)
+            return
         self._counts[key] = count + 1
         self.posted += 1

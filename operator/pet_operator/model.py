@@ -142,6 +142,9 @@ def evaluate_pet(
     if claim.status == "False":
         phase, reason = Phase.CONFLICT, Reason.DUPLICATE_ID.value
         message = f"{claim.message} Change spec.id (delete and recreate the pet) or delete the holder."
+    elif claim.status == "Unknown" and claim.reason == "Claiming":
+        phase, reason = Phase.PENDING, "IdClaimPending"
+        message = f"{claim.message} The operator retries until the claim is settled."
     elif store_name and store is None:
         phase, reason = Phase.PENDING, Reason.STORE_NOT_FOUND.value
         message = (

@@ -169,6 +169,7 @@ class Reconciler:
         self.served = served
         self._claims: dict[int, Claim] = {}
         self._finalized: set[str] = set()  # uids we added our finalizer to, until the watch shows it
+        self._to_promote: set[int] = set()  # ids released, whose waiting pets are still to be promoted
         self.writer = writer
         self.clock = clock
         self.on_phase_change = on_phase_change
@@ -223,20 +224,20 @@ class Reconciler:
 
     async def sync_pet(self, key: Key, pets: PetIndex, stores: StoreIndex) -> model.Verdict | None:
         """Bring one pet's status in line with the newest known state; None if it is gone."""
-        released: int | None = None
         lock = self._pet_locks.setdefault(key, asyncio.Lock())
-        async with lock:
-            snap: PetSnapshot | None = _first(pets.get(key))
-            if snap is None:
-                return None
-            if snap.deleting:
-                released = await self._finalize(snap)
-                verdict = None
-            else:
-                verdict = await self._sync_live_pet(snap, pets, stores)
-        if released is not None:
-            await self.promote_waiting(released, pets, stores)
-        return verdict
+        try:
+            async with lock:
+                snap: PetSnapshot | None = _first(pets.get(key))
+                if snap is None:
+                    return None
+                if snap.deleting:
+                    await self._finalize(snap)
+                    return None
+                return await self._sync_live_pet(snap, pets, stores)
+        finally:
+            # ids released by a finalizer are handed on even if removing the finalizer failed
+            while self._to_promote:
+                await self.promote_waiting(self._to_promote.pop(), pets, stores)
 
     async def _sync_live_pet(self, snap: PetSnapshot, pets: PetIndex, stores: StoreIndex) -> model.Verdict | None:
         store_snap: StoreSnapshot | None = (
@@ -332,6 +333,7 @@ class Reconciler:
                 if await self.claims.delete_claim(claim):
                     log.info("pet %s/%s deleted: released id %d", snap.namespace, snap.name, pet_id)
                     released = pet_id
+                    self._to_promote.add(pet_id)
                 self._claims.pop(pet_id, None)
         remaining = [f for f in snap.finalizers if f != FINALIZER]
         with contextlib.suppress(NotFound):  # already gone: nothing left to release

@@ -177,11 +177,10 @@ class WebhookServer:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_post(PATH, self._review)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
         # reviews take milliseconds; on shutdown, in-flight ones get 3 s, idle keep-alives none
-        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.certificates.context,
-                           shutdown_timeout=3.0)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=3.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.certificates.context)
         await site.start()
         self._reloader = asyncio.create_task(self._reload_forever())
 

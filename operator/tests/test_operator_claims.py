@@ -68,8 +68,9 @@ def status_of(writer: FakeWriter, namespace: str, name: str) -> dict[str, Any]:
 
 
 def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
-    [cond] = [c for c in status["conditions"] if c["type"] == type_]
-    return cond
+    found: list[dict[str, Any]] = [c for c in status["conditions"] if c["type"] == type_]
+    assert len(found) == 1, f"{len(found)} {type_} conditions"
+    return found[0]
 
 
 def deleting(snap: PetSnapshot, rv: str = "9") -> PetSnapshot:
@@ -366,12 +367,6 @@ async def test_claim_that_keeps_vanishing_is_tried_three_times(world: World) -> 
     assert (id_claimed["status"], id_claimed["reason"]) == ("Unknown", "Claiming")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="source bug: model.evaluate_pet treats IdClaimed=Unknown/Claiming as Active "
-    "(a pet that could not claim its id is reported Ready)",
-)
 async def test_pet_whose_claim_is_unknown_is_not_reported_active(world: World) -> None:
     world.store.scripted_creates = [None, None, None]
     world.store.scripted_reads = [None, None, None]
@@ -495,6 +490,23 @@ async def test_finalizer_removal_on_a_pet_already_gone_is_ignored(world: World) 
     world.finalizers.errors.append(not_found(NS, "rex"))
     assert await rec.sync_pet(KEY, index_of(deleting(live)), index_of()) is None
     assert world.store.claims == {}
+
+
+async def test_waiting_pet_is_promoted_even_if_the_finalizer_removal_is_retried(world: World) -> None:
+    rec = world.replica()
+    holder = claim_pet("holder", finalizers=(FINALIZER,))
+    waiter = claim_pet("waiter", namespace=OTHER, finalizers=(FINALIZER,))
+    pets = index_of(holder, waiter)
+    await rec.sync_pet((NS, "holder"), pets, index_of())
+    await rec.sync_pet((OTHER, "waiter"), pets, index_of())
+    pets.data[(NS, "holder")] = [deleting(holder)]
+
+    world.finalizers.errors.append(api_error(409))  # the pet moved: handlers.with_retries calls again
+    with pytest.raises(ApiException):
+        await rec.sync_pet((NS, "holder"), pets, index_of())
+    await rec.sync_pet((NS, "holder"), pets, index_of())
+
+    assert world.store.holder(ID) == "other/waiter"
 
 
 async def test_deleting_pet_without_an_id_only_loses_its_finalizer(world: World) -> None:

@@ -154,12 +154,6 @@ async def test_post_lets_api_errors_through(api: FakeEventApi) -> None:
     assert recorder.posted == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ApiException,
-    reason="source bug: events.EventRecorder.post keeps patching an Event the API server has "
-    "expired (--event-ttl), so every later repeat fails until the operator restarts",
-)
 async def test_repeat_after_the_event_expired_creates_it_again(api: FakeEventApi) -> None:
     recorder = EventRecorder(api)
     await recorder.post(REF, "Warning", "DuplicateId", "m")

@@ -1,0 +1,128 @@
+"""Give the operator exactly the identity ``deploy/rbac/`` ships, on any cluster.
+
+The ServiceAccount, ClusterRoles and bindings are read from ``deploy/rbac/``; only the
+namespaces (and the names of cluster-scoped bindings, so parallel tests do not collide)
+are changed. The operator then authenticates with a token from the TokenRequest API,
+so every e2e test runs it under the shipped RBAC, never as admin.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from pet_harness.clusters.base import write_kubeconfig
+from pet_harness.kube import REPO_ROOT, load_yaml_documents
+
+RBAC_DIR = REPO_ROOT / "deploy" / "rbac"
+
+
+def _docs(name: str) -> list[dict[str, Any]]:
+    return load_yaml_documents(RBAC_DIR / name)
+
+
+def _create_or_replace(create: Any, replace: Any, read: Any, name: str, body: dict[str, Any], *ns: str) -> None:
+    try:
+        create(*ns, body)
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+        current = read(name, *ns)
+        body.setdefault("metadata", {})["resourceVersion"] = current.metadata.resource_version
+        replace(name, *ns, body)
+
+
+def install_cluster_roles(api: Any) -> None:
+    rbac = client.RbacAuthorizationV1Api(api)
+    for doc in _docs("clusterroles.yaml"):
+        _create_or_replace(rbac.create_cluster_role, rbac.replace_cluster_role, rbac.read_cluster_role,
+                           doc["metadata"]["name"], copy.deepcopy(doc))
+
+
+class OperatorIdentity:
+    """The operator's ServiceAccount in its own namespace, bound as ``deploy/rbac/`` says."""
+
+    def __init__(self, api: Any, namespace: str, suffix: str) -> None:
+        self.api = api
+        self.namespace = namespace
+        self.suffix = suffix  # makes cluster-scoped binding names unique per test
+        self.cluster_bindings: list[str] = []
+        self.bound_namespaces: set[str] = set()
+
+    def _subject(self, doc: dict[str, Any]) -> dict[str, Any]:
+        doc = copy.deepcopy(doc)
+        for subject in doc.get("subjects", []):
+            subject["namespace"] = self.namespace
+        return doc
+
+    def create(self, served: Sequence[str] | None) -> None:
+        """ServiceAccount, claims binding, cluster binding, and the pet bindings for ``served``
+        (None: all namespaces, through a ClusterRoleBinding)."""
+        core = client.CoreV1Api(self.api)
+        rbac = client.RbacAuthorizationV1Api(self.api)
+        install_cluster_roles(self.api)
+        sa = copy.deepcopy(_docs("serviceaccount.yaml")[0])
+        sa["metadata"]["namespace"] = self.namespace
+        try:
+            core.create_namespaced_service_account(self.namespace, sa)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+        mode = "all-namespaces-mode.yaml" if served is None else "namespaced-mode.yaml"
+        for doc in _docs(mode):
+            doc = self._subject(doc)
+            kind, role = doc["kind"], doc["roleRef"]["name"]
+            if kind == "ClusterRoleBinding":
+                name = f"{doc['metadata']['name']}-{self.suffix}"[:253]
+                if name in self.cluster_bindings:
+                    continue
+                doc["metadata"]["name"] = name
+                _create_or_replace(rbac.create_cluster_role_binding, rbac.replace_cluster_role_binding,
+                                   rbac.read_cluster_role_binding, name, doc)
+                self.cluster_bindings.append(name)
+            elif role == "pet-operator-claims":
+                self._bind(rbac, doc, self.namespace)
+            else:
+                for ns in served or ():
+                    self._bind(rbac, doc, ns)
+
+    def _bind(self, rbac: Any, doc: dict[str, Any], namespace: str) -> None:
+        key = f"{doc['metadata']['name']}@{namespace}"
+        if key in self.bound_namespaces:
+            return
+        body = copy.deepcopy(doc)
+        body["metadata"]["namespace"] = namespace
+        _create_or_replace(rbac.create_namespaced_role_binding, rbac.replace_namespaced_role_binding,
+                           rbac.read_namespaced_role_binding, body["metadata"]["name"], body, namespace)
+        self.bound_namespaces.add(key)
+
+    def kubeconfig(self, admin_kubeconfig: Path, path: Path, seconds: int = 3600) -> Path:
+        """A kubeconfig that authenticates as the ServiceAccount (TokenRequest API)."""
+        token = client.CoreV1Api(self.api).create_namespaced_service_account_token(
+            "pet-operator", self.namespace, {"spec": {"expirationSeconds": seconds}}
+        ).status.token
+        admin = yaml.safe_load(admin_kubeconfig.read_text())
+        context = next(c for c in admin["contexts"] if c["name"] == admin["current-context"])["context"]
+        cluster = next(c for c in admin["clusters"] if c["name"] == context["cluster"])["cluster"]
+        import base64
+
+        ca = cluster.get("certificate-authority-data")
+        ca_pem = base64.b64decode(ca) if ca else Path(cluster["certificate-authority"]).read_bytes()
+        return write_kubeconfig(path, cluster["server"], ca_pem, f"system:serviceaccount:{self.namespace}:pet-operator",
+                                token=token)
+
+    def delete(self) -> None:
+        rbac = client.RbacAuthorizationV1Api(self.api)
+        for name in self.cluster_bindings:
+            try:
+                rbac.delete_cluster_role_binding(name)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+        self.cluster_bindings.clear()

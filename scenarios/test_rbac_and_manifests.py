@@ -1,0 +1,93 @@
+"""The operator runs under the shipped RBAC only; the Deployment meets the restricted profile."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import wait_phase
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from pet_harness.kube import REPO_ROOT, PetApi, api_client, load_yaml_documents
+
+DEPLOYMENT = REPO_ROOT / "deploy" / "operator" / "deployment.yaml"
+
+
+def _operator_api(op: Any) -> Any:
+    return api_client(op.kubeconfig)
+
+
+def test_the_operator_authenticates_as_its_service_account(
+    pets: PetApi, pet_operator: Any, claims_namespace: str
+) -> None:
+    with _operator_api(pet_operator) as api:
+        review = client.AuthenticationV1Api(api).create_self_subject_review(
+            {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})
+    assert review.status.user_info.username == f"system:serviceaccount:{claims_namespace}:pet-operator"
+    assert "system:masters" not in (review.status.user_info.groups or [])
+    pets.create_pet("rex", {"id": 901, "name": "Rex"})
+    wait_phase(pets, "rex", "Active")  # and it works under exactly those rights
+
+
+@pytest.mark.parametrize("what", ["secrets", "pets-elsewhere", "create-pets", "configmaps-cluster-wide"])
+def test_the_operator_is_forbidden_what_it_does_not_need(
+    pets: PetApi, pet_operator: Any, make_namespace: Any, what: str
+) -> None:
+    elsewhere = make_namespace("elsewhere")
+    with _operator_api(pet_operator) as api:
+        core = client.CoreV1Api(api)
+        calls = {
+            "secrets": lambda: core.list_namespaced_secret(pets.namespace),
+            "pets-elsewhere": lambda: PetApi(api, elsewhere).list_pets(),
+            "create-pets": lambda: PetApi(api, pets.namespace).create_pet("x", {"id": 902, "name": "x"}),
+            "configmaps-cluster-wide": lambda: core.list_config_map_for_all_namespaces(),
+        }
+        with pytest.raises(ApiException) as caught:
+            calls[what]()
+    assert caught.value.status == 403
+
+
+def _pod_from_deployment(namespace: str, tweak: Any = None) -> dict[str, Any]:
+    deployment = load_yaml_documents(DEPLOYMENT)[0]
+    template = copy.deepcopy(deployment["spec"]["template"])
+    pod = {"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": "pet-operator-probe", "namespace": namespace, **template["metadata"]},
+           "spec": template["spec"]}
+    if tweak:
+        tweak(pod)
+    return pod
+
+
+def test_the_deployment_passes_the_restricted_pod_security_profile(
+    kube_api: Any, make_namespace: Any
+) -> None:
+    ns = make_namespace("restricted", labels={"pod-security.kubernetes.io/enforce": "restricted",
+                                              "pod-security.kubernetes.io/warn": "restricted"})
+    deployment = load_yaml_documents(DEPLOYMENT)[0]
+    deployment["metadata"]["namespace"] = ns
+    created = client.AppsV1Api(kube_api).create_namespaced_deployment(ns, deployment, dry_run="All")
+    assert created.spec.template.spec.security_context.run_as_non_root is True
+    # Pod Security only enforces on pods: admit the Deployment's pod template as a pod
+    client.CoreV1Api(kube_api).create_namespaced_pod(ns, _pod_from_deployment(ns), dry_run="All")
+
+    def root(pod: dict[str, Any]) -> None:
+        pod["spec"]["securityContext"].pop("runAsNonRoot")
+        pod["spec"]["containers"][0]["securityContext"].pop("runAsNonRoot")
+        pod["spec"]["containers"][0]["securityContext"]["capabilities"] = {"add": ["NET_ADMIN"]}
+
+    with pytest.raises(ApiException) as caught:  # the check can fail: a weakened pod is refused
+        client.CoreV1Api(kube_api).create_namespaced_pod(ns, _pod_from_deployment(ns, root), dry_run="All")
+    assert caught.value.status == 403
+    assert "restricted" in caught.value.body
+
+
+def test_the_deployment_probes_and_resources() -> None:
+    container = load_yaml_documents(DEPLOYMENT)[0]["spec"]["template"]["spec"]["containers"][0]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert set(container["resources"]) == {"requests", "limits"}
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert Path(REPO_ROOT / "deploy" / "operator" / "service.yaml").exists()
