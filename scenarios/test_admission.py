@@ -122,7 +122,7 @@ def test_self_signed_certificate_is_published_into_the_webhook_configuration(
     pets: PetApi, operator_factory: Any, kube_api: Any
 ) -> None:
     port = free_port()
-    name = f"pet-operator-selfsigned-{pets.namespace}"
+    name = "pet-operator"  # the one name the shipped RBAC lets the operator patch
     body = webhooks.webhook_configuration(name, [pets.namespace], f"https://127.0.0.1:{port}/validate-pets", None)
     webhooks.install(kube_api, body)
     try:

@@ -52,6 +52,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("pet-harness")
     group.addoption("--pet-cluster", default=None, help="cluster backend: local (default), k3s or kubeconfig")
     group.addoption("--pet-report-dir", default="reports", help="where the e2e summary goes (default: reports)")
+    group.addoption("--pet-seed", default=None,
+                    help="seed of randomised scenarios (default: random, shown on failure)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
