@@ -33,6 +33,19 @@ log = logging.getLogger(__name__)
 Key = tuple[str, str]  # (namespace, name)
 
 
+def _common_fields(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields both snapshots take from an object, copied so the watch's dicts stay untouched."""
+    meta = body.get("metadata", {})
+    return {
+        "namespace": str(meta.get("namespace", "")),
+        "name": str(meta.get("name", "")),
+        "uid": str(meta.get("uid", "")),
+        "generation": int(meta.get("generation") or 0),
+        "spec": copy.deepcopy(dict(body.get("spec") or {})),
+        "status": copy.deepcopy(dict(body.get("status") or {})),
+    }
+
+
 @dataclasses.dataclass(frozen=True)
 class PetSnapshot:
     namespace: str
@@ -60,13 +73,8 @@ class PetSnapshot:
     def from_body(cls, body: Mapping[str, Any]) -> PetSnapshot:
         meta = body.get("metadata", {})
         return cls(
-            namespace=str(meta.get("namespace", "")),
-            name=str(meta.get("name", "")),
-            uid=str(meta.get("uid", "")),
-            generation=int(meta.get("generation") or 0),
+            **_common_fields(body),
             resource_version=str(meta.get("resourceVersion", "")),
-            spec=copy.deepcopy(dict(body.get("spec") or {})),
-            status=copy.deepcopy(dict(body.get("status") or {})),
             created=str(meta.get("creationTimestamp", "")),
             deleting=bool(meta.get("deletionTimestamp")),
             finalizers=tuple(meta.get("finalizers") or ()),
@@ -84,15 +92,7 @@ class StoreSnapshot:
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> StoreSnapshot:
-        meta = body.get("metadata", {})
-        return cls(
-            namespace=str(meta.get("namespace", "")),
-            name=str(meta.get("name", "")),
-            uid=str(meta.get("uid", "")),
-            generation=int(meta.get("generation") or 0),
-            spec=copy.deepcopy(dict(body.get("spec") or {})),
-            status=copy.deepcopy(dict(body.get("status") or {})),
-        )
+        return cls(**_common_fields(body))
 
     def view(self) -> model.StoreView:
         return model.StoreView.from_body(self.name, self.spec)
