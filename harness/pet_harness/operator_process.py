@@ -47,6 +47,7 @@ class OperatorProcess:
         self.extra_env = dict(extra_env or {})
         self.health_port = 0
         self.webhook_port = 0
+        self._kept_log: str | None = None
         self.process: ManagedProcess | None = None
         self.starts = 0
 
@@ -116,10 +117,17 @@ class OperatorProcess:
         return self.start(wait_ready=wait_ready)
 
     def log_text(self) -> str:
+        if self._kept_log is not None:
+            return self._kept_log
         try:
             return self.log_path.read_text(errors="replace")
         except FileNotFoundError:
             return ""
+
+    def keep_log_in_memory(self) -> None:
+        """Read the log once more and keep it, so its file (and folder) can be removed."""
+        self._kept_log = None
+        self._kept_log = self.log_text()
 
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.log_text().splitlines()[-lines:])

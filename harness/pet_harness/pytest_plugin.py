@@ -231,8 +231,9 @@ def operator_factory(
             bad = op.inconsistency_lines()
             if bad:
                 problems.append(f"{op.name} logged Kopf inconsistencies:\n" + "\n".join(bad[:5]))
-        if not _failed(request.node):
-            shutil.rmtree(log_dir, ignore_errors=True)
+        for op in started:
+            op.keep_log_in_memory()  # reports attach it after the folder is gone
+        shutil.rmtree(log_dir, ignore_errors=True)
         if problems:
             pytest.fail("\n".join(problems), pytrace=False)
 
@@ -253,20 +254,11 @@ def pet_operator(operator_factory: Any, namespace: str) -> OperatorProcess:
 
 # --- failure reports -----------------------------------------------------------------------
 
-_PHASE_REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
-
-
-def _failed(item: pytest.Item) -> bool:
-    reports = item.stash.get(_PHASE_REPORTS, {})
-    return any(r.failed for r in reports.values())
-
-
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report: pytest.TestReport = yield
-    item.stash.setdefault(_PHASE_REPORTS, {})[report.when] = report
     if report.failed:
         for title, text in _diagnostics(item):
             report.sections.append((title, text))

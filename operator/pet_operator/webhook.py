@@ -15,6 +15,7 @@ import contextlib
 import datetime
 import ipaddress
 import logging
+import shutil
 import ssl
 import tempfile
 from collections.abc import Awaitable, Callable, Sequence
@@ -81,7 +82,8 @@ def self_signed(dns_names: Sequence[str], directory: Path) -> bytes:
 class CertificateFiles:
     """``tls.crt``/``tls.key`` loaded into one SSLContext, reloaded when they change."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, watch: bool = True) -> None:
+        self.watch = watch  # whether the files are re-read when they change (mounted ones are)
         self.cert = directory / "tls.crt"
         self.key = directory / "tls.key"
         self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -170,6 +172,8 @@ class WebhookServer:
         return admission.review_pet(operation, namespace, name, new, old, store, claim)
 
     async def _reload_forever(self) -> None:
+        if not self.certificates.watch:
+            return
         while True:
             await asyncio.sleep(self.reload_interval)
             self.certificates.reload()
@@ -199,5 +203,9 @@ def certificates_for(cert_dir: str | None, dns_names: Sequence[str]) -> tuple[Ce
     if cert_dir:
         return CertificateFiles(Path(cert_dir)), None
     directory = Path(tempfile.mkdtemp(prefix="pet-operator-webhook-"))
-    ca_pem = self_signed(dns_names, directory)
-    return CertificateFiles(directory), ca_pem
+    try:
+        ca_pem = self_signed(dns_names, directory)
+        certificates = CertificateFiles(directory, watch=False)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)  # loaded into memory; nothing to leave behind
+    return certificates, ca_pem

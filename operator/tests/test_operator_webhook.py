@@ -1,0 +1,693 @@
+"""webhook: self-signed certificates, certificate reloads, and /validate-pets over real TLS on loopback.
+
+Every server runs on 127.0.0.1 with port 0 (the kernel picks a free one) and is stopped in a
+``finally``; after the stop, the tests check that nothing listens on its port any more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime
+import ipaddress
+import json
+import os
+import ssl
+import stat
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from pet_operator.claims import Claim
+from pet_operator.cli import parse_config
+from pet_operator.model import StoreView
+from pet_operator.webhook import PATH, CertificateFiles, WebhookServer, certificates_for, self_signed
+
+NS = "default"
+NAMES = ("localhost", "127.0.0.1")
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def load_cert(pem: bytes) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(pem)
+
+
+def der_of_file(directory: Path) -> bytes:
+    return load_cert((directory / "tls.crt").read_bytes()).public_bytes(serialization.Encoding.DER)
+
+
+def bump_mtimes(directory: Path, *names: str) -> None:
+    """Move the files' mtimes a second on, as a rotation that happens later would.
+
+    The rewrite in a test happens within milliseconds of the first write, possibly within
+    the same coarse file-system clock tick and with files of the same size (P-256 keys
+    always are), which ``CertificateFiles`` could not tell from no change at all.
+    """
+    for name in names or ("tls.crt", "tls.key"):
+        path = directory / name
+        st = path.stat()
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+
+
+def rotate(directory: Path) -> bytes:
+    """Write a new CA's serving pair over the files; returns the new CA's PEM."""
+    ca = self_signed(NAMES, directory)
+    bump_mtimes(directory)
+    return ca
+
+
+def client_context(ca_pem: bytes) -> ssl.SSLContext:
+    return ssl.create_default_context(cadata=ca_pem.decode())
+
+
+async def peer_certificate(port: int, ca_pem: bytes, server_hostname: str = "localhost") -> bytes:
+    """DER of the certificate a NEW connection is shown, verified against ``ca_pem``."""
+    _, writer = await asyncio.open_connection(
+        "127.0.0.1", port, ssl=client_context(ca_pem), server_hostname=server_hostname
+    )
+    try:
+        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        assert der is not None
+        return bytes(der)
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+async def is_listening(port: int) -> bool:
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
+
+
+@dataclasses.dataclass
+class Lookups:
+    """The store and claim lookups the server is given, answering from dicts and recording calls."""
+
+    stores: dict[tuple[str, str], StoreView] = dataclasses.field(default_factory=dict)
+    claims: dict[int, Claim] = dataclasses.field(default_factory=dict)
+    calls: list[tuple[Any, ...]] = dataclasses.field(default_factory=list)
+    store_error: Exception | None = None
+    claim_error: Exception | None = None
+
+    async def store(self, namespace: str, name: str) -> StoreView | None:
+        self.calls.append(("store", namespace, name))
+        await asyncio.sleep(0)
+        if self.store_error is not None:
+            raise self.store_error
+        return self.stores.get((namespace, name))
+
+    async def claim(self, pet_id: int) -> Claim | None:
+        self.calls.append(("claim", pet_id))
+        await asyncio.sleep(0)
+        if self.claim_error is not None:
+            raise self.claim_error
+        return self.claims.get(pet_id)
+
+
+@dataclasses.dataclass
+class Served:
+    server: WebhookServer
+    port: int
+    ca: bytes
+    directory: Path
+    lookups: Lookups
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}{PATH}"
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    certificates: CertificateFiles, ca: bytes, directory: Path, reload_interval: float = 3600.0
+) -> AsyncIterator[Served]:
+    lookups = Lookups()
+    server = WebhookServer(
+        0, certificates, lookups.store, lookups.claim, reload_interval=reload_interval, host="127.0.0.1"
+    )
+    await server.start()
+    try:
+        assert server._runner is not None
+        port = server._runner.addresses[0][1]
+        yield Served(server, port, ca, directory, lookups)
+    finally:
+        await server.stop()
+    assert not await is_listening(port)
+    assert server._reloader is not None
+    assert server._reloader.done()
+
+
+@contextlib.asynccontextmanager
+async def serving_files(directory: Path, reload_interval: float = 3600.0) -> AsyncIterator[Served]:
+    """A server on a self-signed pair written to ``directory``, watched like mounted files."""
+    ca = self_signed(NAMES, directory)
+    async with serving(CertificateFiles(directory), ca, directory, reload_interval) as s:
+        yield s
+
+
+@pytest.fixture
+async def served(tmp_path: Path) -> AsyncIterator[Served]:
+    async with serving_files(tmp_path / "certs") as s:
+        yield s
+
+
+def pet(
+    name: str = "rex", *, tags: list[str] | None = None, pet_id: Any = 7, store: str | None = "shop"
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {"id": pet_id, "name": name}
+    if store is not None:
+        spec["store"] = store
+    if tags is not None:
+        spec["tags"] = tags
+    return {
+        "apiVersion": "petstore.example.com/v1",
+        "kind": "Pet",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": spec,
+    }
+
+
+def review(
+    operation: str, obj: dict[str, Any] | None, old: dict[str, Any] | None = None, uid: str = "uid-1"
+) -> dict[str, Any]:
+    name = (obj or old or {}).get("metadata", {}).get("name", "")
+    return {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": uid,
+            "kind": {"group": "petstore.example.com", "version": "v1", "kind": "Pet"},
+            "resource": {"group": "petstore.example.com", "version": "v1", "resource": "pets"},
+            "operation": operation,
+            "namespace": NS,
+            "name": name,
+            "object": obj,
+            "oldObject": old,
+        },
+    }
+
+
+async def post(served: Served, body: dict[str, Any] | bytes, ca: bytes | None = None) -> tuple[int, Any]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    connector = aiohttp.TCPConnector(ssl=client_context(ca or served.ca))
+    async with (
+        aiohttp.ClientSession(connector=connector) as session,
+        session.post(served.url, data=data, headers={"Content-Type": "application/json"}) as response,
+    ):
+        text = await response.text()
+        return response.status, json.loads(text)
+
+
+async def respond(served: Served, body: dict[str, Any]) -> dict[str, Any]:
+    status, answer = await post(served, body)
+    assert status == 200
+    assert answer["apiVersion"] == "admission.k8s.io/v1"
+    assert answer["kind"] == "AdmissionReview"
+    response: dict[str, Any] = answer["response"]
+    return response
+
+
+# --- self_signed ------------------------------------------------------------------------------
+
+
+def test_self_signed_serving_certificate_is_issued_by_the_returned_ca(tmp_path: Path) -> None:
+    ca = load_cert(self_signed(NAMES, tmp_path))
+    leaf = load_cert((tmp_path / "tls.crt").read_bytes())
+    leaf.verify_directly_issued_by(ca)
+    ca.verify_directly_issued_by(ca)  # self-signed root
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is True
+    assert leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value == x509.ExtendedKeyUsage(
+        [ExtendedKeyUsageOID.SERVER_AUTH]
+    )
+    now = datetime.datetime.now(datetime.UTC)
+    for cert in (ca, leaf):
+        assert cert.not_valid_before_utc <= now < cert.not_valid_after_utc
+
+
+def test_self_signed_leaf_does_not_chain_to_another_ca(tmp_path: Path) -> None:
+    self_signed(NAMES, tmp_path / "one")
+    other_ca = load_cert(self_signed(NAMES, tmp_path / "two"))
+    leaf = load_cert((tmp_path / "one" / "tls.crt").read_bytes())
+    with pytest.raises((ValueError, InvalidSignature)):
+        leaf.verify_directly_issued_by(other_ca)
+
+
+def test_self_signed_sans_hold_the_dns_names_and_ip_addresses(tmp_path: Path) -> None:
+    names = ["pet-operator-webhook.pet-system.svc", "localhost", "127.0.0.1", "::1"]
+    self_signed(names, tmp_path)
+    leaf = load_cert((tmp_path / "tls.crt").read_bytes())
+    sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sans.get_values_for_type(x509.DNSName) == ["pet-operator-webhook.pet-system.svc", "localhost"]
+    assert sans.get_values_for_type(x509.IPAddress) == [
+        ipaddress.ip_address("127.0.0.1"),
+        ipaddress.ip_address("::1"),
+    ]
+
+
+def test_self_signed_key_is_private_and_matches_the_certificate(tmp_path: Path) -> None:
+    self_signed(NAMES, tmp_path / "certs")
+    key_path = tmp_path / "certs" / "tls.key"
+    assert stat.S_IMODE(key_path.stat().st_mode) == 0o600
+    key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    leaf = load_cert((tmp_path / "certs" / "tls.crt").read_bytes())
+    assert key.public_key() == leaf.public_key()
+
+
+def test_self_signed_for_the_longest_claims_namespace_that_fits_a_common_name(tmp_path: Path) -> None:
+    names = parse_config(["-n", "a", "--claims-namespace", "a" * 39], {}).webhook_host_names
+    self_signed(names, tmp_path)
+    assert load_cert((tmp_path / "tls.crt").read_bytes()).subject.rfc4514_string() == f"CN={names[0]}"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=ValueError,
+    reason="source bug: webhook.self_signed puts dns_names[0] in the subject CN, limited to 64 characters; "
+    "the default name pet-operator-webhook.<ns>.svc is longer for a valid claims namespace of 40..63 "
+    "characters, so the operator cannot start in self-signed mode",
+)
+def test_self_signed_for_a_long_valid_claims_namespace(tmp_path: Path) -> None:
+    names = parse_config(["-n", "a", "--claims-namespace", "n" * 63], {}).webhook_host_names
+    self_signed(names, tmp_path)
+    leaf = load_cert((tmp_path / "tls.crt").read_bytes())
+    sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names[0] in sans.get_values_for_type(x509.DNSName)
+
+
+# --- CertificateFiles -------------------------------------------------------------------------
+
+
+def test_certificate_files_load(tmp_path: Path) -> None:
+    self_signed(NAMES, tmp_path)
+    files = CertificateFiles(tmp_path)
+    assert (files.cert, files.key) == (tmp_path / "tls.crt", tmp_path / "tls.key")
+    assert files.reloads == 0
+    assert files.context.minimum_version == ssl.TLSVersion.TLSv1_2
+
+
+def test_reload_is_false_while_the_files_are_unchanged(tmp_path: Path) -> None:
+    self_signed(NAMES, tmp_path)
+    files = CertificateFiles(tmp_path)
+    context = files.context
+    assert files.reload() is False
+    assert files.reload() is False
+    assert files.reloads == 0
+    assert files.context is context
+
+
+def test_reload_after_a_rotation_loads_the_new_pair_and_counts(tmp_path: Path) -> None:
+    self_signed(NAMES, tmp_path)
+    files = CertificateFiles(tmp_path)
+    rotate(tmp_path)
+    assert files.reload() is True
+    assert files.reloads == 1
+    assert files.reload() is False
+    rotate(tmp_path)
+    assert files.reload() is True
+    assert files.reloads == 2
+
+
+def test_reload_of_a_broken_pair_keeps_the_old_one_and_recovers_later(tmp_path: Path) -> None:
+    self_signed(NAMES, tmp_path)
+    files = CertificateFiles(tmp_path)
+    (tmp_path / "tls.crt").write_bytes(b"-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n")
+    (tmp_path / "tls.key").write_bytes(b"not a key either")
+    bump_mtimes(tmp_path)
+    assert files.reload() is False
+    assert files.reloads == 0
+    assert files.reload() is False  # still broken: no change counted
+    rotate(tmp_path)
+    assert files.reload() is True
+    assert files.reloads == 1
+
+
+def test_reload_with_the_files_gone_keeps_the_old_pair(tmp_path: Path) -> None:
+    self_signed(NAMES, tmp_path)
+    files = CertificateFiles(tmp_path)
+    (tmp_path / "tls.crt").unlink()
+    assert files.reload() is False
+    assert files.reloads == 0
+    rotate(tmp_path)
+    assert files.reload() is True
+
+
+def test_missing_folder_at_construction_names_the_certificate_file(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="webhook certificate files missing") as info:
+        CertificateFiles(tmp_path / "nowhere")
+    assert str(tmp_path / "nowhere" / "tls.crt") in str(info.value)
+
+
+def test_missing_key_at_construction_names_the_key_file(tmp_path: Path) -> None:
+    self_signed(NAMES, tmp_path)
+    (tmp_path / "tls.key").unlink()
+    with pytest.raises(ValueError, match="webhook certificate files missing") as info:
+        CertificateFiles(tmp_path)
+    assert str(tmp_path / "tls.key") in str(info.value)
+
+
+def test_broken_pair_at_construction_names_both_files(tmp_path: Path) -> None:
+    (tmp_path / "tls.crt").write_text("garbage")
+    (tmp_path / "tls.key").write_text("garbage")
+    with pytest.raises(ValueError, match="cannot be loaded") as info:
+        CertificateFiles(tmp_path)
+    assert str(tmp_path / "tls.crt") in str(info.value)
+    assert str(tmp_path / "tls.key") in str(info.value)
+
+
+def test_mismatched_pair_at_construction_is_refused(tmp_path: Path) -> None:
+    self_signed(NAMES, tmp_path / "one")
+    self_signed(NAMES, tmp_path / "two")
+    (tmp_path / "one" / "tls.key").write_bytes((tmp_path / "two" / "tls.key").read_bytes())
+    with pytest.raises(ValueError, match="cannot be loaded"):
+        CertificateFiles(tmp_path / "one")
+
+
+# --- certificates_for -------------------------------------------------------------------------
+
+
+def test_certificates_for_a_mounted_folder_has_no_ca(tmp_path: Path) -> None:
+    self_signed(NAMES, tmp_path)
+    files, ca = certificates_for(str(tmp_path), ["ignored.example"])
+    assert ca is None
+    assert files.cert == tmp_path / "tls.crt"
+
+
+def test_certificates_for_a_mounted_folder_without_files_fails(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"tls\.crt"):
+        certificates_for(str(tmp_path), NAMES)
+
+
+def test_certificates_for_a_mounted_folder_is_watched(tmp_path: Path) -> None:
+    self_signed(NAMES, tmp_path)
+    files, _ = certificates_for(str(tmp_path), NAMES)
+    assert files.watch is True
+    rotate(tmp_path)
+    assert files.reload() is True
+
+
+@pytest.mark.parametrize("cert_dir", [None, ""])
+async def test_certificates_for_no_folder_serves_a_self_signed_certificate_kept_in_memory_only(
+    cert_dir: str | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # mkdtemp lands here, not in /tmp
+    names = ["pet-operator-webhook.pets.svc", "localhost", "127.0.0.1"]
+    files, ca = certificates_for(cert_dir, names)
+    assert ca is not None
+    assert files.watch is False
+    assert os.listdir(tmp_path) == []  # the private key is left nowhere on disk
+    assert files.reload() is False
+
+    async with serving(files, ca, tmp_path) as s:
+        der = await peer_certificate(s.port, ca, "pet-operator-webhook.pets.svc")
+        assert await peer_certificate(s.port, ca, "127.0.0.1") == der
+        assert s.server._reloader is not None
+        await asyncio.wait_for(s.server._reloader, timeout=5)  # nothing to watch: the reloader ends at once
+        assert (await respond(s, review("CREATE", pet(store=None))))["allowed"] is True
+    leaf = x509.load_der_x509_certificate(der)
+    leaf.verify_directly_issued_by(load_cert(ca))
+    sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sans.get_values_for_type(x509.DNSName) == ["pet-operator-webhook.pets.svc", "localhost"]
+    assert sans.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("127.0.0.1")]
+
+
+# --- WebhookServer over TLS -------------------------------------------------------------------
+
+
+async def test_allowed_create_echoes_the_uid(served: Served) -> None:
+    served.lookups.stores[(NS, "shop")] = StoreView("shop", ("cat", "dog"))
+    response = await respond(served, review("CREATE", pet(tags=["cat"]), uid="705ab4f5-6393-11e8"))
+    assert response == {"uid": "705ab4f5-6393-11e8", "allowed": True}
+    assert served.lookups.calls == [("store", NS, "shop"), ("claim", 7)]
+    assert served.server.reviews == 1
+
+
+async def test_create_with_disallowed_tags_is_denied_over_tls(served: Served) -> None:
+    served.lookups.stores[(NS, "shop")] = StoreView("shop", ("dog", "cat"))
+    response = await respond(served, review("CREATE", pet(tags=["cat", "snake"]), uid="u-tags"))
+    assert response["uid"] == "u-tags"
+    assert response["allowed"] is False
+    assert response["status"]["code"] == 422
+    assert response["status"]["message"] == (
+        "tags 'snake' are not allowed by PetStore 'shop', which allows [cat, dog]"
+    )
+
+
+async def test_create_with_a_held_id_is_denied_naming_the_holder(served: Served) -> None:
+    served.lookups.claims[7] = Claim(7, "other-ns/fido", "uid-fido", "3")
+    response = await respond(served, review("CREATE", pet(store=None), uid="u-id"))
+    assert (response["uid"], response["allowed"], response["status"]["code"]) == ("u-id", False, 422)
+    assert "other-ns/fido" in response["status"]["message"]
+    assert served.lookups.calls == [("claim", 7)]  # no store named: none read
+
+
+async def test_create_of_a_recreated_pet_with_its_own_stale_claim_is_allowed(served: Served) -> None:
+    served.lookups.claims[7] = Claim(7, f"{NS}/rex", "uid-old-rex", "3")
+    assert (await respond(served, review("CREATE", pet("rex", store=None))))["allowed"] is True
+
+
+async def test_create_naming_a_missing_store_is_allowed(served: Served) -> None:
+    response = await respond(served, review("CREATE", pet(tags=["snake"], store="not-yet")))
+    assert response["allowed"] is True
+    assert served.lookups.calls == [("store", NS, "not-yet"), ("claim", 7)]
+
+
+async def test_update_reads_no_claim_and_passes_unchanged_tags(served: Served) -> None:
+    served.lookups.stores[(NS, "shop")] = StoreView("shop", ())
+    served.lookups.claims[7] = Claim(7, "other-ns/fido", "uid-fido", "3")
+    old = pet(tags=["snake"])
+    new = pet(tags=["snake"])
+    new["metadata"]["labels"] = {"edited": "yes"}
+    assert (await respond(served, review("UPDATE", new, old)))["allowed"] is True
+    assert ("claim", 7) not in served.lookups.calls
+
+
+async def test_update_adding_a_disallowed_tag_is_denied_over_tls(served: Served) -> None:
+    served.lookups.stores[(NS, "shop")] = StoreView("shop", ("cat",))
+    response = await respond(served, review("UPDATE", pet(tags=["cat", "snake"]), pet(tags=["cat"])))
+    assert response["allowed"] is False
+    assert "'snake'" in response["status"]["message"]
+
+
+@pytest.mark.parametrize("pet_id", ["7", 7.0, None], ids=["string", "float", "missing"])
+async def test_create_with_a_non_integer_id_reads_no_claim(served: Served, pet_id: Any) -> None:
+    served.lookups.claims[7] = Claim(7, "other-ns/fido", "uid-fido", "3")
+    assert (await respond(served, review("CREATE", pet(pet_id=pet_id, store=None))))["allowed"] is True
+    assert served.lookups.calls == []
+
+
+@pytest.mark.parametrize("operation", ["DELETE", "CONNECT"])
+async def test_delete_and_connect_pass_without_lookups(served: Served, operation: str) -> None:
+    served.lookups.store_error = RuntimeError("must not be read")
+    served.lookups.claim_error = RuntimeError("must not be read")
+    response = await respond(served, review(operation, None, pet(tags=["snake"]), uid="u-del"))
+    assert response == {"uid": "u-del", "allowed": True}
+    assert served.lookups.calls == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"this is not json",
+        b"\xff\xfe\x00",
+        b"[]",
+        b'"a string"',
+        b"{}",
+        b'{"request": null}',
+        b'{"request": "x"}',
+        b'{"request": []}',
+        b'{"request": {"operation": "CREATE"}}',
+    ],
+    ids=["not-json", "not-utf8", "list", "string", "no-request", "null-request", "string-request",
+         "list-request", "no-uid"],
+)
+async def test_malformed_bodies_get_400(served: Served, body: bytes) -> None:
+    status, answer = await post(served, body)
+    assert status == 400
+    assert answer == {"error": "expected an AdmissionReview with a request"}
+    assert served.server.reviews == 0
+    assert served.lookups.calls == []
+
+
+@pytest.mark.parametrize("failing", ["store", "claim"])
+async def test_a_failing_lookup_denies_with_500_and_a_message(
+    served: Served, failing: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    error = RuntimeError("apiserver said 503")
+    if failing == "store":
+        served.lookups.store_error = error
+    else:
+        served.lookups.claim_error = error
+    response = await respond(served, review("CREATE", pet(tags=["cat"]), uid="u-fail"))
+    assert response["uid"] == "u-fail"
+    assert response["allowed"] is False
+    assert response["status"]["code"] == 500
+    assert response["status"]["message"] == "the pet-operator webhook could not decide: apiserver said 503"
+    assert "admission review u-fail failed" in caplog.text
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="source bug: WebhookServer.decide reads the store before knowing whether the tags are checked, so "
+    "an UPDATE that leaves the tags alone (or removes a finalizer) is denied with 500 when that read fails, "
+    "although such updates 'always pass' (docs/operator.md, Admission webhook)",
+)
+@pytest.mark.parametrize("deleting", [False, True], ids=["label-edit", "finalizer-removal"])
+async def test_updates_that_do_not_check_tags_pass_when_the_store_cannot_be_read(
+    served: Served, deleting: bool
+) -> None:
+    served.lookups.store_error = RuntimeError("apiserver said 503")
+    old = pet(tags=["snake"])
+    old["metadata"]["finalizers"] = ["petstore.example.com/id-claim"]
+    new = pet(tags=["snake"])
+    if deleting:
+        new["metadata"]["deletionTimestamp"] = "2024-05-01T10:00:00Z"
+    else:
+        new["metadata"]["labels"] = {"edited": "yes"}
+    assert (await respond(served, review("UPDATE", new, old)))["allowed"] is True
+
+
+async def test_other_methods_and_paths(served: Served) -> None:
+    connector = aiohttp.TCPConnector(ssl=client_context(served.ca))
+    async with aiohttp.ClientSession(connector=connector) as session:
+        async with session.get(served.url) as response:
+            assert response.status == 405
+        async with session.post(f"https://127.0.0.1:{served.port}/validate", data=b"{}") as response:
+            assert response.status == 404
+
+
+async def test_plain_http_is_not_served(served: Served) -> None:
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(aiohttp.ClientError):
+            async with session.post(f"http://127.0.0.1:{served.port}{PATH}", data=b"{}") as response:
+                await response.read()
+
+
+async def test_certificate_verifies_for_its_names_only(served: Served) -> None:
+    expected = der_of_file(served.directory)
+    assert await peer_certificate(served.port, served.ca, "localhost") == expected
+    assert await peer_certificate(served.port, served.ca, "127.0.0.1") == expected
+    with pytest.raises(ssl.SSLCertVerificationError):
+        await peer_certificate(served.port, served.ca, "pet-operator-webhook.elsewhere.svc")
+
+
+async def test_a_client_trusting_another_ca_is_refused(served: Served, tmp_path: Path) -> None:
+    other_ca = self_signed(NAMES, tmp_path / "other")
+    with pytest.raises(ssl.SSLCertVerificationError):
+        await peer_certificate(served.port, other_ca)
+    with pytest.raises(aiohttp.ClientConnectorCertificateError):
+        await post(served, review("CREATE", pet()), ca=other_ca)
+
+
+async def test_rotation_then_reload_shows_new_connections_the_new_certificate(served: Served) -> None:
+    old_der = der_of_file(served.directory)
+    assert await peer_certificate(served.port, served.ca) == old_der
+
+    new_ca = rotate(served.directory)
+    new_der = der_of_file(served.directory)
+    assert new_der != old_der
+    # the files changed, but nothing is reloaded until reload() is called
+    assert await peer_certificate(served.port, served.ca) == old_der
+
+    assert served.server.certificates.reload() is True
+    assert served.server.certificates.reloads == 1
+    assert await peer_certificate(served.port, new_ca) == new_der
+    with pytest.raises(ssl.SSLCertVerificationError):
+        await peer_certificate(served.port, served.ca)
+    assert (await respond(served_with_ca(served, new_ca), review("CREATE", pet(store=None))))["allowed"] is True
+
+
+def served_with_ca(served: Served, ca: bytes) -> Served:
+    return dataclasses.replace(served, ca=ca)
+
+
+async def test_broken_rotation_keeps_serving_the_old_certificate(served: Served) -> None:
+    old_der = der_of_file(served.directory)
+    (served.directory / "tls.crt").write_bytes(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+    (served.directory / "tls.key").write_bytes(b"garbage")
+    bump_mtimes(served.directory)
+    assert served.server.certificates.reload() is False
+    assert served.server.certificates.reloads == 0
+    assert await peer_certificate(served.port, served.ca) == old_der
+    assert (await respond(served, review("CREATE", pet(store=None))))["allowed"] is True
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=(ssl.SSLError, ConnectionError),
+    reason="source bug: CertificateFiles.reload loads into the live SSLContext; when tls.crt is new but tls.key "
+    "is not (yet) its key, OpenSSL has already swapped in the new certificate and dropped the old key before "
+    "load_cert_chain fails, so every new handshake fails instead of keeping the old pair",
+)
+@pytest.mark.parametrize("key", ["old-key", "garbage-key"])
+async def test_half_written_rotation_keeps_serving_the_old_certificate(
+    served: Served, tmp_path: Path, key: str
+) -> None:
+    old_der = der_of_file(served.directory)
+    self_signed(NAMES, tmp_path / "next")
+    (served.directory / "tls.crt").write_bytes((tmp_path / "next" / "tls.crt").read_bytes())
+    if key == "garbage-key":
+        (served.directory / "tls.key").write_bytes(b"garbage")
+    bump_mtimes(served.directory)
+    assert served.server.certificates.reload() is False
+    assert await peer_certificate(served.port, served.ca) == old_der
+
+
+async def test_server_reloads_by_itself_every_interval(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with serving_files(tmp_path / "certs", reload_interval=0.01) as s:
+        files = s.server.certificates
+        reload = files.reload
+        reloaded = asyncio.Event()
+
+        def spy() -> bool:
+            loaded = reload()
+            if loaded:
+                reloaded.set()
+            return loaded
+
+        monkeypatch.setattr(files, "reload", spy)
+        new_ca = rotate(s.directory)
+        await asyncio.wait_for(reloaded.wait(), timeout=5)
+        assert files.reloads == 1
+        assert await peer_certificate(s.port, new_ca) == der_of_file(s.directory)
+
+
+async def test_stop_is_idempotent_and_safe_before_start(tmp_path: Path) -> None:
+    self_signed(NAMES, tmp_path)
+    lookups = Lookups()
+    never_started = WebhookServer(0, CertificateFiles(tmp_path), lookups.store, lookups.claim, host="127.0.0.1")
+    await never_started.stop()
+
+    async with serving_files(tmp_path / "certs") as s:
+        port = s.port
+        assert await is_listening(port)
+        await s.server.stop()
+        assert not await is_listening(port)
+        await s.server.stop()  # the context manager stops once more
+
+
+def test_defaults() -> None:
+    async def none(*_: Any) -> None:
+        return None
+
+    server = WebhookServer(9443, certificates=None, stores=none, claims=none)  # type: ignore[arg-type]
+    assert (server.host, server.port, server.reload_interval) == ("0.0.0.0", 9443, 5.0)  # noqa: S104
+    assert PATH == "/validate-pets"
