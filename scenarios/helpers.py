@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
@@ -50,3 +52,12 @@ def api_error(call: Callable[[], Any]) -> ApiException:
     except ApiException as exc:
         return exc
     raise AssertionError("the API accepted a request it should have rejected")
+
+
+def record(request: Any, name: str, data: dict[str, Any]) -> None:
+    """Write a measured figure to the report folder (``NAME.json``); figures are never asserted on."""
+    directory = Path(str(request.config.getoption("--pet-report-dir")))
+    if not directory.is_absolute():
+        directory = Path(str(request.config.rootpath)) / directory
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"{name}.json").write_text(json.dumps(data, indent=2))

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import phase_of, wait_phase
+from helpers import phase_of, record, wait_phase
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
@@ -65,7 +63,7 @@ def test_duplicate_id_in_another_namespace_conflicts_then_takes_over(
     young = wait_phase(other, "younger-twin", "Conflict", "DuplicateId")
     assert f"{other.namespace}/older-twin" in young["status"]["message"]
     assert claims(kube_api, claims_namespace)["pet-id-502"].spec.holder_identity == f"{other.namespace}/older-twin"
-    _record(request, "takeover", {"seconds_from_delete_to_active": round(takeover, 3)})
+    record(request, "unique-ids-takeover", {"seconds_from_delete_to_active": round(takeover, 3)})
 
 
 def test_pet_deleted_while_the_operator_is_down_goes_away_when_it_is_back(
@@ -144,18 +142,9 @@ def test_racing_creates_leave_exactly_one_holder_per_id(
     for ns in namespaces:
         wait_for(PetApi(kube_api, ns).list_pets, lambda items: items == [], 60, f"pets of {ns} deleted")
     assert claims(kube_api, claims_namespace) == {}
-    _record(request, "race", {"rounds": rounds, "namespaces": namespaces_n, "clients": len(apis),
+    record(request, "unique-ids-race", {"rounds": rounds, "namespaces": namespaces_n, "clients": len(apis),
                               "pets_per_round": len(apis), "outcomes": outcomes,
                               "claims_left_after_delete": 0})
-
-
-def _record(request: Any, name: str, data: dict[str, Any]) -> None:
-    """Write a measured figure to reports/ for the notes (never asserted on)."""
-    directory = Path(str(request.config.getoption("--pet-report-dir")))
-    if not directory.is_absolute():
-        directory = Path(str(request.config.rootpath)) / directory
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / f"unique-ids-{name}.json").write_text(json.dumps(data, indent=2))
 
 
 def test_a_conflicting_pet_cannot_change_its_id(pets: PetApi, operator_factory: Any) -> None:

@@ -16,6 +16,7 @@ from pet_operator.cli import Config
 from pet_operator.events import EventRecorder
 from pet_operator.health import HealthServer
 from pet_operator.kube import Kube, load_credentials
+from pet_operator.leader import LeaderElector
 from pet_operator.reconciler import Reconciler
 from pet_operator.webhook import PATH, WebhookServer, certificates_for
 
@@ -121,6 +122,44 @@ async def start_webhook(config: Config, kube: Kube) -> WebhookServer | None:
     return server
 
 
+def make_elector(
+    config: Config, kube: Kube, recorder: EventRecorder, rec: Reconciler, indexes: handlers.Indexes,
+    readiness: Readiness,
+) -> LeaderElector:
+    elector = LeaderElector(
+        kube, config.lease_namespace, config.lease_name, config.leader_identity,
+        lease_duration=config.lease_duration, renew_deadline=config.renew_deadline,
+        retry_period=config.retry_period,
+    )
+
+    async def started_leading() -> None:
+        record = elector._observed
+        ref = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "name": config.lease_name,
+               "namespace": config.lease_namespace, "uid": record.uid if record else ""}
+        try:
+            await recorder.post(ref, "Normal", "LeaderElected", f"{config.leader_identity} became the leader")
+        except Exception as exc:  # noqa: BLE001 - an event is a courtesy
+            log.warning("could not post the leadership event: %s", exc)
+        await readiness.synced_event.wait()
+        if indexes.pets is not None and indexes.stores is not None and indexes.by_store is not None:
+            await handlers.resync_once(rec, indexes.pets, indexes.stores, indexes.by_store)  # catch up
+
+    def new_leader(holder: str) -> None:
+        log.info("the leader is now %s", holder)
+
+    tasks: set[asyncio.Task[None]] = set()
+
+    def on_started_leading() -> None:
+        # in the background: the renew loop must not wait for the catch-up resync
+        task = asyncio.create_task(started_leading())
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    elector.on_started_leading = on_started_leading
+    elector.on_new_leader = new_leader
+    return elector
+
+
 async def main(config: Config) -> int:
     if config.kubeconfig:
         os.environ["KUBECONFIG"] = config.kubeconfig  # Kopf's login reads it too
@@ -139,13 +178,29 @@ async def main(config: Config) -> int:
     indexes = handlers.Indexes()
     handlers.register(registry, rec, indexes)
     readiness = Readiness()
-    health = HealthServer(config.health_port, readiness.check)
+    exit_code = 0
+    stop_flag = asyncio.Event()
+    elector: LeaderElector | None = None
+    if config.leader_elect:
+        elector = make_elector(config, kube, recorder, rec, indexes, readiness)
+        rec.may_write = elector.is_leader
+
+        async def lost_leadership() -> None:
+            nonlocal exit_code
+            exit_code = 1  # restart clean, as controller-runtime does; the new leader takes over
+            readiness.stopping = True
+            stop_flag.set()
+
+        elector.on_stopped_leading = lost_leadership
+    health = HealthServer(config.health_port, readiness.check,
+                          leader=elector.status if elector is not None else None)
     await health.start()
     webhook = await start_webhook(config, kube)
     log.info("serving %s; claims in %s; health on :%d", config.scope, config.claims_namespace, config.health_port)
     background = [asyncio.create_task(initial_sync(config, kube, rec, readiness))]
     background.append(asyncio.create_task(maintenance(config, rec, indexes, readiness)))
-    stop_flag = asyncio.Event()
+    if elector is not None:
+        background.append(asyncio.create_task(elector.run()))
 
     async def graceful_stop(sig: signal.Signals) -> None:
         """Unready at once, close the webhook and our own tasks, then let Kopf drain its workers.
@@ -187,12 +242,14 @@ async def main(config: Config) -> int:
         readiness.stopping = True
         for task in background:
             task.cancel()
+        if elector is not None:
+            await elector.release()  # a successor takes over at its next retry
         if webhook is not None:
             await webhook.stop()
         await health.stop()
         await kube.close()
-    log.info("stopped after %d status writes", rec.writes)
-    return 0
+    log.info("stopped after %d status writes (%d refused while not leading)", rec.writes, rec.fenced)
+    return exit_code
 
 
 def run(config: Config) -> int:

@@ -8,7 +8,9 @@ import logging
 import math
 import os
 import re
+import socket
 import sys
+import uuid
 from collections.abc import Mapping, Sequence
 
 _NAMESPACE_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -33,6 +35,13 @@ class Config:
     webhook_configuration: str | None = None
     webhook_host_names: tuple[str, ...] = ()
     shutdown_grace: float = 20.0
+    leader_elect: bool = False
+    lease_name: str = "pet-operator-leader"
+    lease_namespace: str = "pet-system"
+    lease_duration: float = 15.0
+    renew_deadline: float = 10.0
+    retry_period: float = 2.0
+    leader_identity: str = ""
 
     @property
     def scope(self) -> str:
@@ -73,6 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
     hook.add_argument("--webhook-host-name", action="append", default=[], metavar="NAME",
                       help="host name or IP for the self-signed certificate (repeatable; default: the Service "
                            "name pet-operator-webhook.<claims namespace>.svc, localhost and 127.0.0.1)")
+    elect = parser.add_argument_group("leader election (only the leader reconciles; every replica serves the webhook)")
+    elect.add_argument("--leader-elect", action="store_true", help="campaign for a coordination.k8s.io Lease")
+    elect.add_argument("--lease-name", default="pet-operator-leader", help="default pet-operator-leader")
+    elect.add_argument("--lease-namespace", default=None, help="default: the claims namespace")
+    elect.add_argument("--lease-duration", type=float, default=15.0, help="seconds (default 15)")
+    elect.add_argument("--renew-deadline", type=float, default=10.0, help="seconds (default 10)")
+    elect.add_argument("--retry-period", type=float, default=2.0, help="seconds (default 2)")
+    elect.add_argument("--leader-identity", default=None, help="default: $POD_NAME or the host name, plus a suffix")
     parser.add_argument("--shutdown-grace", type=float, default=20.0,
                         help="seconds in-flight work may take after SIGTERM before the operator exits (default 20)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -116,10 +133,31 @@ def parse_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] |
         raise ConfigError(f"--webhook-port and --health-port are both {args.health_port}: they need two ports")
     if not math.isfinite(args.shutdown_grace) or args.shutdown_grace < 0:
         raise ConfigError(f"--shutdown-grace {args.shutdown_grace} must be 0 or a positive number of seconds")
+    timings = (args.lease_duration, args.renew_deadline, args.retry_period)
+    ordered = args.lease_duration > args.renew_deadline > args.retry_period > 0
+    if not all(math.isfinite(t) for t in timings) or not ordered:
+        raise ConfigError(
+            f"leader election timings must satisfy lease duration > renew deadline > retry period > 0; got "
+            f"--lease-duration {args.lease_duration}, --renew-deadline {args.renew_deadline}, "
+            f"--retry-period {args.retry_period}"
+        )
+    lease_namespace = args.lease_namespace or claims_namespace
+    if not _NAMESPACE_RE.match(lease_namespace):
+        raise ConfigError(f"--lease-namespace {lease_namespace!r} is not a valid namespace name")
+    identity = args.leader_identity or (
+        f"{env.get('POD_NAME') or socket.gethostname()}_{uuid.uuid4().hex[:8]}"
+    )
     host_names = tuple(args.webhook_host_name) or (
         f"pet-operator-webhook.{claims_namespace}.svc", "localhost", "127.0.0.1"
     )
     return Config(
+        leader_elect=bool(args.leader_elect),
+        lease_name=args.lease_name,
+        lease_namespace=lease_namespace,
+        lease_duration=args.lease_duration,
+        renew_deadline=args.renew_deadline,
+        retry_period=args.retry_period,
+        leader_identity=identity,
         webhook_port=args.webhook_port,
         webhook_cert_dir=args.webhook_cert_dir,
         webhook_configuration=args.webhook_configuration,

@@ -14,6 +14,7 @@ from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from pet_operator.claims import CLAIM_LABEL, Claim, claim_body, claim_from_body, claim_name
+from pet_operator.leader import LeaseRecord
 from pet_operator.model import GROUP, VERSION, StoreView
 
 log = logging.getLogger(__name__)
@@ -190,3 +191,58 @@ class Kube:
             await api.patch_validating_webhook_configuration(
                 configuration, patch, _content_type="application/json-patch+json"
             )
+
+    # --- leader election Lease --------------------------------------------------------------
+
+    @staticmethod
+    def _lease_record(lease: Any) -> LeaseRecord:
+        spec = lease.spec
+
+        def stamp(value: Any) -> str | None:
+            if value is None:
+                return None
+            return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ") if hasattr(value, "strftime") else str(value)
+
+        return LeaseRecord(
+            holder=(spec.holder_identity or "") if spec else "",
+            lease_duration=int((spec.lease_duration_seconds or 0) if spec else 0),
+            acquire_time=stamp(spec.acquire_time) if spec else None,
+            renew_time=stamp(spec.renew_time) if spec else None,
+            transitions=int((spec.lease_transitions or 0) if spec else 0),
+            resource_version=str(lease.metadata.resource_version),
+            uid=str(lease.metadata.uid or ""),
+        )
+
+    async def read_lease(self, namespace: str, name: str) -> LeaseRecord | None:
+        try:
+            lease = await self._coordination.read_namespaced_lease(name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return self._lease_record(lease)
+
+    async def create_lease(self, namespace: str, name: str, spec: dict[str, Any]) -> LeaseRecord | None:
+        body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+        try:
+            lease = await self._coordination.create_namespaced_lease(namespace, body)
+        except ApiException as exc:
+            if exc.status == 409:
+                return None
+            raise
+        return self._lease_record(lease)
+
+    async def update_lease(
+        self, namespace: str, name: str, spec: dict[str, Any], resource_version: str
+    ) -> LeaseRecord | None:
+        body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": name, "namespace": namespace, "resourceVersion": resource_version},
+                "spec": spec}
+        try:
+            lease = await self._coordination.replace_namespaced_lease(name, namespace, body)
+        except ApiException as exc:
+            if exc.status in (404, 409):
+                return None
+            raise
+        return self._lease_record(lease)

@@ -130,6 +130,10 @@ def _first(values: Collection[Any] | None) -> Any:
     return next(iter(values))
 
 
+class NotLeader(Exception):
+    """A write was about to happen on a replica that does not (or no longer) lead."""
+
+
 def _caught_up(written: str, seen: str) -> bool:
     """Whether a watched object is at least as new as the one our write returned.
 
@@ -159,6 +163,7 @@ class Reconciler:
         claims: ClaimStore | None = None,
         finalizers: FinalizerWriter | None = None,
         served: frozenset[str] | None = None,
+        may_write: Callable[[], bool] = lambda: True,
     ) -> None:
         """``claims`` and ``finalizers`` turn on cluster-wide unique ids (both or neither);
         ``served`` is the set of namespaces served (None: all), for telling orphaned claims."""
@@ -166,6 +171,8 @@ class Reconciler:
             raise ValueError("claims and finalizers go together")
         self.claims = claims
         self.finalizers = finalizers
+        self.may_write = may_write  # false on a replica that does not lead (fencing)
+        self.fenced = 0  # writes refused because this replica did not lead
         self.served = served
         self._claims: dict[int, Claim] = {}
         self._finalized: set[str] = set()  # uids we added our finalizer to, until the watch shows it
@@ -234,6 +241,8 @@ class Reconciler:
                     await self._finalize(snap)
                     return None
                 return await self._sync_live_pet(snap, pets, stores)
+        except NotLeader:
+            return None  # the leader reconciles it; this replica only watches
         finally:
             # ids released by a finalizer are handed on even if removing the finalizer failed
             while self._to_promote:
@@ -252,6 +261,7 @@ class Reconciler:
         if not model.status_differs(current, desired):
             return verdict
         try:
+            self.fence()
             obj = await self.writer.patch_status(model.PETS, snap.namespace, snap.name, desired)
         except NotFound:
             return None
@@ -270,6 +280,12 @@ class Reconciler:
                 if inspect.isawaitable(result):
                     await result
         return verdict
+
+    def fence(self) -> None:
+        """Refuse to write unless this replica may (it leads, or leader election is off)."""
+        if not self.may_write():
+            self.fenced += 1
+            raise NotLeader
 
     # --- id claims ------------------------------------------------------------------------
 
@@ -295,6 +311,7 @@ class Reconciler:
             return model.IdClaim("Unknown", "NoId", "The pet has no integer spec.id to claim.")
         if FINALIZER not in snap.finalizers and snap.uid not in self._finalized:
             try:
+                self.fence()
                 await self.finalizers.set_finalizers(
                     model.PETS, snap.namespace, snap.name, [*snap.finalizers, FINALIZER], snap.resource_version
                 )
@@ -305,6 +322,7 @@ class Reconciler:
         if cached is not None and cached.holder_uid == snap.uid:
             return claim_outcome(pet_id, snap.namespace, snap.name, snap.uid, cached)
         for _ in range(3):
+            self.fence()
             claim = await self.claims.create_claim(pet_id, snap.namespace, snap.name, snap.uid)
             if claim is None:
                 claim = await self.claims.read_claim(pet_id)
@@ -312,6 +330,7 @@ class Reconciler:
                 continue  # released between our create and read: try again
             if claim.holder_uid != snap.uid and self._is_orphan(claim, pets):
                 log.info("collecting orphaned claim of id %d (holder %s is gone)", pet_id, claim.holder)
+                self.fence()
                 await self.claims.delete_claim(claim)
                 self._claims.pop(pet_id, None)
                 continue
@@ -330,6 +349,7 @@ class Reconciler:
             if claim is None or claim.holder_uid != snap.uid:
                 claim = await self.claims.read_claim(pet_id)
             if claim is not None and claim.holder_uid == snap.uid:
+                self.fence()
                 if await self.claims.delete_claim(claim):
                     log.info("pet %s/%s deleted: released id %d", snap.namespace, snap.name, pet_id)
                     released = pet_id
@@ -337,6 +357,7 @@ class Reconciler:
                 self._claims.pop(pet_id, None)
         remaining = [f for f in snap.finalizers if f != FINALIZER]
         with contextlib.suppress(NotFound):  # already gone: nothing left to release
+            self.fence()
             await self.finalizers.set_finalizers(
                 model.PETS, snap.namespace, snap.name, remaining, snap.resource_version
             )
@@ -358,8 +379,14 @@ class Reconciler:
         if self.claims is None:
             return 0
         collected = 0
+        if not self.may_write():
+            return 0
         for claim in await self.claims.list_claims():
-            if self._is_orphan(claim, pets) and await self.claims.delete_claim(claim):
+            if not self._is_orphan(claim, pets):
+                continue
+            if not self.may_write():
+                break
+            if await self.claims.delete_claim(claim):
                 log.info("collected orphaned claim of id %d (holder %s is gone)", claim.pet_id, claim.holder)
                 self._claims.pop(claim.pet_id, None)
                 collected += 1
@@ -395,7 +422,11 @@ class Reconciler:
         async with lock:
             while key in self._store_dirty:
                 self._store_dirty.discard(key)
-                await self._sync_store_once(key, pets, stores, by_store)
+                try:
+                    await self._sync_store_once(key, pets, stores, by_store)
+                except NotLeader:
+                    self._store_dirty.discard(key)
+                    return
 
     async def _sync_store_once(
         self, key: Key, pets: PetIndex, stores: StoreIndex, by_store: PetsByStore
@@ -414,6 +445,7 @@ class Reconciler:
         if not model.status_differs(current, desired):
             return
         try:
+            self.fence()
             obj = await self.writer.patch_status(model.PETSTORES, snap.namespace, snap.name, desired)
         except NotFound:
             return

@@ -61,7 +61,8 @@ def self_signed(dns_names: Sequence[str], directory: Path) -> bytes:
             sans.append(x509.DNSName(name))
     cert = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns_names[0])]))
+        # the names live in the SANs; a CN is limited to 64 characters, a service name is not
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pet-operator-webhook")]))
         .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=365))
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
@@ -108,6 +109,9 @@ class CertificateFiles:
         if stamp == self._stamp:
             return False
         try:
+            # try the pair on a scratch context first: a failed load into the live one could
+            # leave it with a new certificate and no matching key (mid-rotation)
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(str(self.cert), str(self.key))
             self.context.load_cert_chain(str(self.cert), str(self.key))
         except (ssl.SSLError, OSError) as exc:
             if self._stamp is None:
@@ -163,10 +167,16 @@ class WebhookServer:
         old = req.get("oldObject")
         if operation not in ("CREATE", "UPDATE") or not isinstance(new, dict):
             return admission.ALLOW
+        if (new.get("metadata") or {}).get("deletionTimestamp"):
+            return admission.ALLOW
         name = str((new.get("metadata") or {}).get("name") or req.get("name") or "")
         spec = new.get("spec") or {}
         store_name = spec.get("store")
-        store = await self.stores(namespace, str(store_name)) if store_name else None
+        old_spec = (old or {}).get("spec") if operation == "UPDATE" and isinstance(old, dict) else None
+        # read the store only when its allowedTags decide something: updates that leave the tags
+        # alone (finalizers, labels) must pass even when the store cannot be read
+        checks_tags = bool(store_name) and bool(spec.get("tags")) and admission.tags_changed(old_spec, spec)
+        store = await self.stores(namespace, str(store_name)) if checks_tags else None
         pet_id = spec.get("id")
         claim = await self.claims(pet_id) if operation == "CREATE" and isinstance(pet_id, int) else None
         return admission.review_pet(operation, namespace, name, new, old, store, claim)

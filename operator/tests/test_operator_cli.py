@@ -23,7 +23,10 @@ def test_namespace_flags() -> None:
 
 def test_defaults() -> None:
     config = parse_config(["-n", "default"], NO_ENV)
+    assert config.leader_identity  # a fresh identity per process: host name plus a random suffix
     assert config == Config(
+        leader_identity=config.leader_identity,
+        lease_namespace="pet-system",
         namespaces=("default",),
         all_namespaces=False,
         health_port=8080,

@@ -271,19 +271,15 @@ def test_self_signed_key_is_private_and_matches_the_certificate(tmp_path: Path) 
     assert key.public_key() == leaf.public_key()
 
 
-def test_self_signed_for_the_longest_claims_namespace_that_fits_a_common_name(tmp_path: Path) -> None:
+def test_self_signed_subject_is_fixed_and_the_names_are_in_the_sans(tmp_path: Path) -> None:
     names = parse_config(["-n", "a", "--claims-namespace", "a" * 39], {}).webhook_host_names
     self_signed(names, tmp_path)
-    assert load_cert((tmp_path / "tls.crt").read_bytes()).subject.rfc4514_string() == f"CN={names[0]}"
+    leaf = load_cert((tmp_path / "tls.crt").read_bytes())
+    assert leaf.subject.rfc4514_string() == "CN=pet-operator-webhook"
+    sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names[0] in sans.get_values_for_type(x509.DNSName)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="source bug: webhook.self_signed puts dns_names[0] in the subject CN, limited to 64 characters; "
-    "the default name pet-operator-webhook.<ns>.svc is longer for a valid claims namespace of 40..63 "
-    "characters, so the operator cannot start in self-signed mode",
-)
 def test_self_signed_for_a_long_valid_claims_namespace(tmp_path: Path) -> None:
     names = parse_config(["-n", "a", "--claims-namespace", "n" * 63], {}).webhook_host_names
     self_signed(names, tmp_path)
@@ -543,13 +539,6 @@ async def test_a_failing_lookup_denies_with_500_and_a_message(
     assert "admission review u-fail failed" in caplog.text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="source bug: WebhookServer.decide reads the store before knowing whether the tags are checked, so "
-    "an UPDATE that leaves the tags alone (or removes a finalizer) is denied with 500 when that read fails, "
-    "although such updates 'always pass' (docs/operator.md, Admission webhook)",
-)
 @pytest.mark.parametrize("deleting", [False, True], ids=["label-edit", "finalizer-removal"])
 async def test_updates_that_do_not_check_tags_pass_when_the_store_cannot_be_read(
     served: Served, deleting: bool
@@ -630,13 +619,6 @@ async def test_broken_rotation_keeps_serving_the_old_certificate(served: Served)
     assert (await respond(served, review("CREATE", pet(store=None))))["allowed"] is True
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=(ssl.SSLError, ConnectionError),
-    reason="source bug: CertificateFiles.reload loads into the live SSLContext; when tls.crt is new but tls.key "
-    "is not (yet) its key, OpenSSL has already swapped in the new certificate and dropped the old key before "
-    "load_cert_chain fails, so every new handshake fails instead of keeping the old pair",
-)
 @pytest.mark.parametrize("key", ["old-key", "garbage-key"])
 async def test_half_written_rotation_keeps_serving_the_old_certificate(
     served: Served, tmp_path: Path, key: str

@@ -1,0 +1,77 @@
+"""Leader election on a Lease: one replica reconciles, a successor takes over."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from typing import Any
+
+from helpers import record, wait_phase
+from kubernetes import client
+
+from pet_harness.kube import PetApi
+from pet_harness.waiting import wait_for
+
+FAST = ("--leader-elect", "--lease-duration", "4", "--renew-deadline", "3", "--retry-period", "0.5")
+
+
+def leader_status(op: Any) -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{op.health_port}/leader", timeout=2) as resp:
+        data: dict[str, Any] = json.loads(resp.read())
+        return data
+
+
+def the_leader(replicas: list[Any]) -> Any:
+    def leaders() -> list[Any]:
+        return [op for op in replicas if op.running and leader_status(op)["leader"]]
+
+    found = wait_for(leaders, lambda ops: len(ops) == 1, 30, "exactly one leader")
+    return found[0]
+
+
+def test_one_leader_reconciles_and_a_successor_takes_over_when_it_is_killed(
+    pets: PetApi, operator_factory: Any, kube_api: Any, claims_namespace: str, request: Any
+) -> None:
+    replicas = [operator_factory([pets.namespace], webhook=False, extra_args=FAST) for _ in range(2)]
+    leader = the_leader(replicas)
+    standby = next(op for op in replicas if op is not leader)
+    assert leader_status(standby)["holder"] == leader_status(leader)["identity"]
+    assert standby.readyz()[0] == 200  # a standby is ready: it serves the webhook
+    pets.create_pet("before", {"id": 1101, "name": "before"})
+    wait_phase(pets, "before", "Active")
+
+    leader.kill()
+    killed_at = time.monotonic()
+    assert the_leader([standby]) is standby
+    pets.create_pet("after", {"id": 1102, "name": "after"})
+    wait_phase(pets, "after", "Active")
+    took_over = time.monotonic() - killed_at
+    lease = client.CoordinationV1Api(kube_api).read_namespaced_lease("pet-operator-leader", claims_namespace)
+    assert lease.spec.holder_identity == leader_status(standby)["identity"]
+    assert lease.spec.lease_transitions >= 1
+    assert took_over < 4 + 3 + 10  # lease duration, a retry, and reconciling: generous, never asserted tight
+    events = client.CoreV1Api(kube_api).list_namespaced_event(
+        claims_namespace, field_selector="involvedObject.kind=Lease,reason=LeaderElected").items
+    assert len(events) == 2
+    record(request, "leader-failover-sigkill", {
+        "lease_duration_s": 4, "renew_deadline_s": 3, "retry_period_s": 0.5,
+        "seconds_from_kill_to_new_pet_active": round(took_over, 2),
+    })
+
+
+def test_graceful_shutdown_releases_the_lease_at_once(
+    pets: PetApi, operator_factory: Any, kube_api: Any, claims_namespace: str, request: Any
+) -> None:
+    slow = ("--leader-elect", "--lease-duration", "30", "--renew-deadline", "20", "--retry-period", "0.5")
+    replicas = [operator_factory([pets.namespace], webhook=False, extra_args=slow) for _ in range(2)]
+    leader = the_leader(replicas)
+    standby = next(op for op in replicas if op is not leader)
+    stopped_at = time.monotonic()
+    assert leader.stop() == 0
+    the_leader([standby])
+    # released, not expired: far sooner than the 30 s lease
+    handover = time.monotonic() - stopped_at
+    assert handover < 15
+    record(request, "leader-handover-sigterm", {"lease_duration_s": 30, "seconds_to_new_leader": round(handover, 2)})
+    assert "released the leader lease" in leader.log_text()
