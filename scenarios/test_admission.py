@@ -152,3 +152,14 @@ def test_malformed_reviews_get_a_400(pet_operator: Any, bad: bytes) -> None:
         assert conn.getresponse().status == 400
     finally:
         conn.close()
+
+
+def test_moving_a_pet_to_a_store_that_forbids_its_tags_is_rejected(pets: PetApi, pet_operator: Any) -> None:
+    pets.create_store("dogs", {"allowedTags": ["dog"]})
+    pets.create_store("cats", {"allowedTags": ["cat"]})
+    pets.create_pet("rex", {"id": 810, "name": "Rex", "store": "dogs", "tags": ["dog"]})
+    exc = api_error(lambda: pets.patch_pet("rex", {"spec": {"store": "cats"}}))
+    assert exc.status == 422
+    assert "'dog'" in exc.body
+    assert "PetStore 'cats'" in exc.body
+    assert pets.get_pet("rex")["spec"]["store"] == "dogs"

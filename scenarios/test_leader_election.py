@@ -75,3 +75,33 @@ def test_graceful_shutdown_releases_the_lease_at_once(
     assert handover < 15
     record(request, "leader-handover-sigterm", {"lease_duration_s": 30, "seconds_to_new_leader": round(handover, 2)})
     assert "released the leader lease" in leader.log_text()
+
+
+def test_a_leader_cut_off_from_the_api_server_steps_down_before_its_lease_expires(
+    pets: PetApi, operator_factory: Any, kube_api: Any, claims_namespace: str, request: Any
+) -> None:
+    replicas = [
+        operator_factory([pets.namespace], webhook=False, extra_args=FAST, service_account=f"pet-operator-{i}",
+                         via_proxy=True)
+        for i in range(2)
+    ]
+    leader = the_leader(replicas)
+    standby = next(op for op in replicas if op is not leader)
+    cut_at = time.monotonic()
+    leader.proxy.set_mode("cut")  # lease loss: it can no longer renew
+    wait_for(lambda: leader.running, lambda running: not running, 20, "the cut-off leader to step down and exit")
+    stepped_down = time.monotonic() - cut_at
+    assert leader.process.returncode == 1
+    assert "lost the leader lease" in leader.log_text()
+    assert the_leader([standby]) is standby
+    pets.create_pet("after", {"id": 1103, "name": "after"})
+    wait_phase(pets, "after", "Active")
+    failover = time.monotonic() - cut_at
+    leader.proxy.set_mode("pass")  # healed: restarted, it comes back as a standby
+    leader.start()
+    assert leader_status(leader)["leader"] is False
+    record(request, "leader-failover-cut", {
+        "lease_duration_s": 4, "renew_deadline_s": 3, "retry_period_s": 0.5,
+        "seconds_from_cut_to_step_down": round(stepped_down, 2),
+        "seconds_from_cut_to_new_pet_active": round(failover, 2),
+    })

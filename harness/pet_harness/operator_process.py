@@ -9,6 +9,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from pet_harness.clusters.local import free_port
 from pet_harness.processes import ManagedProcess
@@ -48,6 +49,8 @@ class OperatorProcess:
         self.health_port = 0
         self.webhook_port = 0
         self._kept_log: str | None = None
+        self.username = ""  # the Kubernetes user it authenticates as, when the harness knows it
+        self.proxy: Any = None  # its FaultProxy to the API server, when it has one
         self.process: ManagedProcess | None = None
         self.starts = 0
 

@@ -30,13 +30,16 @@ import time
 from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
 
 from pet_harness import binaries, webhooks
 from pet_harness.clusters import Cluster, make_cluster
+from pet_harness.clusters.base import write_private
 from pet_harness.clusters.local import LocalCluster, free_port
+from pet_harness.fault_proxy import FaultProxy
 from pet_harness.kube import PetApi, api_client, create_namespace, delete_namespace, install_crds, unique_namespace_name
 from pet_harness.operator_process import OperatorProcess
 from pet_harness.processes import install_signal_handlers
@@ -177,11 +180,12 @@ def operator_factory(
     log_dir = Path(tempfile.mkdtemp(prefix="pet-operator-logs-"))
     hook: dict[str, Any] = {}
     identity = OperatorIdentity(kube_api, claims_namespace, claims_namespace)
+    proxies: list[FaultProxy] = []
 
     def start(
         namespaces: tuple[str, ...] | list[str] = (), all_namespaces: bool = False,
         extra_args: tuple[str, ...] = (), wait_ready: bool = True, env: dict[str, str] | None = None,
-        webhook: bool = True,
+        webhook: bool = True, service_account: str = "pet-operator", via_proxy: bool = False,
     ) -> OperatorProcess:
         served = list(namespaces) or [ns for ns in (env or {}).get("KOPF_NAMESPACE", "").split(",") if ns]
         args = ["--claims-namespace", claims_namespace]
@@ -194,15 +198,22 @@ def operator_factory(
         else:
             port = 0
             args += ["--webhook-port", "0"]
-        identity.create(None if all_namespaces else served)
-        kubeconfig = identity.kubeconfig(pet_cluster.kubeconfig_path, log_dir / f"operator-{len(started)}.kubeconfig")
+        identity.create(None if all_namespaces else served, service_account)
+        kubeconfig = identity.kubeconfig(pet_cluster.kubeconfig_path, log_dir / f"operator-{len(started)}.kubeconfig",
+                                         account=service_account)
         _wait_authorized(kubeconfig, served or [claims_namespace])
+        proxy = None
+        if via_proxy:  # the replica reaches the API server through a fault proxy of its own
+            proxy, kubeconfig = _proxied(kubeconfig)
+            proxies.append(proxy)
         op = OperatorProcess(
             kubeconfig, log_dir / f"operator-{len(started)}.log", namespaces=namespaces,
             all_namespaces=all_namespaces, extra_args=(*args, *extra_args),
             name=f"pet-operator-{len(started)}", extra_env=env,
         )
         op.webhook_port = port
+        op.username = identity.username(service_account)
+        op.proxy = proxy
         started.append(op)
         op.start(wait_ready=wait_ready)
         if port and "name" not in hook:
@@ -223,6 +234,8 @@ def operator_factory(
                 problems.append(f"could not remove the webhook configuration: {exc}")
         for op in started:
             op.stop()
+        for proxy in proxies:
+            proxy.stop()
         try:
             identity.delete()
         except Exception as exc:  # noqa: BLE001 - report it with the rest
@@ -236,6 +249,17 @@ def operator_factory(
         shutil.rmtree(log_dir, ignore_errors=True)
         if problems:
             pytest.fail("\n".join(problems), pytrace=False)
+
+
+def _proxied(kubeconfig: Path) -> tuple[FaultProxy, Path]:
+    """Start a fault proxy to the kubeconfig's API server and a kubeconfig that goes through it."""
+    config = yaml.safe_load(kubeconfig.read_text())
+    server = urlsplit(config["clusters"][0]["cluster"]["server"])
+    proxy = FaultProxy(server.hostname or "127.0.0.1", server.port or 443).start()
+    config["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{proxy.port}"
+    path = kubeconfig.with_name(kubeconfig.stem + "-proxied.kubeconfig")
+    write_private(path, yaml.safe_dump(config))
+    return proxy, path
 
 
 def _wait_authorized(kubeconfig: Path, namespaces: list[str]) -> None:

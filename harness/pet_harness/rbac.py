@@ -45,8 +45,16 @@ def install_cluster_roles(api: Any) -> None:
                            doc["metadata"]["name"], copy.deepcopy(doc))
 
 
+SHIPPED_NAME = "pet-operator"
+
+
 class OperatorIdentity:
-    """The operator's ServiceAccount in its own namespace, bound as ``deploy/rbac/`` says."""
+    """Operator ServiceAccounts in their own namespace, bound as ``deploy/rbac/`` says.
+
+    ``deploy/rbac/`` ships one ServiceAccount, ``pet-operator``. Replicas that must be told
+    apart (in the audit log, say) each get their own, ``pet-operator-0`` and so on, bound by
+    copies of the same bindings to the same ClusterRoles: the rights are identical.
+    """
 
     def __init__(self, api: Any, namespace: str, suffix: str) -> None:
         self.api = api
@@ -55,20 +63,27 @@ class OperatorIdentity:
         self.cluster_bindings: list[str] = []
         self.bound_namespaces: set[str] = set()
 
-    def _subject(self, doc: dict[str, Any]) -> dict[str, Any]:
+    def _subject(self, doc: dict[str, Any], account: str) -> dict[str, Any]:
         doc = copy.deepcopy(doc)
         for subject in doc.get("subjects", []):
             subject["namespace"] = self.namespace
+            subject["name"] = account
+        if account != SHIPPED_NAME:
+            doc["metadata"]["name"] = f"{doc['metadata']['name']}-{account}"
         return doc
 
-    def create(self, served: Sequence[str] | None) -> None:
-        """ServiceAccount, claims binding, cluster binding, and the pet bindings for ``served``
-        (None: all namespaces, through a ClusterRoleBinding)."""
+    def username(self, account: str = SHIPPED_NAME) -> str:
+        return f"system:serviceaccount:{self.namespace}:{account}"
+
+    def create(self, served: Sequence[str] | None, account: str = SHIPPED_NAME) -> None:
+        """ServiceAccount ``account``, claims binding, cluster binding, and the pet bindings for
+        ``served`` (None: all namespaces, through a ClusterRoleBinding)."""
         core = client.CoreV1Api(self.api)
         rbac = client.RbacAuthorizationV1Api(self.api)
         install_cluster_roles(self.api)
         sa = copy.deepcopy(_docs("serviceaccount.yaml")[0])
         sa["metadata"]["namespace"] = self.namespace
+        sa["metadata"]["name"] = account
         try:
             core.create_namespaced_service_account(self.namespace, sa)
         except ApiException as exc:
@@ -76,7 +91,7 @@ class OperatorIdentity:
                 raise
         mode = "all-namespaces-mode.yaml" if served is None else "namespaced-mode.yaml"
         for doc in _docs(mode):
-            doc = self._subject(doc)
+            doc = self._subject(doc, account)
             kind, role = doc["kind"], doc["roleRef"]["name"]
             if kind == "ClusterRoleBinding":
                 name = f"{doc['metadata']['name']}-{self.suffix}"[:253]
@@ -102,10 +117,12 @@ class OperatorIdentity:
                            rbac.read_namespaced_role_binding, body["metadata"]["name"], body, namespace)
         self.bound_namespaces.add(key)
 
-    def kubeconfig(self, admin_kubeconfig: Path, path: Path, seconds: int = 3600) -> Path:
+    def kubeconfig(
+        self, admin_kubeconfig: Path, path: Path, seconds: int = 3600, account: str = SHIPPED_NAME
+    ) -> Path:
         """A kubeconfig that authenticates as the ServiceAccount (TokenRequest API)."""
         token = client.CoreV1Api(self.api).create_namespaced_service_account_token(
-            "pet-operator", self.namespace, {"spec": {"expirationSeconds": seconds}}
+            account, self.namespace, {"spec": {"expirationSeconds": seconds}}
         ).status.token
         admin = yaml.safe_load(admin_kubeconfig.read_text())
         context = next(c for c in admin["contexts"] if c["name"] == admin["current-context"])["context"]
@@ -114,8 +131,7 @@ class OperatorIdentity:
 
         ca = cluster.get("certificate-authority-data")
         ca_pem = base64.b64decode(ca) if ca else Path(cluster["certificate-authority"]).read_bytes()
-        return write_kubeconfig(path, cluster["server"], ca_pem, f"system:serviceaccount:{self.namespace}:pet-operator",
-                                token=token)
+        return write_kubeconfig(path, cluster["server"], ca_pem, self.username(account), token=token)
 
     def delete(self) -> None:
         rbac = client.RbacAuthorizationV1Api(self.api)

@@ -28,6 +28,11 @@ def tags_changed(old_spec: Mapping[str, Any] | None, new_spec: Mapping[str, Any]
     return old_spec is None or set(old_spec.get("tags") or []) != set(new_spec.get("tags") or [])
 
 
+def tags_or_store_changed(old_spec: Mapping[str, Any] | None, new_spec: Mapping[str, Any]) -> bool:
+    """A pet moving to another store must fit that store's allowedTags, as a new pet would."""
+    return tags_changed(old_spec, new_spec) or (old_spec or {}).get("store") != new_spec.get("store")
+
+
 def review_pet(
     operation: str,
     namespace: str,
@@ -39,7 +44,7 @@ def review_pet(
 ) -> Decision:
     """Decide on a CREATE or UPDATE of a pet.
 
-    * Tags are checked when a pet is created or its tags change, never on other updates:
+    * Tags are checked when a pet is created or its tags or store change, never on other updates:
       a store that narrows ``allowedTags`` later turns its pets ``Invalid`` instead, and
       those pets must stay updatable (finalizers, labels) and deletable.
     * The id is checked on CREATE only (it is immutable): a claim held by another pet
@@ -53,7 +58,7 @@ def review_pet(
     spec = new.get("spec") or {}
     problems: list[str] = []
     old_spec = (old or {}).get("spec") if operation == "UPDATE" else None
-    if store is not None and tags_changed(old_spec, spec):
+    if store is not None and tags_or_store_changed(old_spec, spec):
         bad = disallowed_tags(list(spec.get("tags") or []), store.allowed_tags)
         if bad:
             problems.append(

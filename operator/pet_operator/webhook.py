@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import hashlib
 import ipaddress
 import logging
 import shutil
@@ -27,6 +28,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from kubernetes_asyncio.client.exceptions import ApiException
 
 from pet_operator import admission
 from pet_operator.claims import Claim
@@ -87,15 +89,32 @@ class CertificateFiles:
         self.watch = watch  # whether the files are re-read when they change (mounted ones are)
         self.cert = directory / "tls.crt"
         self.key = directory / "tls.key"
-        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.context.minimum_version = ssl.TLSVersion.TLSv1_2
-        self._stamp: tuple[float, float, int, int] | None = None
+        # The server keeps ``context`` for good; each handshake is switched (SNI callback,
+        # called with or without a server name) to ``_current``, a fresh context per load.
+        # A fresh context per load means no trace of an old pair survives a rotation, even
+        # to another key type (OpenSSL keeps one certificate per key type in a context).
+        self.context = self._new_context()
+        self._current = self.context
+        self.context.sni_callback = self._switch
+        self._stamp: str | None = None
         self.reloads = 0
         self.reload()
 
-    def _current_stamp(self) -> tuple[float, float, int, int]:
-        c, k = self.cert.stat(), self.key.stat()
-        return c.st_mtime, k.st_mtime, c.st_size, k.st_size
+    @staticmethod
+    def _new_context() -> ssl.SSLContext:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        return context
+
+    def _switch(self, sock: ssl.SSLObject | ssl.SSLSocket, server_name: str | None, context: ssl.SSLContext) -> None:
+        if self._current is not context:
+            sock.context = self._current
+
+    def _current_stamp(self) -> str:
+        """A digest of both files: any change is seen, whatever the file times say."""
+        digest = hashlib.sha256(self.cert.read_bytes())
+        digest.update(self.key.read_bytes())
+        return digest.hexdigest()
 
     def reload(self) -> bool:
         """Load the files if they changed since the last load; True if they were loaded."""
@@ -109,18 +128,19 @@ class CertificateFiles:
         if stamp == self._stamp:
             return False
         try:
-            # try the pair on a scratch context first: a failed load into the live one could
-            # leave it with a new certificate and no matching key (mid-rotation)
-            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(str(self.cert), str(self.key))
-            self.context.load_cert_chain(str(self.cert), str(self.key))
+            fresh = self._new_context()
+            fresh.load_cert_chain(str(self.cert), str(self.key))
         except (ssl.SSLError, OSError) as exc:
             if self._stamp is None:
                 raise ValueError(f"webhook certificate {self.cert} / {self.key} cannot be loaded: {exc}") from exc
             log.warning("new webhook certificate cannot be loaded (mid-rotation?), keeping the old one: %s", exc)
             return False
-        if self._stamp is not None:
+        if self._stamp is None:
+            self.context.load_cert_chain(str(self.cert), str(self.key))  # for the very first handshakes
+        else:
             self.reloads += 1
             log.info("webhook certificate reloaded from %s", self.cert)
+        self._current = fresh
         self._stamp = stamp
         return True
 
@@ -149,15 +169,22 @@ class WebhookServer:
         try:
             review: dict[str, Any] = await request.json()
             req = review["request"]
+            if not isinstance(req.get("uid"), str) or not req["uid"]:
+                raise ValueError("no uid")
             uid = str(req["uid"])
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, AttributeError):
             return web.json_response({"error": "expected an AdmissionReview with a request"}, status=400)
         self.reviews += 1
         try:
             decision = await self.decide(req)
         except Exception as exc:
             log.exception("admission review %s failed", uid)
-            decision = admission.Decision(False, f"the pet-operator webhook could not decide: {exc}", 500)
+            # an API error carries headers and bodies: tell the user only what failed
+            if isinstance(exc, ApiException):
+                reason = f"{exc.status} {exc.reason}"
+            else:
+                reason = f"{type(exc).__name__}: {exc}"[:200]
+            decision = admission.Decision(False, f"the pet-operator webhook could not decide: {reason}", 500)
         return web.json_response(admission.review_response(uid, decision))
 
     async def decide(self, req: dict[str, Any]) -> admission.Decision:
@@ -175,7 +202,7 @@ class WebhookServer:
         old_spec = (old or {}).get("spec") if operation == "UPDATE" and isinstance(old, dict) else None
         # read the store only when its allowedTags decide something: updates that leave the tags
         # alone (finalizers, labels) must pass even when the store cannot be read
-        checks_tags = bool(store_name) and bool(spec.get("tags")) and admission.tags_changed(old_spec, spec)
+        checks_tags = bool(store_name) and bool(spec.get("tags")) and admission.tags_or_store_changed(old_spec, spec)
         store = await self.stores(namespace, str(store_name)) if checks_tags else None
         pet_id = spec.get("id")
         claim = await self.claims(pet_id) if operation == "CREATE" and isinstance(pet_id, int) else None

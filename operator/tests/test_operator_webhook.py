@@ -24,8 +24,9 @@ import aiohttp
 import pytest
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.x509.oid import ExtendedKeyUsageOID
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from pet_operator.claims import Claim
 from pet_operator.cli import parse_config
@@ -465,6 +466,13 @@ async def test_create_naming_a_missing_store_is_allowed(served: Served) -> None:
     assert served.lookups.calls == [("store", NS, "not-yet"), ("claim", 7)]
 
 
+@pytest.mark.parametrize("tags", [None, []], ids=["no-tags", "empty-tags"])
+async def test_create_without_tags_reads_no_store(served: Served, tags: list[str] | None) -> None:
+    served.lookups.store_error = RuntimeError("must not be read")
+    assert (await respond(served, review("CREATE", pet(tags=tags, store="shop"))))["allowed"] is True
+    assert served.lookups.calls == [("claim", 7)]
+
+
 async def test_update_reads_no_claim_and_passes_unchanged_tags(served: Served) -> None:
     served.lookups.stores[(NS, "shop")] = StoreView("shop", ())
     served.lookups.claims[7] = Claim(7, "other-ns/fido", "uid-fido", "3")
@@ -535,7 +543,8 @@ async def test_a_failing_lookup_denies_with_500_and_a_message(
     assert response["uid"] == "u-fail"
     assert response["allowed"] is False
     assert response["status"]["code"] == 500
-    assert response["status"]["message"] == "the pet-operator webhook could not decide: apiserver said 503"
+    expected = "the pet-operator webhook could not decide: RuntimeError: apiserver said 503"
+    assert response["status"]["message"] == expected
     assert "admission review u-fail failed" in caplog.text
 
 
@@ -617,6 +626,51 @@ async def test_broken_rotation_keeps_serving_the_old_certificate(served: Served)
     assert served.server.certificates.reloads == 0
     assert await peer_certificate(served.port, served.ca) == old_der
     assert (await respond(served, review("CREATE", pet(store=None))))["allowed"] is True
+
+
+def rotate_to_rsa(directory: Path) -> bytes:
+    """Write an RSA serving pair from a new RSA CA over the files (cert-manager's default key type)."""
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "rsa-test-ca")])
+    ca = (
+        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    leaf = (
+        x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    (directory / "tls.key").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ))
+    (directory / "tls.crt").write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    bump_mtimes(directory)
+    return ca.public_bytes(serialization.Encoding.PEM)
+
+
+async def test_rotation_to_another_key_type_shows_only_the_new_certificate(served: Served) -> None:
+    old_der = der_of_file(served.directory)
+    rsa_ca = rotate_to_rsa(served.directory)
+    assert served.server.certificates.reload() is True
+    trusting_both = client_context(served.ca)
+    trusting_both.load_verify_locations(cadata=rsa_ca.decode())
+    _, writer = await asyncio.open_connection("127.0.0.1", served.port, ssl=trusting_both, server_hostname="localhost")
+    try:
+        shown = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+    assert shown != old_der
+    assert shown == der_of_file(served.directory)
 
 
 @pytest.mark.parametrize("key", ["old-key", "garbage-key"])
