@@ -7,9 +7,12 @@ import time
 import urllib.request
 from typing import Any
 
+import pytest
 from helpers import record, wait_phase
 from kubernetes import client
 
+from pet_harness import audit
+from pet_harness.clusters.local import LocalCluster
 from pet_harness.kube import PetApi
 from pet_harness.waiting import wait_for
 
@@ -30,10 +33,22 @@ def the_leader(replicas: list[Any]) -> Any:
     return found[0]
 
 
+def audit_proof(pet_cluster: Any, claims_namespace: str) -> dict[str, Any]:
+    """From the API server's audit log: no replica wrote while another held the Lease."""
+    if not isinstance(pet_cluster, LocalCluster):
+        pytest.skip("the audit log needs the embedded (local) backend")
+    result: dict[str, Any] = audit.analyze(pet_cluster.audit_log_path, claims_namespace)
+    summary = result["summary"]
+    assert summary["writes_by_non_leaders"] == 0, result["violations"]
+    assert summary["writes_by_leaders"] > 0
+    return result
+
+
 def test_one_leader_reconciles_and_a_successor_takes_over_when_it_is_killed(
-    pets: PetApi, operator_factory: Any, kube_api: Any, claims_namespace: str, request: Any
+    pets: PetApi, operator_factory: Any, kube_api: Any, claims_namespace: str, request: Any, pet_cluster: Any
 ) -> None:
-    replicas = [operator_factory([pets.namespace], webhook=False, extra_args=FAST) for _ in range(2)]
+    replicas = [operator_factory([pets.namespace], webhook=False, extra_args=FAST,
+                                 service_account=f"pet-operator-{i}") for i in range(2)]
     leader = the_leader(replicas)
     standby = next(op for op in replicas if op is not leader)
     assert leader_status(standby)["holder"] == leader_status(leader)["identity"]
@@ -54,9 +69,12 @@ def test_one_leader_reconciles_and_a_successor_takes_over_when_it_is_killed(
     events = client.CoreV1Api(kube_api).list_namespaced_event(
         claims_namespace, field_selector="involvedObject.kind=Lease,reason=LeaderElected").items
     assert len(events) == 2
+    proof = audit_proof(pet_cluster, claims_namespace)
+    assert proof["summary"]["transitions"] >= 1
     record(request, "leader-failover-sigkill", {
         "lease_duration_s": 4, "renew_deadline_s": 3, "retry_period_s": 0.5,
         "seconds_from_kill_to_new_pet_active": round(took_over, 2),
+        "audit": proof["summary"],
     })
 
 
@@ -78,7 +96,7 @@ def test_graceful_shutdown_releases_the_lease_at_once(
 
 
 def test_a_leader_cut_off_from_the_api_server_steps_down_before_its_lease_expires(
-    pets: PetApi, operator_factory: Any, kube_api: Any, claims_namespace: str, request: Any
+    pets: PetApi, operator_factory: Any, kube_api: Any, claims_namespace: str, request: Any, pet_cluster: Any
 ) -> None:
     replicas = [
         operator_factory([pets.namespace], webhook=False, extra_args=FAST, service_account=f"pet-operator-{i}",
@@ -100,8 +118,41 @@ def test_a_leader_cut_off_from_the_api_server_steps_down_before_its_lease_expire
     leader.proxy.set_mode("pass")  # healed: restarted, it comes back as a standby
     leader.start()
     assert leader_status(leader)["leader"] is False
+    pets.create_pet("healed", {"id": 1104, "name": "healed"})
+    wait_phase(pets, "healed", "Active")
+    proof = audit_proof(pet_cluster, claims_namespace)
     record(request, "leader-failover-cut", {
         "lease_duration_s": 4, "renew_deadline_s": 3, "retry_period_s": 0.5,
         "seconds_from_cut_to_step_down": round(stepped_down, 2),
         "seconds_from_cut_to_new_pet_active": round(failover, 2),
+        "audit": proof["summary"],
+    })
+
+
+def test_a_frozen_leader_thawed_after_its_lease_never_writes_as_a_stale_leader(
+    pets: PetApi, operator_factory: Any, claims_namespace: str, request: Any, pet_cluster: Any
+) -> None:
+    import signal
+
+    replicas = [operator_factory([pets.namespace], webhook=False, extra_args=FAST,
+                                 service_account=f"pet-operator-{i}") for i in range(2)]
+    leader = the_leader(replicas)
+    standby = next(op for op in replicas if op is not leader)
+    pets.create_store("shop")
+    leader.process.signal(signal.SIGSTOP)
+    frozen_at = time.monotonic()
+    assert the_leader([standby]) is standby
+    for i in range(5):  # work the frozen one would have done, had it been awake
+        pets.create_pet(f"p{i}", {"id": 1200 + i, "name": f"p{i}", "store": "shop"})
+    for i in range(5):
+        wait_phase(pets, f"p{i}", "Active")
+    leader.process.signal(signal.SIGCONT)
+    wait_for(lambda: leader.running, lambda running: not running, 20, "the thawed leader to step down")
+    assert leader.process.returncode == 1
+    pets.patch_store("shop", {"spec": {"allowedTags": []}})  # more work after the thaw
+    pets.create_pet("late", {"id": 1210, "name": "late", "store": "shop"})
+    wait_phase(pets, "late", "Active")
+    proof = audit_proof(pet_cluster, claims_namespace)
+    record(request, "leader-failover-freeze", {
+        "lease_duration_s": 4, "frozen_for_s": round(time.monotonic() - frozen_at, 2), "audit": proof["summary"],
     })
