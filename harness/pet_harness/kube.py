@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 import uuid
 from collections.abc import Mapping
@@ -18,7 +19,20 @@ from pet_harness.waiting import wait_for
 
 GROUP = "petstore.example.com"
 VERSION = "v1"
-REPO_ROOT = Path(__file__).resolve().parents[2]
+def _repo_root() -> Path:
+    """The checkout holding ``deploy/``: ``PET_REPO_ROOT``, else the one this file sits in
+    (the harness is installed editable from its checkout, as tox does)."""
+    env = os.environ.get("PET_REPO_ROOT")
+    root = Path(env) if env else Path(__file__).resolve().parents[2]
+    if not (root / "deploy" / "crds").is_dir():
+        raise RuntimeError(
+            f"cannot find deploy/crds under {root}: install the harness editable from its checkout "
+            "(pip install -e .) or set PET_REPO_ROOT to the checkout"
+        )
+    return root
+
+
+REPO_ROOT = _repo_root()
 CRD_DIR = REPO_ROOT / "deploy" / "crds"
 CRD_NAMES = ("pets.petstore.example.com", "petstores.petstore.example.com")
 
