@@ -7,6 +7,7 @@
     pet-harness cluster kubeconfig    print the admin kubeconfig's path
     pet-harness cluster down          stop it; nothing is left running
     pet-harness finalizers strip      remove the operator's finalizers once it is gone for good
+    pet-harness chaos                 run the Chaos Toolkit experiments of chaos/experiments (docs/chaos.md)
 """
 
 from __future__ import annotations
@@ -93,6 +94,31 @@ def _cmd_finalizers_strip(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_chaos(args: argparse.Namespace) -> int:
+    import datetime
+
+    from pet_harness import chaos_env
+
+    names = args.experiment or chaos_env.experiment_names()
+    missing = [n for n in names if not chaos_env.experiment_path(n).exists()]
+    if missing:
+        print(f"pet-harness: error: no such experiment: {', '.join(missing)} "
+              f"(known: {', '.join(chaos_env.experiment_names())})", file=sys.stderr)
+        return 2
+    if args.target != "local":
+        print("pet-harness: error: `pet-harness chaos` drives the embedded cluster (target local); "
+              "for target kubernetes run `chaos run` against staging, see docs/chaos.md", file=sys.stderr)
+        return 2
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    results = Path(args.results) if args.results else Path("results") / "chaos" / stamp
+    binaries.ensure_binaries(build=True)
+    summaries = chaos_env.run_all(names, results, args.target)
+    print((results / "summary.md").read_text())
+    print(f"results: {results}")
+    bad = [s["experiment"] for s in summaries if s["deviated"] or s["writes_by_non_leaders"] != 0 or not s["passed"]]
+    return 1 if bad else 0
+
+
 def _cmd_cluster_serve(args: argparse.Namespace) -> int:
     return cluster_daemon.serve(args.name)
 
@@ -129,6 +155,13 @@ def build_parser() -> argparse.ArgumentParser:
     strip.add_argument("--all-namespaces", "-A", action="store_true", help="pets of every namespace")
     strip.add_argument("--claims-namespace", default=None, help="also delete the id claims (Leases) here")
     strip.set_defaults(func=_cmd_finalizers_strip)
+    chaos = sub.add_parser("chaos", help="run the Chaos Toolkit experiments, each in a fresh embedded cluster")
+    chaos.add_argument("--experiment", "-e", action="append", default=[],
+                       help="experiment name in chaos/experiments, or a path (repeatable; default: all)")
+    chaos.add_argument("--results", default=None, help="results folder (default: results/chaos/<timestamp>)")
+    chaos.add_argument("--target", default="local", choices=["local", "kubernetes"],
+                       help="local (default); kubernetes is documented in docs/chaos.md, not run from here")
+    chaos.set_defaults(func=_cmd_chaos)
     return parser
 
 

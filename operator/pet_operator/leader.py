@@ -92,6 +92,7 @@ class LeaderElector:
         self._observed_at = 0.0
         self._renewed_at: float | None = None  # last successful acquire/renew, our clock
         self._leading = False
+        self._absent_since: float | None = None  # when a Lease we had seen was found missing
         self.holder = ""  # the holder we last saw
         self.transitions = 0
 
@@ -124,6 +125,7 @@ class LeaderElector:
     def _observe(self, record: LeaseRecord | None) -> None:
         if record is None:
             return
+        self._absent_since = None
         if self._observed is None or record.resource_version != self._observed.resource_version:
             self._observed = record
             self._observed_at = self.clock()
@@ -137,6 +139,15 @@ class LeaderElector:
         started = self.clock()
         record = await self.api.read_lease(self.namespace, self.name)
         if record is None:
+            # A Lease we never saw: the first replica to come creates it. A Lease that was there
+            # and vanished (deleted by hand or by a fault) may still be led: its leader recreates
+            # it at its next renewal, while a standby waits a whole lease duration of absence
+            # before it creates one, so the old leader cannot still be writing by then.
+            if self._observed is not None and not self._leading:
+                if self._absent_since is None:
+                    self._absent_since = started
+                if started - self._absent_since < self.lease_duration:
+                    return False
             created = await self.api.create_lease(self.namespace, self.name, self._spec(None, 0))
             self._observe(created)
             if created is not None:

@@ -1,0 +1,683 @@
+"""A disposable world for Chaos Toolkit experiments, and the code that runs them.
+
+:class:`ChaosEnvironment` starts an embedded cluster (:class:`LocalCluster`), two
+``pet-operator`` replicas with ``--leader-elect`` (each under its own ServiceAccount and
+behind its own :class:`FaultProxy`), a load thread that keeps creating, updating and
+deleting pets, and a small HTTP control server. The experiments in ``chaos/experiments``
+reach that server through the ``petchaos`` provider package: POST ``/actions/<fault>``
+injects a fault, GET ``/probes/steady-state`` checks the steady state.
+
+:func:`run_experiment` runs one experiment file with the real ``chaos run`` in a fresh
+environment and builds its summary (journal status, failover gaps and writes by
+non-leaders from the audit log, pets lost, duplicate ids).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import yaml
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from pet_harness import audit
+from pet_harness.clusters.base import write_private
+from pet_harness.clusters.local import LocalCluster
+from pet_harness.fault_proxy import FaultProxy
+from pet_harness.kube import REPO_ROOT, PetApi, api_client, create_namespace, install_crds
+from pet_harness.operator_process import OperatorProcess
+from pet_harness.rbac import OperatorIdentity
+from pet_harness.waiting import wait_for
+
+FAST = ("--leader-elect", "--lease-duration", "4", "--renew-deadline", "3", "--retry-period", "0.5")
+LEASE_NAME = audit.DEFAULT_LEASE_NAME
+PETS_NAMESPACE = "chaos-pets"
+OPERATOR_NAMESPACE = "chaos-pet-system"
+CHAOS_DIR = REPO_ROOT / "chaos"
+EXPERIMENTS_DIR = CHAOS_DIR / "experiments"
+CLAIM_PREFIX = "pet-id-"
+
+
+def _proxied(kubeconfig: Path) -> tuple[FaultProxy, Path]:
+    """A fault proxy to the kubeconfig's API server and a kubeconfig that goes through it
+    (as :func:`pet_harness.pytest_plugin._proxied`)."""
+    config = yaml.safe_load(kubeconfig.read_text())
+    server = urlsplit(config["clusters"][0]["cluster"]["server"])
+    proxy = FaultProxy(server.hostname or "127.0.0.1", server.port or 443).start()
+    config["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{proxy.port}"
+    path = kubeconfig.with_name(kubeconfig.stem + "-proxied.kubeconfig")
+    write_private(path, yaml.safe_dump(config))
+    return proxy, path
+
+
+# --- load ------------------------------------------------------------------------------------
+
+
+class PetLoad:
+    """Creates, updates and deletes pets in a background thread, bounded to ``max_pets`` creates.
+
+    Every ``duplicate_every``-th pet reuses the id of an earlier one (it must end ``Conflict``
+    while the first lives). It remembers what it created and deleted successfully, so that
+    pets lost can be counted: created, never deleted, and missing.
+    """
+
+    def __init__(self, pets: PetApi, max_pets: int = 30, interval: float = 0.3, duplicate_every: int = 7,
+                 id_base: int = 5000) -> None:
+        self.pets = pets
+        self.max_pets = max_pets
+        self.interval = interval
+        self.duplicate_every = duplicate_every
+        self.id_base = id_base
+        self.created: dict[str, int] = {}  # name -> id, acknowledged by the API server
+        self.deleted: set[str] = set()
+        self.attempted = 0
+        self.errors = 0
+        self.ops = 0
+        self._stop = threading.Event()
+        self._running = threading.Event()  # set: the load works; clear: paused
+        self._idle = threading.Event()  # set while no operation is in flight
+        self._idle.set()
+        self._thread = threading.Thread(target=self._loop, name="pet-load", daemon=True)
+
+    def start(self) -> PetLoad:
+        self._running.set()
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._running.set()
+        if self._thread.is_alive():
+            self._thread.join(30)
+
+    def pause(self, timeout: float = 30) -> None:
+        self._running.clear()
+        self._idle.wait(timeout)
+
+    def resume(self) -> None:
+        self._running.set()
+
+    @property
+    def paused(self) -> bool:
+        return not self._running.is_set()
+
+    def _loop(self) -> None:
+        step = 0
+        while not self._stop.is_set():
+            self._running.wait()
+            if self._stop.is_set():
+                return
+            self._idle.clear()
+            try:
+                self._one(step)
+            except Exception:  # noqa: BLE001 - faults make requests fail; the load goes on
+                self.errors += 1
+            finally:
+                self._idle.set()
+            step += 1
+            self._stop.wait(self.interval)
+
+    def _one(self, step: int) -> None:
+        live = [n for n in self.created if n not in self.deleted]
+        kind = step % 5
+        if self.attempted < self.max_pets and (kind in (0, 2) or not live):
+            index = self.attempted
+            self.attempted += 1
+            name = f"load-{index}"
+            duplicate = bool(index and index % self.duplicate_every == 0)  # the previous pet's id
+            pet_id = self.id_base + index - int(duplicate)
+            self.pets.create_pet(name, {"id": pet_id, "name": name, "tags": ["chaos"]})
+            self.created[name] = pet_id
+        elif kind == 4 and len(live) > 5 and step % 15 == 4:
+            name = live[0]
+            try:
+                self.pets.delete_pet(name)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+            self.deleted.add(name)
+        elif live:
+            name = live[step % len(live)]
+            self.pets.patch_pet(name, {"spec": {"tags": ["chaos", f"v{step}"]}})
+        self.ops += 1
+
+
+# --- steady state (pure) ---------------------------------------------------------------------
+
+
+def check_pets(pets: Sequence[dict[str, Any]], claims: Sequence[dict[str, Any]], namespace: str) -> dict[str, Any]:
+    """The steady state of pets and claims, from their plain dicts (pure; unit-tested).
+
+    Every pet reconciled at its generation, in phase Active or Conflict; one non-Conflict
+    pet per id; the claims are exactly the ids of the non-Conflict pets, each held by one.
+    """
+    problems: list[str] = []
+    holders: dict[int, list[str]] = {}
+    for pet in pets:
+        meta, status = pet.get("metadata", {}), pet.get("status") or {}
+        name = meta.get("name", "?")
+        if meta.get("deletionTimestamp"):
+            problems.append(f"{name}: being deleted")
+            continue
+        if status.get("observedGeneration") != meta.get("generation"):
+            problems.append(f"{name}: observedGeneration {status.get('observedGeneration')} "
+                            f"!= generation {meta.get('generation')}")
+        phase = status.get("phase")
+        if phase not in ("Active", "Conflict"):
+            problems.append(f"{name}: phase {phase}")
+        if phase != "Conflict":
+            holders.setdefault(int(pet.get("spec", {}).get("id", -1)), []).append(name)
+    duplicates = {pet_id: names for pet_id, names in holders.items() if len(names) > 1}
+    for pet_id, names in duplicates.items():
+        problems.append(f"id {pet_id}: {len(names)} non-Conflict pets {sorted(names)}")
+    claimed: dict[int, str] = {}
+    for claim in claims:
+        name = claim.get("metadata", {}).get("name", "")
+        if not name.startswith(CLAIM_PREFIX):
+            continue
+        with contextlib.suppress(ValueError):
+            claimed[int(name[len(CLAIM_PREFIX):])] = str((claim.get("spec") or {}).get("holderIdentity") or "")
+    orphans = sorted(set(claimed) - set(holders))
+    unclaimed = sorted(set(holders) - set(claimed))
+    if orphans:
+        problems.append(f"orphaned claims: {orphans}")
+    if unclaimed:
+        problems.append(f"ids without a claim: {unclaimed}")
+    for pet_id, names in holders.items():
+        holder = claimed.get(pet_id)
+        if holder is not None and len(names) == 1 and holder != f"{namespace}/{names[0]}":
+            problems.append(f"claim of id {pet_id} held by {holder}, not {namespace}/{names[0]}")
+    return {"ok": not problems, "pets": len(pets), "problems": problems[:20],
+            "duplicate_ids": len(duplicates), "orphaned_claims": len(orphans)}
+
+
+# --- the environment -------------------------------------------------------------------------
+
+
+class ChaosEnvironment:
+    """Cluster, two leader-electing replicas behind fault proxies, a load, and the control server."""
+
+    def __init__(self, replicas: int = 2, max_pets: int = 30, load_interval: float = 0.3,
+                 workdir: Path | None = None) -> None:
+        self.replica_count = replicas
+        self.max_pets = max_pets
+        self.load_interval = load_interval
+        self.cluster = LocalCluster()
+        self.replicas: list[OperatorProcess] = []
+        self.proxies: list[FaultProxy] = []
+        self.frozen: set[str] = set()
+        self.load: PetLoad | None = None
+        self.api: Any = None
+        self.identity: OperatorIdentity | None = None
+        self.server: ThreadingHTTPServer | None = None
+        self._server_thread: threading.Thread | None = None
+        self._timers: list[threading.Timer] = []
+        # Actions run on one long-lived thread: processes are started with PR_SET_PDEATHSIG, which
+        # kills them when the *thread* that started them ends (a request thread would end at once).
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chaos-action")
+        self._own_workdir = workdir is None
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="pet-chaos-"))
+        self.actions: list[dict[str, Any]] = []
+
+    # lifecycle
+
+    def __enter__(self) -> ChaosEnvironment:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def control_url(self) -> str:
+        if self.server is None:
+            raise RuntimeError("the chaos environment is not started")
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.cluster.start()
+        self.api = api_client(self.cluster.kubeconfig_path)
+        install_crds(self.api)
+        create_namespace(self.api, PETS_NAMESPACE)
+        create_namespace(self.api, OPERATOR_NAMESPACE)
+        self.identity = OperatorIdentity(self.api, OPERATOR_NAMESPACE, "chaos")
+        for i in range(self.replica_count):
+            self._start_replica(i)
+        self.leader(timeout=30)
+        self.load = PetLoad(PetApi(self.api, PETS_NAMESPACE), self.max_pets, self.load_interval).start()
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self.server.daemon_threads = True
+        self._server_thread = threading.Thread(target=self.server.serve_forever, name="chaos-control", daemon=True)
+        self._server_thread.start()
+
+    def _start_replica(self, i: int) -> OperatorProcess:
+        assert self.identity is not None
+        account = f"pet-operator-{i}"
+        self.identity.create([PETS_NAMESPACE], account)
+        kubeconfig = self.identity.kubeconfig(self.cluster.kubeconfig_path, self.workdir / f"{account}.kubeconfig",
+                                              account=account)
+        with api_client(kubeconfig) as api:
+            wait_for(PetApi(api, PETS_NAMESPACE).list_pets, lambda _: True, 30, f"{account} allowed to list pets")
+        proxy, kubeconfig = _proxied(kubeconfig)
+        self.proxies.append(proxy)
+        op = OperatorProcess(
+            kubeconfig, self.workdir / f"{account}.log", namespaces=[PETS_NAMESPACE],
+            extra_args=("--claims-namespace", OPERATOR_NAMESPACE, "--webhook-port", "0", *FAST), name=account,
+        )
+        op.username = self.identity.username(account)
+        op.proxy = proxy
+        self.replicas.append(op)
+        op.start(wait_ready=True)
+        return op
+
+    def close(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
+        if self.server is not None:
+            with contextlib.suppress(Exception):
+                self.server.shutdown()
+                self.server.server_close()
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        if self.load is not None:
+            self.load.stop()
+        for op in self.replicas:
+            with contextlib.suppress(Exception):
+                if op.process is not None and op.running:
+                    op.process.signal(signal.SIGCONT)
+                op.stop(grace=5)
+        for proxy in self.proxies:
+            with contextlib.suppress(Exception):
+                proxy.stop()
+        if self.api is not None:
+            with contextlib.suppress(Exception):
+                self.api.close()
+        self.cluster.stop()
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    # observation
+
+    def leader_status(self, op: OperatorProcess) -> dict[str, Any] | None:
+        if not op.running or op.name in self.frozen:
+            return None
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{op.health_port}/leader", timeout=2) as resp:
+                data: dict[str, Any] = json.loads(resp.read())
+                return data
+        except (OSError, ValueError):
+            return None
+
+    def leaders(self) -> list[OperatorProcess]:
+        return [op for op in self.replicas if (self.leader_status(op) or {}).get("leader")]
+
+    def leader(self, timeout: float = 30) -> OperatorProcess:
+        found: list[OperatorProcess] = wait_for(self.leaders, lambda ops: len(ops) == 1, timeout, "exactly one leader")
+        return found[0]
+
+    def snapshot(self) -> dict[str, Any]:
+        pets = PetApi(self.api, PETS_NAMESPACE).list_pets()
+        leases = client.CoordinationV1Api(self.api).list_namespaced_lease(OPERATOR_NAMESPACE).items
+        claims = [self.api.sanitize_for_serialization(lease) for lease in leases]
+        result = check_pets(pets, claims, PETS_NAMESPACE)
+        leaders = [op.name for op in self.leaders()]
+        result["leaders"] = leaders
+        result["replicas_running"] = [op.name for op in self.replicas if op.running]
+        if len(leaders) != 1:
+            result["ok"] = False
+            result["problems"].append(f"{len(leaders)} leaders: {leaders}")
+        return result
+
+    def steady_state(self, timeout: float = 30, pause_load: bool = True) -> dict[str, Any]:
+        """Wait up to ``timeout`` for the steady state (load paused meanwhile, unless told not to)."""
+        if self.load is not None and pause_load:
+            self.load.pause()
+        try:
+            deadline = time.monotonic() + timeout
+            last: dict[str, Any] = {"ok": False, "problems": ["not checked yet"]}
+            while True:
+                try:
+                    last = self.snapshot()
+                except Exception as exc:  # noqa: BLE001 - the API server may be restarting
+                    last = {"ok": False, "problems": [f"{type(exc).__name__}: {exc}"[:300]]}
+                if last["ok"] or time.monotonic() >= deadline:
+                    break
+                time.sleep(0.5)
+            last["waited_seconds"] = round(timeout - max(0.0, deadline - time.monotonic()), 2)
+            return last
+        finally:
+            if self.load is not None and pause_load:
+                self.load.resume()
+
+    def pets_lost(self) -> list[str]:
+        if self.load is None:
+            return []
+        existing = {p["metadata"]["name"] for p in PetApi(self.api, PETS_NAMESPACE).list_pets()}
+        return sorted(n for n in self.load.created if n not in self.load.deleted and n not in existing)
+
+    # actions
+
+    def act(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        handler = getattr(self, "action_" + name.replace("-", "_"), None)
+        if handler is None:
+            raise KeyError(name)
+        return dict(self._executor.submit(self._timed, name, handler, body).result())
+
+    def _timed(self, name: str, handler: Any, body: dict[str, Any]) -> dict[str, Any]:
+        started, at = time.monotonic(), _now()
+        result: dict[str, Any] = handler(**body)
+        result["seconds"] = round(time.monotonic() - started, 2)
+        self.actions.append({"action": name, "at": at, **result})
+        return result
+
+    def action_kill_leader(self) -> dict[str, Any]:
+        op = self.leader()
+        op.kill()
+        return {"killed": op.name}
+
+    def action_freeze_leader(self, seconds: float = 30) -> dict[str, Any]:
+        op = self.leader()
+        assert op.process is not None
+        op.process.signal(signal.SIGSTOP)
+        self.frozen.add(op.name)
+        timer = threading.Timer(float(seconds), self._thaw, (op,))  # a safety net: thawed at the latest then
+        timer.daemon = True
+        timer.start()
+        self._timers.append(timer)
+        return {"frozen": op.name, "auto_thaw_after": seconds}
+
+    def _thaw(self, op: OperatorProcess) -> None:
+        if op.name in self.frozen:
+            self.frozen.discard(op.name)
+            if op.process is not None and op.running:
+                op.process.signal(signal.SIGCONT)
+
+    def action_thaw(self) -> dict[str, Any]:
+        names = sorted(self.frozen)
+        for op in self.replicas:
+            self._thaw(op)
+        return {"thawed": names}
+
+    def action_cut_leader(self) -> dict[str, Any]:
+        op = self.leader()
+        op.proxy.set_mode("cut")
+        return {"cut": op.name}
+
+    def action_heal(self) -> dict[str, Any]:
+        for proxy in self.proxies:
+            proxy.set_mode("pass")
+        return {"healed": len(self.proxies)}
+
+    def action_delete_lease(self) -> dict[str, Any]:
+        try:
+            client.CoordinationV1Api(self.api).delete_namespaced_lease(LEASE_NAME, OPERATOR_NAMESPACE)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            return {"deleted": False}
+        return {"deleted": True}
+
+    def action_steal_lease(self, holder: str = "chaos-thief", duration: int = 4) -> dict[str, Any]:
+        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        client.CoordinationV1Api(self.api).patch_namespaced_lease(
+            LEASE_NAME, OPERATOR_NAMESPACE,
+            {"spec": {"holderIdentity": holder, "acquireTime": now, "renewTime": now,
+                      "leaseDurationSeconds": int(duration)}},
+        )
+        return {"stolen_by": holder}
+
+    def action_restart_apiserver(self) -> dict[str, Any]:
+        self.cluster.restart_apiserver()
+        return {"restarted": "kube-apiserver"}
+
+    def action_restart_etcd(self) -> dict[str, Any]:
+        self.cluster.restart_etcd()
+        return {"restarted": "etcd"}
+
+    def action_restart_dead_replicas(self, timeout: float = 60) -> dict[str, Any]:
+        restarted = []
+        for op in self.replicas:
+            if not op.running and op.name not in self.frozen:
+                code = op.process.returncode if op.process else None
+                op.stop()  # forgets the exited process (and closes its log) before the new one
+                op.start(wait_ready=True, timeout=timeout)
+                restarted.append({"name": op.name, "exit_code": code})
+        return {"restarted": restarted}
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z")
+
+
+def _handler(env: ChaosEnvironment) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def _send(self, code: int, body: dict[str, Any]) -> None:
+            data = json.dumps(body, default=str).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:
+            url = urlsplit(self.path)
+            query = parse_qs(url.query)
+            if url.path == "/probes/steady-state":
+                timeout = float(query.get("timeout", ["30"])[0])
+                pause = query.get("pause_load", ["true"])[0] != "false"
+                result = env.steady_state(timeout, pause)
+                self._send(200, {"ok": bool(result["ok"]), "details": result})
+            elif url.path == "/healthz":
+                self._send(200, {"ok": True})
+            else:
+                self._send(404, {"error": f"no such probe {url.path}"})
+
+        def do_POST(self) -> None:
+            url = urlsplit(self.path)
+            if not url.path.startswith("/actions/"):
+                self._send(404, {"error": f"no such path {url.path}"})
+                return
+            length = int(self.headers.get("Content-Length") or 0)
+            try:
+                body = json.loads(self.rfile.read(length) or b"{}") if length else {}
+                result = env.act(url.path[len("/actions/"):], body)
+            except KeyError:
+                self._send(404, {"error": f"no such action {url.path}"})
+            except Exception as exc:  # noqa: BLE001 - reported to the experiment, which fails the activity
+                self._send(500, {"error": f"{type(exc).__name__}: {exc}"[:2000]})
+            else:
+                self._send(200, {"ok": True, "result": result})
+
+    return Handler
+
+
+# --- running an experiment -------------------------------------------------------------------
+
+
+def experiment_names() -> list[str]:
+    return sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.json"))
+
+
+def experiment_path(name: str) -> Path:
+    path = Path(name)
+    if path.suffix == ".json" and path.exists():
+        return path
+    return EXPERIMENTS_DIR / f"{name}.json"
+
+
+def chaos_command(
+    experiment: Path, journal: Path, log_file: Path, control_url: str, target: str = "local"
+) -> list[str]:
+    exe = shutil.which("chaos")
+    base = [exe] if exe else [sys.executable, "-m", "chaostoolkit"]
+    return [*base, "--no-version-check", "--log-file", str(log_file), "run", "--journal-path", str(journal),
+            "--rollback-strategy", "always", "--var", f"control_url={control_url}", "--var", f"target={target}",
+            str(experiment)]
+
+
+def build_summary(name: str, journal: dict[str, Any] | None, analysis: dict[str, Any] | None,
+                  pets_lost: Sequence[str], final: dict[str, Any] | None, seconds: float,
+                  returncode: int | None = None, error: str | None = None) -> dict[str, Any]:
+    """One experiment's summary (pure; unit-tested)."""
+    audit_summary = (analysis or {}).get("summary", {})
+    gaps = [g for g in audit_summary.get("gap_seconds", []) if g is not None]
+    status = (journal or {}).get("status")
+    deviated = bool((journal or {}).get("deviated", journal is None))
+    non_leader = audit_summary.get("writes_by_non_leaders")
+    duplicates = (final or {}).get("duplicate_ids")
+    summary: dict[str, Any] = {
+        "experiment": name,
+        "status": status,
+        "deviated": deviated,
+        "chaos_exit_code": returncode,
+        "seconds": round(seconds, 1),
+        "failover_gap_median": round(statistics.median(gaps), 2) if gaps else None,
+        "failover_gap_max": round(max(gaps), 2) if gaps else None,
+        "transitions": audit_summary.get("transitions"),
+        "writes_by_leaders": audit_summary.get("writes_by_leaders"),
+        "writes_by_non_leaders": non_leader,
+        "violations": (analysis or {}).get("violations", [])[:10],
+        "pets_lost": len(pets_lost),
+        "pets_lost_names": list(pets_lost)[:20],
+        "duplicate_ids": duplicates,
+        "final_steady_state": final,
+        "error": error,
+    }
+    summary["passed"] = bool(
+        status == "completed" and not deviated and non_leader == 0 and not pets_lost and duplicates == 0
+        and error is None
+    )
+    return summary
+
+
+def run_experiment(name: str, results: Path, target: str = "local", env_factory: Any = ChaosEnvironment,
+                   chaos_timeout: float = 300) -> dict[str, Any]:
+    """Run one experiment with ``chaos run`` in a fresh environment; write its journal and summary."""
+    results.mkdir(parents=True, exist_ok=True)
+    experiment = experiment_path(name)
+    name = experiment.stem
+    journal_path = results / f"{name}-journal.json"
+    journal_path.unlink(missing_ok=True)  # never read the journal of an earlier run
+    started = time.monotonic()
+    journal: dict[str, Any] | None = None
+    analysis: dict[str, Any] | None = None
+    lost: list[str] = []
+    final: dict[str, Any] | None = None
+    code: int | None = None
+    error: str | None = None
+    try:
+        journal, analysis, lost, final, code, error = _run_in_environment(
+            env_factory, experiment, name, results, target, journal_path, chaos_timeout)
+    except Exception as exc:  # noqa: BLE001 - the environment did not start: recorded, the next one runs
+        error = f"{type(exc).__name__}: {exc}"[:2000]
+    summary = build_summary(name, journal, analysis, lost, final, time.monotonic() - started, code, error)
+    (results / f"{name}-summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary
+
+
+def _run_in_environment(
+    env_factory: Any, experiment: Path, name: str, results: Path, target: str, journal_path: Path,
+    chaos_timeout: float,
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None, list[str], dict[str, Any] | None, int | None, str | None]:
+    journal: dict[str, Any] | None = None
+    analysis: dict[str, Any] | None = None
+    lost: list[str] = []
+    final: dict[str, Any] | None = None
+    code: int | None = None
+    error: str | None = None
+    with env_factory() as env:
+        cmd = chaos_command(experiment, journal_path, results / f"{name}-chaostoolkit.log", env.control_url, target)
+        environ = dict(os.environ)
+        environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(CHAOS_DIR), environ.get("PYTHONPATH", "")) if p)
+        try:
+            proc = subprocess.run(cmd, env=environ, capture_output=True, text=True, timeout=chaos_timeout,
+                                  check=False)
+            code = proc.returncode
+            (results / f"{name}-chaos-output.txt").write_text(proc.stdout + proc.stderr)
+        except subprocess.TimeoutExpired:
+            error = f"chaos run timed out after {chaos_timeout:.0f}s"
+        with contextlib.suppress(OSError, ValueError):
+            journal = json.loads(journal_path.read_text())
+        if env.load is not None:
+            env.load.stop()
+        final = env.steady_state(timeout=30, pause_load=False)
+        try:
+            lost = env.pets_lost()
+        except Exception as exc:  # noqa: BLE001 - reported in the summary
+            error = error or f"could not list pets: {exc}"
+        analysis = audit.analyze(env.cluster.audit_log_path, OPERATOR_NAMESPACE)
+        (results / f"{name}-audit.json").write_text(json.dumps(analysis, indent=2, default=str))
+        (results / f"{name}-actions.json").write_text(json.dumps(env.actions, indent=2, default=str))
+        for op in env.replicas:
+            with contextlib.suppress(OSError):
+                (results / f"{name}-{op.name}.log").write_text(op.log_text())
+    return journal, analysis, lost, final, code, error
+
+
+def summary_markdown(summaries: Sequence[dict[str, Any]]) -> str:
+    lines = [
+        "# Chaos experiments",
+        "",
+        "| experiment | status | deviated | failover gap median (s) | max (s) | writes by non-leaders "
+        "| pets lost | duplicate ids | seconds | passed |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for s in summaries:
+        lines.append(
+            f"| {s['experiment']} | {s['status']} | {s['deviated']} | {s['failover_gap_median']} "
+            f"| {s['failover_gap_max']} | {s['writes_by_non_leaders']} | {s['pets_lost']} | {s['duplicate_ids']} "
+            f"| {s['seconds']} | {s['passed']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def run_all(names: Sequence[str], results: Path, target: str = "local") -> list[dict[str, Any]]:
+    summaries = []
+    for name in names:
+        print(f"pet-harness chaos: running {name} ...", file=sys.stderr, flush=True)
+        summary = run_experiment(name, results, target)
+        print(f"pet-harness chaos: {name}: status {summary['status']}, deviated {summary['deviated']}, "
+              f"passed {summary['passed']} ({summary['seconds']} s)", file=sys.stderr, flush=True)
+        summaries.append(summary)
+    (results / "summary.json").write_text(json.dumps(summaries, indent=2, default=str))
+    (results / "summary.md").write_text(summary_markdown(summaries))
+    return summaries
+
+
+def control_request(url: str, method: str = "GET", body: dict[str, Any] | None = None,
+                    timeout: float = 120) -> dict[str, Any]:
+    """A JSON request to the control server (used by tests; the provider has its own copy)."""
+    data = json.dumps(body or {}).encode() if method == "POST" else None
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})  # noqa: S310
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310
+            result: dict[str, Any] = json.loads(resp.read())
+            return result
+    except urllib.error.HTTPError as exc:
+        return {"error": exc.read().decode(errors="replace"), "status": exc.code}

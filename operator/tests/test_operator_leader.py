@@ -1,0 +1,178 @@
+"""Leader election against an in-memory Lease that behaves like the API server's."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import pytest
+
+from pet_operator.leader import LeaderElector, LeaseRecord
+
+
+class FakeLeases:
+    """One Lease: create if absent, update only with the current resourceVersion."""
+
+    def __init__(self) -> None:
+        self.record: LeaseRecord | None = None
+        self._versions = itertools.count(1)
+        self.writes: list[tuple[str, str]] = []  # (operation, holder)
+        self.fail = False
+
+    def _store(self, spec: dict[str, Any]) -> LeaseRecord:
+        self.record = LeaseRecord(
+            holder=spec["holderIdentity"], lease_duration=spec["leaseDurationSeconds"],
+            acquire_time=spec["acquireTime"], renew_time=spec["renewTime"],
+            transitions=spec["leaseTransitions"], resource_version=str(next(self._versions)), uid="u-1",
+        )
+        return self.record
+
+    async def read_lease(self, namespace: str, name: str) -> LeaseRecord | None:
+        if self.fail:
+            raise OSError("connection refused")
+        return self.record
+
+    async def create_lease(self, namespace: str, name: str, spec: dict[str, Any]) -> LeaseRecord | None:
+        if self.fail:
+            raise OSError("connection refused")
+        if self.record is not None:
+            return None
+        self.writes.append(("create", spec["holderIdentity"]))
+        return self._store(spec)
+
+    async def update_lease(
+        self, namespace: str, name: str, spec: dict[str, Any], resource_version: str
+    ) -> LeaseRecord | None:
+        if self.fail:
+            raise OSError("connection refused")
+        if self.record is None or self.record.resource_version != resource_version:
+            return None
+        self.writes.append(("update", spec["holderIdentity"]))
+        return self._store(spec)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def leases() -> FakeLeases:
+    return FakeLeases()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+def elector(leases: FakeLeases, clock: Clock, identity: str) -> LeaderElector:
+    return LeaderElector(leases, "pet-system", "pet-operator-leader", identity,
+                         lease_duration=15, renew_deadline=10, retry_period=2, clock=clock)
+
+
+async def test_the_first_candidate_creates_the_lease_and_leads(leases: FakeLeases, clock: Clock) -> None:
+    a = elector(leases, clock, "a")
+    assert await a.try_acquire_or_renew() is True
+    a._leading = True
+    assert a.is_leader()
+    assert leases.record is not None
+    assert leases.record.holder == "a"
+    assert leases.record.lease_duration == 15
+
+
+async def test_a_standby_waits_while_the_leader_renews_and_takes_over_after_the_lease(
+    leases: FakeLeases, clock: Clock
+) -> None:
+    a, b = elector(leases, clock, "a"), elector(leases, clock, "b")
+    assert await a.try_acquire_or_renew()
+    for _ in range(10):  # a renews every 2 s: b never sees the record stand still long enough
+        clock.now += 2
+        assert await a.try_acquire_or_renew()
+        assert await b.try_acquire_or_renew() is False
+    # a dies: its record stops changing; b takes over only a full lease duration later, by its own clock
+    clock.now += 14
+    assert await b.try_acquire_or_renew() is False
+    clock.now += 1
+    assert await b.try_acquire_or_renew() is True
+    assert leases.record is not None
+    assert leases.record.holder == "b"
+    assert leases.record.transitions == 1
+
+
+async def test_of_two_candidates_for_an_expired_lease_exactly_one_wins(leases: FakeLeases, clock: Clock) -> None:
+    a, b, c = (elector(leases, clock, n) for n in "abc")
+    assert await a.try_acquire_or_renew()
+    assert await b.try_acquire_or_renew() is False
+    assert await c.try_acquire_or_renew() is False
+    clock.now += 16
+    # both read the same expired record, then both try to update it
+    record = leases.record
+    original = leases.read_lease
+
+    async def stale_read(namespace: str, name: str) -> LeaseRecord | None:
+        return record
+
+    leases.read_lease = stale_read  # type: ignore[method-assign]
+    results = [await b.try_acquire_or_renew(), await c.try_acquire_or_renew()]
+    leases.read_lease = original  # type: ignore[method-assign]
+    assert sorted(results) == [False, True]
+
+
+async def test_a_leader_that_cannot_renew_stops_leading_at_the_renew_deadline(
+    leases: FakeLeases, clock: Clock
+) -> None:
+    a = elector(leases, clock, "a")
+    assert await a.try_acquire_or_renew()
+    a._leading = True
+    leases.fail = True
+    clock.now += 9.9
+    assert a.is_leader()  # still inside the renew deadline
+    clock.now += 0.2
+    assert not a.is_leader()  # fenced before the 15 s lease could look expired to anyone
+
+
+async def test_release_empties_the_holder_so_a_standby_takes_over_at_once(leases: FakeLeases, clock: Clock) -> None:
+    a, b = elector(leases, clock, "a"), elector(leases, clock, "b")
+    assert await a.try_acquire_or_renew()
+    a._leading = True
+    assert await b.try_acquire_or_renew() is False
+    assert await a.release() is True
+    assert not a.is_leader()
+    assert await b.try_acquire_or_renew() is True
+    assert leases.writes[-2:] == [("update", ""), ("update", "b")]
+
+
+async def test_a_deleted_lease_is_recreated_by_its_leader_not_taken_by_a_standby(
+    leases: FakeLeases, clock: Clock
+) -> None:
+    a, b = elector(leases, clock, "a"), elector(leases, clock, "b")
+    assert await a.try_acquire_or_renew()
+    a._leading = True
+    assert await b.try_acquire_or_renew() is False
+    leases.record = None  # deleted by hand or by a fault
+    clock.now += 0.5
+    assert await b.try_acquire_or_renew() is False  # the old leader may still be writing
+    clock.now += 1.5
+    assert await a.try_acquire_or_renew() is True  # the leader recreates it at its next renewal
+    assert leases.record is not None
+    assert leases.record.holder == "a"
+    assert await b.try_acquire_or_renew() is False
+
+
+async def test_a_lease_gone_for_a_whole_duration_is_taken_by_a_standby(leases: FakeLeases, clock: Clock) -> None:
+    a, b = elector(leases, clock, "a"), elector(leases, clock, "b")
+    assert await a.try_acquire_or_renew()
+    assert await b.try_acquire_or_renew() is False
+    leases.record = None  # and a is gone too
+    assert await b.try_acquire_or_renew() is False
+    clock.now += 15
+    assert await b.try_acquire_or_renew() is True
+
+
+def test_timings_must_be_ordered(leases: FakeLeases, clock: Clock) -> None:
+    with pytest.raises(ValueError, match="lease duration"):
+        LeaderElector(leases, "ns", "n", "a", lease_duration=10, renew_deadline=10, retry_period=2, clock=clock)

@@ -1,0 +1,41 @@
+"""Chaos Toolkit experiments (chaos/experiments), each run by the real ``chaos run`` in a fresh
+embedded cluster of its own: two leader-electing replicas, pets created and updated meanwhile.
+
+The same code path as ``pet-harness chaos``; journals and summaries go to
+``<--pet-report-dir>/chaos/`` (default ``reports/chaos/``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from pet_harness import chaos_env
+
+pytestmark = [
+    pytest.mark.chaos,
+    pytest.mark.skipif(importlib.util.find_spec("chaostoolkit") is None, reason="chaostoolkit is not installed"),
+]
+
+
+@pytest.mark.parametrize("experiment", chaos_env.experiment_names())
+def test_experiment_keeps_the_steady_state(experiment: str, request: pytest.FixtureRequest) -> None:
+    from pet_harness import binaries
+
+    binaries.ensure_binaries(build=True)
+    results = Path(str(request.config.getoption("--pet-report-dir")))
+    if not results.is_absolute():
+        results = Path(str(request.config.rootpath)) / results
+    results = results / "chaos"
+    summary = chaos_env.run_experiment(experiment, results)
+    shown = json.dumps({k: v for k, v in summary.items() if k != "final_steady_state"}, indent=2, default=str)
+    assert summary["status"] == "completed", shown
+    assert summary["deviated"] is False, shown
+    assert summary["writes_by_non_leaders"] == 0, shown
+    assert summary["pets_lost"] == 0, shown
+    assert summary["duplicate_ids"] == 0, shown
+    assert summary["error"] is None, shown
+    assert summary["passed"], shown
