@@ -8,7 +8,7 @@ import urllib.request
 from typing import Any
 
 import pytest
-from helpers import record, wait_phase
+from helpers import api_error, record, wait_phase
 from kubernetes import client
 
 from pet_harness import audit
@@ -156,3 +156,25 @@ def test_a_frozen_leader_thawed_after_its_lease_never_writes_as_a_stale_leader(
     record(request, "leader-failover-freeze", {
         "lease_duration_s": 4, "frozen_for_s": round(time.monotonic() - frozen_at, 2), "audit": proof["summary"],
     })
+
+
+def test_the_webhook_keeps_answering_when_the_leader_dies(
+    pets: PetApi, operator_factory: Any, claims_namespace: str
+) -> None:
+    """Every replica serves the webhook behind one "Service": a standby answers alone."""
+    replicas = [operator_factory([pets.namespace], extra_args=FAST, service_account=f"pet-operator-{i}")
+                for i in range(2)]
+    assert replicas[0].webhook_front is replicas[1].webhook_front is not None
+    assert len(replicas[0].webhook_front.targets) == 2
+    leader = the_leader(replicas)
+    standby = next(op for op in replicas if op is not leader)
+    pets.create_store("shop", {"allowedTags": ["dog"]})
+    leader.kill()
+    for attempt in range(4):  # round-robin would have sent every other review to the dead one
+        exc = api_error(lambda attempt=attempt: pets.create_pet(
+            f"bad-{attempt}", {"id": 1300 + attempt, "name": "bad", "store": "shop", "tags": ["cat"]}))
+        assert exc.status == 422, exc.body
+        assert "'cat'" in exc.body
+    the_leader([standby])
+    pets.create_pet("good", {"id": 1310, "name": "good", "store": "shop", "tags": ["dog"]})
+    wait_phase(pets, "good", "Active")

@@ -13,6 +13,10 @@ Modes:
   never answer, like a network partition: clients find out only by their timeouts;
 * ``delay``: forward with ``delay`` seconds added to every chunk in each direction.
 
+With several targets (:meth:`add_target`) it balances new connections round-robin and
+skips a target that refuses the connection, as a Service in front of several pods would
+(for instance the webhook replicas, so that the webhook survives the loss of one).
+
 It runs its own event loop in a daemon thread; :meth:`stop` closes everything.
 """
 
@@ -30,7 +34,8 @@ MODES = ("pass", "cut", "blackhole", "delay")
 
 class FaultProxy:
     def __init__(self, target_host: str, target_port: int, listen_port: int = 0) -> None:
-        self.target = (target_host, target_port)
+        self.targets: list[tuple[str, int]] = [(target_host, target_port)]
+        self._next = 0
         self.mode = "pass"
         self.delay = 0.0
         self._listen_port = listen_port
@@ -45,6 +50,14 @@ class FaultProxy:
 
     def _run(self, coro: Coroutine[Any, Any, Any]) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)
+
+    @property
+    def target(self) -> tuple[str, int]:
+        return self.targets[0]
+
+    def add_target(self, host: str, port: int) -> None:
+        """Another backend for new connections (round-robin, refused ones skipped)."""
+        self.targets.append((host, port))
 
     def start(self) -> FaultProxy:
         self._thread.start()
@@ -104,12 +117,20 @@ class FaultProxy:
             await self._close_all()
             return
         self._writers.add(writer)
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self.target)
-        except OSError:
+        upstream = None
+        for attempt in range(len(self.targets)):
+            host, port = self.targets[(self._next + attempt) % len(self.targets)]
+            try:
+                upstream = await asyncio.open_connection(host, port)
+            except OSError:
+                continue
+            self._next = (self._next + attempt + 1) % len(self.targets)
+            break
+        if upstream is None:
             writer.transport.abort()
             self._writers.discard(writer)
             return
+        up_reader, up_writer = upstream
         self._writers.add(up_writer)
         await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer), return_exceptions=True)
         for w in (writer, up_writer):

@@ -51,6 +51,7 @@ class OperatorProcess:
         self._kept_log: str | None = None
         self.username = ""  # the Kubernetes user it authenticates as, when the harness knows it
         self.proxy: Any = None  # its FaultProxy to the API server, when it has one
+        self.webhook_front: Any = None  # the FaultProxy in front of all webhook replicas ("Service")
         self.process: ManagedProcess | None = None
         self.starts = 0
 

@@ -216,11 +216,17 @@ def operator_factory(
         op.proxy = proxy
         started.append(op)
         op.start(wait_ready=wait_ready)
-        if port and "name" not in hook:
+        if port and "front" in hook:
+            hook["front"].add_target("127.0.0.1", port)  # one more replica behind the "Service"
+        elif port:
+            # every webhook replica sits behind one proxy, as pods behind a Service
+            hook["front"] = FaultProxy("127.0.0.1", port).start()
+            proxies.append(hook["front"])
             hook["name"] = f"pet-operator-{served[0]}"[:253]
             webhooks.install(kube_api, webhooks.webhook_configuration(
-                hook["name"], served, f"https://127.0.0.1:{port}/validate-pets", hook["ca"]))
+                hook["name"], served, f"https://127.0.0.1:{hook['front'].port}/validate-pets", hook["ca"]))
             webhooks.wait_effective(kube_api, served[0])
+        op.webhook_front = hook.get("front") if port else None
         return op
 
     try:

@@ -111,3 +111,13 @@ def test_stop_closes_the_port(echo_port: int) -> None:
     proxy.stop()
     with pytest.raises(ConnectionRefusedError):
         _roundtrip(port, timeout=0.5)
+
+
+def test_several_targets_are_balanced_and_a_dead_one_is_skipped(echo_port: int) -> None:
+    dead = socket.create_server(("127.0.0.1", 0))
+    dead_port = int(dead.getsockname()[1])
+    dead.close()  # nothing listens there any more: connections are refused
+    with FaultProxy("127.0.0.1", dead_port) as proxy:
+        proxy.add_target("127.0.0.1", echo_port)
+        assert [_roundtrip(proxy.port, b"x") for _ in range(4)] == [b"x"] * 4
+        assert proxy.targets == [("127.0.0.1", dead_port), ("127.0.0.1", echo_port)]

@@ -51,13 +51,21 @@ class Kube:
         await self._api_client.close()
 
     async def patch_status(
-        self, plural: str, namespace: str, name: str, status: Mapping[str, Any]
+        self, plural: str, namespace: str, name: str, status: Mapping[str, Any],
+        resource_version: str | None = None,
     ) -> dict[str, Any]:
-        """Merge-patch the ``status`` subresource and return the object as the server has it."""
+        """Merge-patch the ``status`` subresource and return the object as the server has it.
+
+        With ``resource_version`` the write is conditional: the API server refuses it (409)
+        if the object changed since, so a decision made on an older view, or by a replica
+        frozen mid-write while another took over, cannot land.
+        """
+        body: dict[str, Any] = {"status": dict(status)}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
         try:
             result: dict[str, Any] = await self._custom.patch_namespaced_custom_object_status(
-                GROUP, VERSION, namespace, plural, name, {"status": dict(status)},
-                _content_type=MERGE_PATCH,
+                GROUP, VERSION, namespace, plural, name, body, _content_type=MERGE_PATCH,
             )
         except ApiException as exc:
             if exc.status == 404:

@@ -89,10 +89,12 @@ class StoreSnapshot:
     generation: int
     spec: dict[str, Any]
     status: dict[str, Any]
+    resource_version: str = ""
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> StoreSnapshot:
-        return cls(**_common_fields(body))
+        version = str(body.get("metadata", {}).get("resourceVersion", ""))
+        return cls(**_common_fields(body), resource_version=version)
 
     def view(self) -> model.StoreView:
         return model.StoreView.from_body(self.name, self.spec)
@@ -106,7 +108,8 @@ PetsByStore = Mapping[Key, Collection[Key]]
 
 class StatusWriter(Protocol):
     async def patch_status(
-        self, plural: str, namespace: str, name: str, status: Mapping[str, Any]
+        self, plural: str, namespace: str, name: str, status: Mapping[str, Any],
+        resource_version: str | None = None,
     ) -> dict[str, Any]: ...
 
 
@@ -177,6 +180,7 @@ class Reconciler:
         self._claims: dict[int, Claim] = {}
         self._finalized: set[str] = set()  # uids we added our finalizer to, until the watch shows it
         self._to_promote: set[int] = set()  # ids released, whose waiting pets are still to be promoted
+        self._versions: dict[str, str] = {}  # uid -> resourceVersion of our last metadata write
         self.writer = writer
         self.clock = clock
         self.on_phase_change = on_phase_change
@@ -215,6 +219,7 @@ class Reconciler:
 
     def forget_pet(self, namespace: str, name: str, uid: str) -> str | None:
         self._written.pop(uid, None)
+        self._versions.pop(uid, None)
         self._finalized.discard(uid)
         self.observed.discard(uid)
         lock = self._pet_locks.get((namespace, name))
@@ -222,6 +227,15 @@ class Reconciler:
             del self._pet_locks[(namespace, name)]
         self._moved_from.pop((namespace, name), None)
         return self._pet_store.pop((namespace, name), None)
+
+    def _newest_version(self, snap: PetSnapshot) -> str:
+        """The newest resourceVersion known for a pet: the watch's, or one of our own writes'."""
+        newest = snap.resource_version
+        written = self._written.get(snap.uid)
+        for version in (written.resource_version if written else "", self._versions.get(snap.uid, "")):
+            if version and _caught_up(newest, version):
+                newest = version
+        return newest
 
     def effective_status(self, snap: PetSnapshot) -> dict[str, Any]:
         written = self._written.get(snap.uid)
@@ -244,9 +258,15 @@ class Reconciler:
         except NotLeader:
             return None  # the leader reconciles it; this replica only watches
         finally:
-            # ids released by a finalizer are handed on even if removing the finalizer failed
+            # ids released by a finalizer are handed on even if removing the finalizer failed;
+            # a promotion that fails (a conflict, say) stays queued for the retry of this call
             while self._to_promote:
-                await self.promote_waiting(self._to_promote.pop(), pets, stores)
+                pet_id = self._to_promote.pop()
+                try:
+                    await self.promote_waiting(pet_id, pets, stores)
+                except BaseException:
+                    self._to_promote.add(pet_id)
+                    raise
 
     async def _sync_live_pet(self, snap: PetSnapshot, pets: PetIndex, stores: StoreIndex) -> model.Verdict | None:
         store_snap: StoreSnapshot | None = (
@@ -262,7 +282,9 @@ class Reconciler:
             return verdict
         try:
             self.fence()
-            obj = await self.writer.patch_status(model.PETS, snap.namespace, snap.name, desired)
+            obj = await self.writer.patch_status(
+                model.PETS, snap.namespace, snap.name, desired, resource_version=self._newest_version(snap)
+            )
         except NotFound:
             return None
         self.writes += 1
@@ -312,12 +334,15 @@ class Reconciler:
         if FINALIZER not in snap.finalizers and snap.uid not in self._finalized:
             try:
                 self.fence()
-                await self.finalizers.set_finalizers(
+                result = await self.finalizers.set_finalizers(
                     model.PETS, snap.namespace, snap.name, [*snap.finalizers, FINALIZER], snap.resource_version
                 )
             except NotFound:
                 return None
             self._finalized.add(snap.uid)
+            version = str(((result or {}).get("metadata") or {}).get("resourceVersion") or "")
+            if version:
+                self._versions[snap.uid] = version
         cached = self._claims.get(pet_id)
         if cached is not None and cached.holder_uid == snap.uid:
             return claim_outcome(pet_id, snap.namespace, snap.name, snap.uid, cached)
@@ -446,7 +471,12 @@ class Reconciler:
             return
         try:
             self.fence()
-            obj = await self.writer.patch_status(model.PETSTORES, snap.namespace, snap.name, desired)
+            version = snap.resource_version
+            if written is not None and _caught_up(version, written.resource_version):
+                version = written.resource_version
+            obj = await self.writer.patch_status(
+                model.PETSTORES, snap.namespace, snap.name, desired, resource_version=version or None
+            )
         except NotFound:
             return
         self.writes += 1

@@ -47,7 +47,8 @@ class FakeWriter:
         self.uids: dict[tuple[str, str, str], str] = {}
 
     async def patch_status(
-        self, plural: str, namespace: str, name: str, status: Mapping[str, Any]
+        self, plural: str, namespace: str, name: str, status: Mapping[str, Any],
+        resource_version: str | None = None,
     ) -> dict[str, Any]:
         self.calls.append(Call(plural, namespace, name, copy.deepcopy(dict(status))))
         self.entered.set()

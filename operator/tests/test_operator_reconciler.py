@@ -266,7 +266,9 @@ async def test_numeric_comparison_not_text_comparison(writer: FakeWriter, rec: R
 
 async def test_opaque_resource_versions_release_only_when_equal(writer: FakeWriter) -> None:
     class OpaqueWriter(FakeWriter):
-        async def patch_status(self, plural: str, namespace: str, name: str, status: Any) -> dict[str, Any]:
+        async def patch_status(
+            self, plural: str, namespace: str, name: str, status: Any, resource_version: str | None = None
+        ) -> dict[str, Any]:
             body = await super().patch_status(plural, namespace, name, status)
             body["metadata"]["resourceVersion"] = "abc"
             return body
@@ -381,7 +383,9 @@ async def test_concurrent_syncs_with_pet_change_in_between(writer: FakeWriter, r
 
 async def test_different_pets_do_not_wait_for_each_other(writer: FakeWriter, rec: Reconciler) -> None:
     class GatedForRex(FakeWriter):
-        async def patch_status(self, plural: str, namespace: str, name: str, status: Any) -> dict[str, Any]:
+        async def patch_status(
+            self, plural: str, namespace: str, name: str, status: Any, resource_version: str | None = None
+        ) -> dict[str, Any]:
             if name == "rex":
                 self.entered.set()
                 await gate.wait()
