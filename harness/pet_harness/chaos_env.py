@@ -35,14 +35,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from pet_harness import audit
-from pet_harness.clusters.base import write_private
 from pet_harness.clusters.local import LocalCluster
-from pet_harness.fault_proxy import FaultProxy
+from pet_harness.fault_proxy import FaultProxy, proxied_kubeconfig
 from pet_harness.kube import REPO_ROOT, PetApi, api_client, create_namespace, install_crds
 from pet_harness.operator_process import OperatorProcess
 from pet_harness.rbac import OperatorIdentity
@@ -55,18 +53,6 @@ OPERATOR_NAMESPACE = "chaos-pet-system"
 CHAOS_DIR = REPO_ROOT / "chaos"
 EXPERIMENTS_DIR = CHAOS_DIR / "experiments"
 CLAIM_PREFIX = "pet-id-"
-
-
-def _proxied(kubeconfig: Path) -> tuple[FaultProxy, Path]:
-    """A fault proxy to the kubeconfig's API server and a kubeconfig that goes through it
-    (as :func:`pet_harness.pytest_plugin._proxied`)."""
-    config = yaml.safe_load(kubeconfig.read_text())
-    server = urlsplit(config["clusters"][0]["cluster"]["server"])
-    proxy = FaultProxy(server.hostname or "127.0.0.1", server.port or 443).start()
-    config["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{proxy.port}"
-    path = kubeconfig.with_name(kubeconfig.stem + "-proxied.kubeconfig")
-    write_private(path, yaml.safe_dump(config))
-    return proxy, path
 
 
 # --- load ------------------------------------------------------------------------------------
@@ -282,7 +268,7 @@ class ChaosEnvironment:
                                               account=account)
         with api_client(kubeconfig) as api:
             wait_for(PetApi(api, PETS_NAMESPACE).list_pets, lambda _: True, 30, f"{account} allowed to list pets")
-        proxy, kubeconfig = _proxied(kubeconfig)
+        proxy, kubeconfig = proxied_kubeconfig(kubeconfig)
         self.proxies.append(proxy)
         op = OperatorProcess(
             kubeconfig, self.workdir / f"{account}.log", namespaces=[PETS_NAMESPACE],

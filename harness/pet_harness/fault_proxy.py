@@ -27,7 +27,13 @@ import contextlib
 import socket
 import threading
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from pet_harness.clusters.base import write_private
 
 MODES = ("pass", "cut", "blackhole", "delay")
 
@@ -153,3 +159,14 @@ class FaultProxy:
                 await asyncio.sleep(self.delay)
             writer.write(data)
             await writer.drain()
+
+
+def proxied_kubeconfig(kubeconfig: Path) -> tuple[FaultProxy, Path]:
+    """Start a proxy to a kubeconfig's API server; return it and a kubeconfig that goes through it."""
+    config = yaml.safe_load(kubeconfig.read_text())
+    server = urlsplit(config["clusters"][0]["cluster"]["server"])
+    proxy = FaultProxy(server.hostname or "127.0.0.1", server.port or 443).start()
+    config["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{proxy.port}"
+    path = kubeconfig.with_name(kubeconfig.stem + "-proxied.kubeconfig")
+    write_private(path, yaml.safe_dump(config))
+    return proxy, path

@@ -14,9 +14,10 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from pet_harness.kube import GROUP, VERSION
+from pet_operator.claims import CLAIM_LABEL as CLAIM_LABEL_KEY
+from pet_operator.claims import FINALIZER
 
-FINALIZER = f"{GROUP}/id-claim"
-CLAIM_LABEL = f"{GROUP}/id-claim=true"
+CLAIM_LABEL = f"{CLAIM_LABEL_KEY}=true"
 
 
 def strip(api: Any, namespaces: Sequence[str] | None, claims_namespace: str | None = None) -> tuple[int, int]:

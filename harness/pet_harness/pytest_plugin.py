@@ -30,16 +30,14 @@ import time
 from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 import yaml
 
 from pet_harness import binaries, webhooks
 from pet_harness.clusters import Cluster, make_cluster
-from pet_harness.clusters.base import write_private
 from pet_harness.clusters.local import LocalCluster, free_port
-from pet_harness.fault_proxy import FaultProxy
+from pet_harness.fault_proxy import FaultProxy, proxied_kubeconfig
 from pet_harness.kube import PetApi, api_client, create_namespace, delete_namespace, install_crds, unique_namespace_name
 from pet_harness.operator_process import OperatorProcess
 from pet_harness.processes import install_signal_handlers
@@ -204,7 +202,7 @@ def operator_factory(
         _wait_authorized(kubeconfig, served or [claims_namespace])
         proxy = None
         if via_proxy:  # the replica reaches the API server through a fault proxy of its own
-            proxy, kubeconfig = _proxied(kubeconfig)
+            proxy, kubeconfig = proxied_kubeconfig(kubeconfig)
             proxies.append(proxy)
         op = OperatorProcess(
             kubeconfig, log_dir / f"operator-{len(started)}.log", namespaces=namespaces,
@@ -255,17 +253,6 @@ def operator_factory(
         shutil.rmtree(log_dir, ignore_errors=True)
         if problems:
             pytest.fail("\n".join(problems), pytrace=False)
-
-
-def _proxied(kubeconfig: Path) -> tuple[FaultProxy, Path]:
-    """Start a fault proxy to the kubeconfig's API server and a kubeconfig that goes through it."""
-    config = yaml.safe_load(kubeconfig.read_text())
-    server = urlsplit(config["clusters"][0]["cluster"]["server"])
-    proxy = FaultProxy(server.hostname or "127.0.0.1", server.port or 443).start()
-    config["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{proxy.port}"
-    path = kubeconfig.with_name(kubeconfig.stem + "-proxied.kubeconfig")
-    write_private(path, yaml.safe_dump(config))
-    return proxy, path
 
 
 def _wait_authorized(kubeconfig: Path, namespaces: list[str]) -> None:

@@ -133,9 +133,8 @@ def make_elector(
     )
 
     async def started_leading() -> None:
-        record = elector._observed
         ref = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "name": config.lease_name,
-               "namespace": config.lease_namespace, "uid": record.uid if record else ""}
+               "namespace": config.lease_namespace, "uid": elector.lease_uid}
         try:
             await recorder.post(ref, "Normal", "LeaderElected", f"{config.leader_identity} became the leader")
         except Exception as exc:  # noqa: BLE001 - an event is a courtesy

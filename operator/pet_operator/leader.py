@@ -106,6 +106,11 @@ class LeaderElector:
             and self.clock() - self._renewed_at < self.renew_deadline
         )
 
+    @property
+    def lease_uid(self) -> str:
+        """The UID of the Lease as last seen ("" before it was seen)."""
+        return self._observed.uid if self._observed is not None else ""
+
     def status(self) -> dict[str, Any]:
         return {"identity": self.identity, "leader": self.is_leader(), "holder": self.holder,
                 "lease": f"{self.namespace}/{self.name}"}

@@ -363,11 +363,10 @@ class Reconciler:
             return claim_outcome(pet_id, snap.namespace, snap.name, snap.uid, claim)
         return claim_outcome(pet_id, snap.namespace, snap.name, snap.uid, None)
 
-    async def _finalize(self, snap: PetSnapshot) -> int | None:
-        """Release a deleted pet's claim, then its finalizer; returns the id released, if any."""
+    async def _finalize(self, snap: PetSnapshot) -> None:
+        """Release a deleted pet's claim (queueing its id for promotion), then its finalizer."""
         if FINALIZER not in snap.finalizers or self.claims is None or self.finalizers is None:
-            return None
-        released = None
+            return
         pet_id = snap.pet_id
         if pet_id is not None:
             claim = self._claims.get(pet_id)
@@ -377,7 +376,6 @@ class Reconciler:
                 self.fence()
                 if await self.claims.delete_claim(claim):
                     log.info("pet %s/%s deleted: released id %d", snap.namespace, snap.name, pet_id)
-                    released = pet_id
                     self._to_promote.add(pet_id)
                 self._claims.pop(pet_id, None)
         remaining = [f for f in snap.finalizers if f != FINALIZER]
@@ -387,7 +385,6 @@ class Reconciler:
                 model.PETS, snap.namespace, snap.name, remaining, snap.resource_version
             )
         self._finalized.discard(snap.uid)
-        return released
 
     async def promote_waiting(self, pet_id: int, pets: PetIndex, stores: StoreIndex) -> None:
         """After a release, let the oldest pet waiting for the id take it; the rest stay Conflict."""
