@@ -95,9 +95,13 @@ def test_graceful_shutdown_releases_the_lease_at_once(
     assert "released the leader lease" in leader.log_text()
 
 
+@pytest.mark.parametrize(("fault", "pet_ids"), [("cut", (1103, 1104)), ("blackhole", (1105, 1106))])
 def test_a_leader_cut_off_from_the_api_server_steps_down_before_its_lease_expires(
-    pets: PetApi, operator_factory: Any, kube_api: Any, claims_namespace: str, request: Any, pet_cluster: Any
+    fault: str, pet_ids: tuple[int, int],
+    pets: PetApi, operator_factory: Any, kube_api: Any, claims_namespace: str, request: Any, pet_cluster: Any,
 ) -> None:
+    """cut: every connection reset (requests fail at once); blackhole: connections stay open and
+    nothing answers (requests hang, as while etcd is down): either way it steps down and exits."""
     replicas = [
         operator_factory([pets.namespace], webhook=False, extra_args=FAST, service_account=f"pet-operator-{i}",
                          via_proxy=True)
@@ -106,22 +110,22 @@ def test_a_leader_cut_off_from_the_api_server_steps_down_before_its_lease_expire
     leader = the_leader(replicas)
     standby = next(op for op in replicas if op is not leader)
     cut_at = time.monotonic()
-    leader.proxy.set_mode("cut")  # lease loss: it can no longer renew
+    leader.proxy.set_mode(fault)  # lease loss: it can no longer renew
     wait_for(lambda: leader.running, lambda running: not running, 20, "the cut-off leader to step down and exit")
     stepped_down = time.monotonic() - cut_at
     assert leader.process.returncode == 1
     assert "lost the leader lease" in leader.log_text()
     assert the_leader([standby]) is standby
-    pets.create_pet("after", {"id": 1103, "name": "after"})
+    pets.create_pet("after", {"id": pet_ids[0], "name": "after"})
     wait_phase(pets, "after", "Active")
     failover = time.monotonic() - cut_at
     leader.proxy.set_mode("pass")  # healed: restarted, it comes back as a standby
     leader.start()
     assert leader_status(leader)["leader"] is False
-    pets.create_pet("healed", {"id": 1104, "name": "healed"})
+    pets.create_pet("healed", {"id": pet_ids[1], "name": "healed"})
     wait_phase(pets, "healed", "Active")
     proof = audit_proof(pet_cluster, claims_namespace)
-    record(request, "leader-failover-cut", {
+    record(request, f"leader-failover-{fault}", {
         "lease_duration_s": 4, "renew_deadline_s": 3, "retry_period_s": 0.5,
         "seconds_from_cut_to_step_down": round(stepped_down, 2),
         "seconds_from_cut_to_new_pet_active": round(failover, 2),

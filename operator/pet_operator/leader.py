@@ -209,11 +209,27 @@ class LeaderElector:
             if result is not None:
                 await result
 
+    def _attempt_timeout(self) -> float:
+        """How long one attempt may take: a leader's until its renew deadline, a candidate's a
+        renew deadline. A request that hangs (API server waiting for etcd, a blackholed
+        connection) must not keep a fenced leader from stepping down, nor a candidate waiting."""
+        if self._leading and self._renewed_at is not None:
+            return max(0.0, self.renew_deadline - (self.clock() - self._renewed_at))
+        return self.renew_deadline
+
+    async def _attempt(self) -> bool:
+        timeout = self._attempt_timeout()
+        try:
+            return await asyncio.wait_for(self.try_acquire_or_renew(), timeout=timeout)
+        except TimeoutError:
+            log.warning("leader election: no answer about the lease within %.1fs", timeout)
+            return False
+
     async def run(self) -> None:
         """Campaign, lead, and return when leadership is lost (the caller decides what then)."""
         while not self._leading:
             try:
-                acquired = await self.try_acquire_or_renew()
+                acquired = await self._attempt()
             except Exception as exc:  # noqa: BLE001 - keep campaigning
                 log.warning("leader election: cannot reach the lease: %s", exc)
                 acquired = False
@@ -226,7 +242,7 @@ class LeaderElector:
         while True:
             await asyncio.sleep(self.retry_period)
             try:
-                renewed = await self.try_acquire_or_renew()
+                renewed = await self._attempt()
             except Exception as exc:  # noqa: BLE001 - a failed renewal is retried until the deadline
                 log.warning("leader election: renewal failed: %s", exc)
                 renewed = False

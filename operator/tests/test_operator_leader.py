@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 from typing import Any
 
@@ -176,3 +178,66 @@ async def test_a_lease_gone_for_a_whole_duration_is_taken_by_a_standby(leases: F
 def test_timings_must_be_ordered(leases: FakeLeases, clock: Clock) -> None:
     with pytest.raises(ValueError, match="lease duration"):
         LeaderElector(leases, "ns", "n", "a", lease_duration=10, renew_deadline=10, retry_period=2, clock=clock)
+
+
+class HangingLeases(FakeLeases):
+    """Like the API server while etcd is down or the connection is blackholed: requests never answer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hang = False
+        self.cancelled = 0
+        self.gave_up_twice = asyncio.Event()
+
+    async def _maybe_hang(self) -> None:
+        if self.hang:
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                self.cancelled += 1
+                if self.cancelled >= 2:
+                    self.gave_up_twice.set()
+                raise
+
+    async def read_lease(self, namespace: str, name: str) -> LeaseRecord | None:
+        await self._maybe_hang()
+        return await super().read_lease(namespace, name)
+
+    async def update_lease(
+        self, namespace: str, name: str, spec: dict[str, Any], resource_version: str
+    ) -> LeaseRecord | None:
+        await self._maybe_hang()
+        return await super().update_lease(namespace, name, spec, resource_version)
+
+
+async def test_a_leader_whose_renewal_hangs_steps_down_at_the_renew_deadline() -> None:
+    leases = HangingLeases()
+    started, stopped = asyncio.Event(), asyncio.Event()
+    a = LeaderElector(leases, "pet-system", "pet-operator-leader", "a", lease_duration=0.6, renew_deadline=0.4,
+                      retry_period=0.05, on_started_leading=started.set, on_stopped_leading=stopped.set)
+    run = asyncio.create_task(a.run())
+    await asyncio.wait_for(started.wait(), timeout=10)
+    leases.hang = True
+    # Without a bound on each attempt the hung renewal would keep the loop waiting forever,
+    # a fenced "leader" that never steps down.
+    await asyncio.wait_for(run, timeout=10)
+    assert stopped.is_set()
+    assert not a.is_leader()
+    assert leases.cancelled >= 1
+
+
+async def test_a_candidate_whose_read_hangs_keeps_campaigning() -> None:
+    leases = HangingLeases()
+    leases.hang = True
+    started = asyncio.Event()
+    a = LeaderElector(leases, "pet-system", "pet-operator-leader", "a", lease_duration=0.6, renew_deadline=0.4,
+                      retry_period=0.05, on_started_leading=started.set)
+    run = asyncio.create_task(a.run())
+    await asyncio.wait_for(leases.gave_up_twice.wait(), timeout=10)  # each hung attempt given up, another made
+    leases.hang = False
+    await asyncio.wait_for(started.wait(), timeout=10)
+    assert a.is_leader()
+    run.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await run
+
