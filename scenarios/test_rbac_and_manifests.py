@@ -91,3 +91,22 @@ def test_the_deployment_probes_and_resources() -> None:
     assert set(container["resources"]) == {"requests", "limits"}
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert Path(REPO_ROOT / "deploy" / "operator" / "service.yaml").exists()
+
+
+def test_the_deployment_runs_two_leader_electing_replicas_with_valid_flags(
+    kube_api: Any, make_namespace: Any
+) -> None:
+    from pet_operator.cli import parse_config
+
+    deployment = load_yaml_documents(DEPLOYMENT)[0]
+    assert deployment["spec"]["replicas"] == 2
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    config = parse_config(container["args"], {"POD_NAME": "pet-operator-abc-1", "POD_NAMESPACE": "pet-system"})
+    assert config.leader_elect is True
+    assert config.lease_name == "pet-operator-leader"
+    assert config.leader_identity.startswith("pet-operator-abc-1_")  # how chaos finds the leader's pod
+    ns = make_namespace("pdb")
+    pdb = load_yaml_documents(REPO_ROOT / "deploy" / "operator" / "poddisruptionbudget.yaml")[0]
+    pdb["metadata"]["namespace"] = ns
+    created = client.PolicyV1Api(kube_api).create_namespaced_pod_disruption_budget(ns, pdb, dry_run="All")
+    assert created.spec.selector.match_labels == deployment["spec"]["selector"]["matchLabels"]
