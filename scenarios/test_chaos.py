@@ -1,8 +1,9 @@
 """Chaos Toolkit experiments (chaos/experiments), each run by the real ``chaos run`` in a fresh
 embedded cluster of its own: two leader-electing replicas, pets created and updated meanwhile.
 
-The same code path as ``pet-harness chaos``; journals and summaries go to
-``<--pet-report-dir>/chaos/`` (default ``reports/chaos/``).
+The same code path as ``pet-harness chaos``, kept short for CI: one round of each method
+and at most 30 pets (``pet-harness chaos`` defaults to 3 rounds, 100 pets). Journals and
+summaries go to ``<--pet-report-dir>/chaos/`` (default ``reports/chaos/``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ pytestmark = [
     pytest.mark.skipif(importlib.util.find_spec("chaostoolkit") is None, reason="chaostoolkit is not installed"),
 ]
 
+CI_ROUNDS = 1  # short in CI; `pet-harness chaos --rounds N` runs longer
+CI_MAX_PETS = 30
+
 
 @pytest.mark.parametrize("experiment", chaos_env.experiment_names())
 def test_experiment_keeps_the_steady_state(experiment: str, request: pytest.FixtureRequest) -> None:
@@ -30,10 +34,11 @@ def test_experiment_keeps_the_steady_state(experiment: str, request: pytest.Fixt
     if not results.is_absolute():
         results = Path(str(request.config.rootpath)) / results
     results = results / "chaos"
-    summary = chaos_env.run_experiment(experiment, results)
+    summary = chaos_env.run_experiment(experiment, results, rounds=CI_ROUNDS, max_pets=CI_MAX_PETS)
     shown = json.dumps({k: v for k, v in summary.items() if k != "final_steady_state"}, indent=2, default=str)
     assert summary["status"] == "completed", shown
     assert summary["deviated"] is False, shown
+    assert summary["failed_activities"] == 0, shown
     assert summary["writes_by_non_leaders"] == 0, shown
     assert summary["pets_lost"] == 0, shown
     assert summary["duplicate_ids"] == 0, shown

@@ -1,10 +1,11 @@
-"""Faults and rollbacks (Chaos Toolkit actions), through the chaos environment's control server."""
+"""Faults and rollbacks (Chaos Toolkit actions): on target=local through the chaos
+environment's control server, on target=kubernetes on the cluster (:mod:`petchaos.staging`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from petchaos import call
+from petchaos import call, on_kubernetes, staging
 
 __all__ = [
     "cut_leader", "delete_lease", "freeze_leader", "heal", "kill_leader", "restart_apiserver",
@@ -15,6 +16,8 @@ Configuration = dict[str, Any] | None
 
 
 def _act(configuration: Configuration, activity: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    if on_kubernetes(configuration):
+        return staging.not_available(activity)
     answer = call(configuration, activity, "POST", "/actions/" + activity.replace("_", "-"), body)
     result: dict[str, Any] = answer.get("result", answer)
     return result
@@ -22,49 +25,66 @@ def _act(configuration: Configuration, activity: str, body: dict[str, Any] | Non
 
 def kill_leader(configuration: Configuration = None) -> dict[str, Any]:
     """SIGKILL the replica that leads now."""
+    if on_kubernetes(configuration):
+        return staging.kill_leader(configuration)
     return _act(configuration, "kill_leader")
 
 
 def freeze_leader(seconds: float = 30, configuration: Configuration = None) -> dict[str, Any]:
     """SIGSTOP the leader; it is thawed by ``thaw`` or at the latest after ``seconds``."""
+    if on_kubernetes(configuration):
+        return staging.freeze_leader(seconds, configuration)
     return _act(configuration, "freeze_leader", {"seconds": seconds})
 
 
 def thaw(configuration: Configuration = None) -> dict[str, Any]:
     """SIGCONT every frozen replica."""
+    if on_kubernetes(configuration):
+        return staging.thaw(configuration)
     return _act(configuration, "thaw")
 
 
 def cut_leader(configuration: Configuration = None) -> dict[str, Any]:
     """Cut the leader off from the API server (its fault proxy resets every connection)."""
+    if on_kubernetes(configuration):
+        return staging.cut_leader(configuration)
     return _act(configuration, "cut_leader")
 
 
 def heal(configuration: Configuration = None) -> dict[str, Any]:
     """Every replica's fault proxy back to pass-through."""
+    if on_kubernetes(configuration):
+        return staging.heal(configuration)
     return _act(configuration, "heal")
 
 
 def delete_lease(configuration: Configuration = None) -> dict[str, Any]:
     """Delete the leader Lease."""
+    if on_kubernetes(configuration):
+        return staging.delete_lease(configuration)
     return _act(configuration, "delete_lease")
 
 
 def steal_lease(holder: str = "chaos-thief", duration: int = 4, configuration: Configuration = None) -> dict[str, Any]:
     """Write another holder into the leader Lease (as admin), as a rogue candidate would."""
+    if on_kubernetes(configuration):
+        return staging.steal_lease(holder, duration, configuration)
     return _act(configuration, "steal_lease", {"holder": holder, "duration": duration})
 
 
 def restart_apiserver(configuration: Configuration = None) -> dict[str, Any]:
-    """Stop kube-apiserver and start it again on the same port (returns once it is ready)."""
+    """Stop kube-apiserver and start it again on the same port (returns once it is ready); target=local only."""
     return _act(configuration, "restart_apiserver")
 
 
 def restart_etcd(configuration: Configuration = None) -> dict[str, Any]:
-    """Stop etcd and start it again on its data (returns once the API server is ready again)."""
+    """Stop etcd and start it again on its data (returns once the API server is ready again); target=local only."""
     return _act(configuration, "restart_etcd")
 
 
-def restart_dead_replicas(configuration: Configuration = None) -> dict[str, Any]:
-    """Start again the replicas that exited (killed, or stepped down with code 1), as a Deployment would."""
-    return _act(configuration, "restart_dead_replicas")
+def restart_dead_replicas(timeout: float = 120, configuration: Configuration = None) -> dict[str, Any]:
+    """Start again the replicas that exited (killed, or stepped down with code 1), as a Deployment would;
+    on a cluster, wait until the Deployment has all its replicas ready again."""
+    if on_kubernetes(configuration):
+        return staging.restart_dead_replicas(timeout, configuration)
+    return _act(configuration, "restart_dead_replicas", {"timeout": timeout})

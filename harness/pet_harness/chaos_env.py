@@ -8,14 +8,18 @@ reach that server through the ``petchaos`` provider package: POST ``/actions/<fa
 injects a fault, GET ``/probes/steady-state`` checks the steady state.
 
 :func:`run_experiment` runs one experiment file with the real ``chaos run`` in a fresh
-environment and builds its summary (journal status, failover gaps and writes by
-non-leaders from the audit log, pets lost, duplicate ids).
+environment and builds its summary (journal status, method activities that failed,
+failover gaps and writes by non-leaders from the audit log, pets lost, duplicate ids).
+With ``rounds > 1`` it runs a derived copy of the experiment (:func:`derive_experiment`):
+the method repeated, with a steady-state check between rounds.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime
+import functools
 import json
 import os
 import shutil
@@ -28,7 +32,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -43,8 +47,10 @@ from pet_harness.clusters.local import LocalCluster
 from pet_harness.fault_proxy import FaultProxy, proxied_kubeconfig
 from pet_harness.kube import REPO_ROOT, PetApi, api_client, create_namespace, install_crds
 from pet_harness.operator_process import OperatorProcess
+from pet_harness.pet_load import PetLoad
 from pet_harness.rbac import OperatorIdentity
 from pet_harness.waiting import wait_for
+from petchaos.steady import check_pets
 
 FAST = ("--leader-elect", "--lease-duration", "4", "--renew-deadline", "3", "--retry-period", "0.5")
 LEASE_NAME = audit.DEFAULT_LEASE_NAME
@@ -52,148 +58,9 @@ PETS_NAMESPACE = "chaos-pets"
 OPERATOR_NAMESPACE = "chaos-pet-system"
 CHAOS_DIR = REPO_ROOT / "chaos"
 EXPERIMENTS_DIR = CHAOS_DIR / "experiments"
-CLAIM_PREFIX = "pet-id-"
-
-
-# --- load ------------------------------------------------------------------------------------
-
-
-class PetLoad:
-    """Creates, updates and deletes pets in a background thread, bounded to ``max_pets`` creates.
-
-    Every ``duplicate_every``-th pet reuses the id of an earlier one (it must end ``Conflict``
-    while the first lives). It remembers what it created and deleted successfully, so that
-    pets lost can be counted: created, never deleted, and missing.
-    """
-
-    def __init__(self, pets: PetApi, max_pets: int = 30, interval: float = 0.3, duplicate_every: int = 7,
-                 id_base: int = 5000) -> None:
-        self.pets = pets
-        self.max_pets = max_pets
-        self.interval = interval
-        self.duplicate_every = duplicate_every
-        self.id_base = id_base
-        self.created: dict[str, int] = {}  # name -> id, acknowledged by the API server
-        self.deleted: set[str] = set()
-        self.attempted = 0
-        self.errors = 0
-        self.ops = 0
-        self._stop = threading.Event()
-        self._running = threading.Event()  # set: the load works; clear: paused
-        self._idle = threading.Event()  # set while no operation is in flight
-        self._idle.set()
-        self._thread = threading.Thread(target=self._loop, name="pet-load", daemon=True)
-
-    def start(self) -> PetLoad:
-        self._running.set()
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._running.set()
-        if self._thread.is_alive():
-            self._thread.join(30)
-
-    def pause(self, timeout: float = 30) -> None:
-        self._running.clear()
-        self._idle.wait(timeout)
-
-    def resume(self) -> None:
-        self._running.set()
-
-    @property
-    def paused(self) -> bool:
-        return not self._running.is_set()
-
-    def _loop(self) -> None:
-        step = 0
-        while not self._stop.is_set():
-            self._running.wait()
-            if self._stop.is_set():
-                return
-            self._idle.clear()
-            try:
-                self._one(step)
-            except Exception:  # noqa: BLE001 - faults make requests fail; the load goes on
-                self.errors += 1
-            finally:
-                self._idle.set()
-            step += 1
-            self._stop.wait(self.interval)
-
-    def _one(self, step: int) -> None:
-        live = [n for n in self.created if n not in self.deleted]
-        kind = step % 5
-        if self.attempted < self.max_pets and (kind in (0, 2) or not live):
-            index = self.attempted
-            self.attempted += 1
-            name = f"load-{index}"
-            duplicate = bool(index and index % self.duplicate_every == 0)  # the previous pet's id
-            pet_id = self.id_base + index - int(duplicate)
-            self.pets.create_pet(name, {"id": pet_id, "name": name, "tags": ["chaos"]})
-            self.created[name] = pet_id
-        elif kind == 4 and len(live) > 5 and step % 15 == 4:
-            name = live[0]
-            try:
-                self.pets.delete_pet(name)
-            except ApiException as exc:
-                if exc.status != 404:
-                    raise
-            self.deleted.add(name)
-        elif live:
-            name = live[step % len(live)]
-            self.pets.patch_pet(name, {"spec": {"tags": ["chaos", f"v{step}"]}})
-        self.ops += 1
-
-
-# --- steady state (pure) ---------------------------------------------------------------------
-
-
-def check_pets(pets: Sequence[dict[str, Any]], claims: Sequence[dict[str, Any]], namespace: str) -> dict[str, Any]:
-    """The steady state of pets and claims, from their plain dicts (pure; unit-tested).
-
-    Every pet reconciled at its generation, in phase Active or Conflict; one non-Conflict
-    pet per id; the claims are exactly the ids of the non-Conflict pets, each held by one.
-    """
-    problems: list[str] = []
-    holders: dict[int, list[str]] = {}
-    for pet in pets:
-        meta, status = pet.get("metadata", {}), pet.get("status") or {}
-        name = meta.get("name", "?")
-        if meta.get("deletionTimestamp"):
-            problems.append(f"{name}: being deleted")
-            continue
-        if status.get("observedGeneration") != meta.get("generation"):
-            problems.append(f"{name}: observedGeneration {status.get('observedGeneration')} "
-                            f"!= generation {meta.get('generation')}")
-        phase = status.get("phase")
-        if phase not in ("Active", "Conflict"):
-            problems.append(f"{name}: phase {phase}")
-        if phase != "Conflict":
-            holders.setdefault(int(pet.get("spec", {}).get("id", -1)), []).append(name)
-    duplicates = {pet_id: names for pet_id, names in holders.items() if len(names) > 1}
-    for pet_id, names in duplicates.items():
-        problems.append(f"id {pet_id}: {len(names)} non-Conflict pets {sorted(names)}")
-    claimed: dict[int, str] = {}
-    for claim in claims:
-        name = claim.get("metadata", {}).get("name", "")
-        if not name.startswith(CLAIM_PREFIX):
-            continue
-        with contextlib.suppress(ValueError):
-            claimed[int(name[len(CLAIM_PREFIX):])] = str((claim.get("spec") or {}).get("holderIdentity") or "")
-    orphans = sorted(set(claimed) - set(holders))
-    unclaimed = sorted(set(holders) - set(claimed))
-    if orphans:
-        problems.append(f"orphaned claims: {orphans}")
-    if unclaimed:
-        problems.append(f"ids without a claim: {unclaimed}")
-    for pet_id, names in holders.items():
-        holder = claimed.get(pet_id)
-        if holder is not None and len(names) == 1 and holder != f"{namespace}/{names[0]}":
-            problems.append(f"claim of id {pet_id} held by {holder}, not {namespace}/{names[0]}")
-    return {"ok": not problems, "pets": len(pets), "problems": problems[:20],
-            "duplicate_ids": len(duplicates), "orphaned_claims": len(orphans)}
+BETWEEN_ROUNDS = "steady-state-between-rounds"
+DEFAULT_STEADY_STATE_TIMEOUT = 30  # petchaos.probes.steady_state's default
+CHAOS_TIMEOUT_PER_ROUND = 300.0
 
 
 # --- the environment -------------------------------------------------------------------------
@@ -527,9 +394,70 @@ def chaos_command(
             str(experiment)]
 
 
+def _hypothesis_timeout(experiment: dict[str, Any]) -> Any:
+    """The ``timeout`` of the hypothesis' ``petchaos.probes.steady_state`` probe (its default if none)."""
+    for probe in (experiment.get("steady-state-hypothesis") or {}).get("probes") or []:
+        provider = (probe.get("provider") or {}) if isinstance(probe, dict) else {}
+        if provider.get("module") == "petchaos.probes" and provider.get("func") == "steady_state":
+            return (provider.get("arguments") or {}).get("timeout", DEFAULT_STEADY_STATE_TIMEOUT)
+    return DEFAULT_STEADY_STATE_TIMEOUT
+
+
+def derive_experiment(experiment: dict[str, Any], rounds: int) -> dict[str, Any]:
+    """The experiment with its method run ``rounds`` times (pure; the input is not modified).
+
+    Each round's activities are named ``<name>#<round>`` (references to method activities
+    follow); after every round but the last comes the action ``steady-state-between-rounds``
+    (``petchaos.probes.require_steady_state``, with the hypothesis probe's timeout), which
+    fails the activity when the steady state is not back. ``rounds == 1`` gives an equal copy.
+    """
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f"rounds must be an integer >= 1, got {rounds!r}")
+    derived = copy.deepcopy(experiment)
+    if rounds == 1:
+        return derived
+    method = experiment.get("method") or []
+    names = {a.get("name") for a in method if isinstance(a, dict) and a.get("name")}
+    check = {
+        "type": "action",
+        "name": BETWEEN_ROUNDS,
+        "provider": {"type": "python", "module": "petchaos.probes", "func": "require_steady_state",
+                     "arguments": {"timeout": _hypothesis_timeout(experiment)}},
+    }
+    activities: list[Any] = []
+    for n in range(1, rounds + 1):
+        for activity in method:
+            activity = copy.deepcopy(activity)
+            if isinstance(activity, dict):
+                if activity.get("name"):
+                    activity["name"] = f"{activity['name']}#{n}"
+                if activity.get("ref") in names:
+                    activity["ref"] = f"{activity['ref']}#{n}"
+            activities.append(activity)
+        if n < rounds:
+            activities.append(copy.deepcopy(check))
+    derived["method"] = activities
+    derived["title"] = f"{experiment.get('title', '')} ({rounds} rounds)".lstrip()
+    return derived
+
+
+def failed_activities(journal: dict[str, Any] | None) -> list[str]:
+    """Names of the method activities of a journal's ``run`` that did not succeed (pure).
+
+    ``chaos run`` keeps the status ``completed`` when a method activity fails, so the
+    journal status alone does not tell.
+    """
+    names = []
+    for entry in (journal or {}).get("run") or []:
+        if not isinstance(entry, dict) or entry.get("status") != "succeeded":
+            activity = entry.get("activity") if isinstance(entry, dict) else None
+            names.append(str((activity or {}).get("name") or "?"))
+    return names
+
+
 def build_summary(name: str, journal: dict[str, Any] | None, analysis: dict[str, Any] | None,
                   pets_lost: Sequence[str], final: dict[str, Any] | None, seconds: float,
-                  returncode: int | None = None, error: str | None = None) -> dict[str, Any]:
+                  returncode: int | None = None, error: str | None = None, rounds: int = 1) -> dict[str, Any]:
     """One experiment's summary (pure; unit-tested)."""
     audit_summary = (analysis or {}).get("summary", {})
     gaps = [g for g in audit_summary.get("gap_seconds", []) if g is not None]
@@ -537,10 +465,14 @@ def build_summary(name: str, journal: dict[str, Any] | None, analysis: dict[str,
     deviated = bool((journal or {}).get("deviated", journal is None))
     non_leader = audit_summary.get("writes_by_non_leaders")
     duplicates = (final or {}).get("duplicate_ids")
+    failed = failed_activities(journal)
     summary: dict[str, Any] = {
         "experiment": name,
+        "rounds": rounds,
         "status": status,
         "deviated": deviated,
+        "failed_activities": len(failed),
+        "failed_activity_names": failed[:20],
         "chaos_exit_code": returncode,
         "seconds": round(seconds, 1),
         "failover_gap_median": round(statistics.median(gaps), 2) if gaps else None,
@@ -556,20 +488,39 @@ def build_summary(name: str, journal: dict[str, Any] | None, analysis: dict[str,
         "error": error,
     }
     summary["passed"] = bool(
-        status == "completed" and not deviated and non_leader == 0 and not pets_lost and duplicates == 0
-        and error is None
+        status == "completed" and not deviated and not failed and non_leader == 0 and not pets_lost
+        and duplicates == 0 and error is None
     )
     return summary
 
 
-def run_experiment(name: str, results: Path, target: str = "local", env_factory: Any = ChaosEnvironment,
-                   chaos_timeout: float = 300) -> dict[str, Any]:
-    """Run one experiment with ``chaos run`` in a fresh environment; write its journal and summary."""
+def _require_positive(what: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{what} must be an integer >= 1, got {value!r}")
+
+
+def run_experiment(name: str, results: Path, target: str = "local",
+                   env_factory: Callable[[], Any] | None = None, chaos_timeout: float | None = None,
+                   rounds: int = 1, max_pets: int = 30) -> dict[str, Any]:
+    """Run one experiment with ``chaos run`` in a fresh environment; write its journal and summary.
+
+    ``rounds > 1`` runs :func:`derive_experiment`'s copy, written to ``<name>-experiment.json``
+    in ``results`` (the source file is not touched). The default environment is a
+    :class:`ChaosEnvironment` whose load creates at most ``max_pets`` pets; an ``env_factory``
+    given is called without arguments (it sizes its own load). ``chaos_timeout`` defaults to
+    300 s per round.
+    """
+    _require_positive("rounds", rounds)
+    _require_positive("max_pets", max_pets)
+    factory = env_factory if env_factory is not None else functools.partial(ChaosEnvironment, max_pets=max_pets)
+    timeout = chaos_timeout if chaos_timeout is not None else CHAOS_TIMEOUT_PER_ROUND * rounds
     results.mkdir(parents=True, exist_ok=True)
     experiment = experiment_path(name)
     name = experiment.stem
     journal_path = results / f"{name}-journal.json"
     journal_path.unlink(missing_ok=True)  # never read the journal of an earlier run
+    derived_path = results / f"{name}-experiment.json"
+    derived_path.unlink(missing_ok=True)  # nor take an earlier run's derived experiment for this one's
     started = time.monotonic()
     journal: dict[str, Any] | None = None
     analysis: dict[str, Any] | None = None
@@ -578,17 +529,22 @@ def run_experiment(name: str, results: Path, target: str = "local", env_factory:
     code: int | None = None
     error: str | None = None
     try:
+        if rounds > 1:
+            derived = derive_experiment(json.loads(experiment.read_text()), rounds)
+            derived_path.write_text(json.dumps(derived, indent=2) + "\n")
+            experiment = derived_path
         journal, analysis, lost, final, code, error = _run_in_environment(
-            env_factory, experiment, name, results, target, journal_path, chaos_timeout)
+            factory, experiment, name, results, target, journal_path, timeout)
     except Exception as exc:  # noqa: BLE001 - the environment did not start: recorded, the next one runs
         error = f"{type(exc).__name__}: {exc}"[:2000]
-    summary = build_summary(name, journal, analysis, lost, final, time.monotonic() - started, code, error)
+    summary = build_summary(name, journal, analysis, lost, final, time.monotonic() - started, code, error,
+                            rounds)
     (results / f"{name}-summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
 
 
 def _run_in_environment(
-    env_factory: Any, experiment: Path, name: str, results: Path, target: str, journal_path: Path,
+    env_factory: Callable[[], Any], experiment: Path, name: str, results: Path, target: str, journal_path: Path,
     chaos_timeout: float,
 ) -> tuple[dict[str, Any] | None, dict[str, Any] | None, list[str], dict[str, Any] | None, int | None, str | None]:
     journal: dict[str, Any] | None = None
@@ -630,26 +586,33 @@ def summary_markdown(summaries: Sequence[dict[str, Any]]) -> str:
     lines = [
         "# Chaos experiments",
         "",
-        "| experiment | status | deviated | failover gap median (s) | max (s) | writes by non-leaders "
-        "| pets lost | duplicate ids | seconds | passed |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| experiment | rounds | status | deviated | failed activities | failover gap median (s) | max (s) "
+        "| transitions | writes by non-leaders | pets lost | duplicate ids | seconds | passed |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for s in summaries:
+        failed = str(s["failed_activities"])
+        if s["failed_activities"]:
+            failed += f" ({', '.join(s['failed_activity_names'])})"
         lines.append(
-            f"| {s['experiment']} | {s['status']} | {s['deviated']} | {s['failover_gap_median']} "
-            f"| {s['failover_gap_max']} | {s['writes_by_non_leaders']} | {s['pets_lost']} | {s['duplicate_ids']} "
-            f"| {s['seconds']} | {s['passed']} |"
+            f"| {s['experiment']} | {s['rounds']} | {s['status']} | {s['deviated']} | {failed} "
+            f"| {s['failover_gap_median']} | {s['failover_gap_max']} | {s['transitions']} "
+            f"| {s['writes_by_non_leaders']} | {s['pets_lost']} | {s['duplicate_ids']} | {s['seconds']} "
+            f"| {s['passed']} |"
         )
     return "\n".join(lines) + "\n"
 
 
-def run_all(names: Sequence[str], results: Path, target: str = "local") -> list[dict[str, Any]]:
+def run_all(names: Sequence[str], results: Path, target: str = "local", rounds: int = 1,
+            max_pets: int = 30) -> list[dict[str, Any]]:
     summaries = []
     for name in names:
-        print(f"pet-harness chaos: running {name} ...", file=sys.stderr, flush=True)
-        summary = run_experiment(name, results, target)
+        print(f"pet-harness chaos: running {name} ({rounds} round{'s' if rounds != 1 else ''}, "
+              f"at most {max_pets} pets) ...", file=sys.stderr, flush=True)
+        summary = run_experiment(name, results, target, rounds=rounds, max_pets=max_pets)
         print(f"pet-harness chaos: {name}: status {summary['status']}, deviated {summary['deviated']}, "
-              f"passed {summary['passed']} ({summary['seconds']} s)", file=sys.stderr, flush=True)
+              f"failed activities {summary['failed_activities']}, passed {summary['passed']} "
+              f"({summary['seconds']} s)", file=sys.stderr, flush=True)
         summaries.append(summary)
     (results / "summary.json").write_text(json.dumps(summaries, indent=2, default=str))
     (results / "summary.md").write_text(summary_markdown(summaries))

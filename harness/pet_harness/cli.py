@@ -7,7 +7,8 @@
     pet-harness cluster kubeconfig    print the admin kubeconfig's path
     pet-harness cluster down          stop it; nothing is left running
     pet-harness finalizers strip      remove the operator's finalizers once it is gone for good
-    pet-harness chaos                 run the Chaos Toolkit experiments of chaos/experiments (docs/chaos.md)
+    pet-harness chaos                 run the Chaos Toolkit experiments of chaos/experiments, 3 rounds each,
+                                      at most 100 pets (--rounds, --max-pets; docs/chaos.md)
 """
 
 from __future__ import annotations
@@ -112,11 +113,22 @@ def _cmd_chaos(args: argparse.Namespace) -> int:
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     results = Path(args.results) if args.results else Path("results") / "chaos" / stamp
     binaries.ensure_binaries(build=True)
-    summaries = chaos_env.run_all(names, results, args.target)
+    summaries = chaos_env.run_all(names, results, args.target, rounds=args.rounds, max_pets=args.max_pets)
     print((results / "summary.md").read_text())
     print(f"results: {results}")
     bad = [s["experiment"] for s in summaries if s["deviated"] or s["writes_by_non_leaders"] != 0 or not s["passed"]]
     return 1 if bad else 0
+
+
+def _at_least_one(text: str) -> int:
+    """argparse type: an integer >= 1 (the error names the value given)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def _cmd_cluster_serve(args: argparse.Namespace) -> int:
@@ -161,6 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
     chaos.add_argument("--results", default=None, help="results folder (default: results/chaos/<timestamp>)")
     chaos.add_argument("--target", default="local", choices=["local", "kubernetes"],
                        help="local (default); kubernetes is documented in docs/chaos.md, not run from here")
+    chaos.add_argument("--rounds", type=_at_least_one, default=3, metavar="N",
+                       help="run each experiment's method N times, with a steady-state check between rounds "
+                            "(default: 3; the pytest entry runs 1)")
+    chaos.add_argument("--max-pets", type=_at_least_one, default=100, metavar="N",
+                       help="the load creates at most N pets per experiment (default: 100; the pytest entry: 30)")
     chaos.set_defaults(func=_cmd_chaos)
     return parser
 

@@ -1,10 +1,11 @@
-"""The pure parts of the chaos harness: the steady-state check, summaries, the provider functions
-(against a fake control server) and the ``pet-harness chaos`` argument handling."""
+"""The pure parts of the chaos harness: the steady-state check, summaries, derived (multi-round)
+experiments, the provider functions (against a fake control server) and the ``pet-harness chaos``
+argument handling."""
 
 from __future__ import annotations
 
+import copy
 import json
-import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -14,10 +15,7 @@ from typing import Any
 import pytest
 
 from pet_harness import chaos_env, cli
-
-sys.path.insert(0, str(chaos_env.CHAOS_DIR))
-
-from petchaos import TargetNotImplemented, actions, probes
+from petchaos import actions, probes, staging
 
 
 def pet(name: str, pet_id: int, phase: str = "Active", generation: int = 1, observed: int = 1,
@@ -98,12 +96,140 @@ def test_summary_fails_on_any_bad_figure(journal: Any, audit_result: Any, lost: 
         assert s["deviated"] is True
 
 
+def run_entry(name: str, status: str | None = "succeeded") -> dict[str, Any]:
+    """One entry of a journal's ``run`` list, as chaoslib writes it."""
+    entry: dict[str, Any] = {"activity": {"type": "action", "name": name, "provider": {"type": "python"}},
+                             "output": None, "start": "2026-01-01T00:00:00+00:00", "end": "2026-01-01T00:00:01+00:00",
+                             "duration": 1.0}
+    if status is not None:  # an interrupted activity has no status
+        entry["status"] = status
+    if status == "failed":
+        entry["exception"] = ["RuntimeError: boom\n"]
+    return entry
+
+
+def test_summary_fails_on_a_failed_method_activity_although_the_run_completed() -> None:
+    journal = {"status": "completed", "deviated": False,
+               "run": [run_entry("kill-leader#1"), run_entry("steady-state-between-rounds", "failed"),
+                       run_entry("kill-leader#2"), run_entry("restart-dead-replicas#2", None)]}
+    s = chaos_env.build_summary("kill-leader", journal, analysis([4.0]), [], {"duplicate_ids": 0}, 1.0, 0, rounds=2)
+    assert s["failed_activities"] == 2
+    assert s["failed_activity_names"] == ["steady-state-between-rounds", "restart-dead-replicas#2"]
+    assert s["status"] == "completed"
+    assert not s["passed"]
+    assert s["rounds"] == 2
+
+
+def test_summary_passes_when_every_method_activity_succeeded() -> None:
+    journal = {"status": "completed", "deviated": False, "run": [run_entry("a#1"), run_entry("a#2")]}
+    s = chaos_env.build_summary("x", journal, analysis([4.0]), [], {"duplicate_ids": 0}, 1.0, 0)
+    assert s["failed_activities"] == 0
+    assert s["failed_activity_names"] == []
+    assert s["rounds"] == 1
+    assert s["passed"]
+
+
 def test_summary_markdown_has_a_row_per_experiment() -> None:
     rows = [chaos_env.build_summary(n, {"status": "completed", "deviated": False}, analysis([4.2]), [],
-                                    {"duplicate_ids": 0}, 3.0) for n in ("a", "b")]
+                                    {"duplicate_ids": 0}, 3.0, rounds=r) for n, r in (("a", 1), ("b", 3))]
     text = chaos_env.summary_markdown(rows)
-    assert "| a | completed | False | 4.2 | 4.2 | 0 | 0 | 0 | 3.0 | True |" in text
-    assert "| b |" in text
+    assert "| a | 1 | completed | False | 0 | 4.2 | 4.2 | 1 | 0 | 0 | 0 | 3.0 | True |" in text
+    assert "| b | 3 | completed |" in text
+
+
+def test_summary_markdown_names_the_failed_activities() -> None:
+    journal = {"status": "completed", "deviated": False, "run": [run_entry("heal#2", "failed")]}
+    row = chaos_env.build_summary("c", journal, analysis([]), [], {"duplicate_ids": 0}, 3.0, rounds=2)
+    assert "| c | 2 | completed | False | 1 (heal#2) |" in chaos_env.summary_markdown([row])
+
+
+# --- derived experiments (rounds) ---------------------------------------------------------------
+
+
+def experiment(timeout: Any = 40) -> dict[str, Any]:
+    arguments = {} if timeout is None else {"timeout": timeout}
+    return {
+        "title": "Kill it",
+        "steady-state-hypothesis": {"title": "ok", "probes": [
+            {"type": "probe", "name": "steady-state", "tolerance": True,
+             "provider": {"type": "python", "module": "petchaos.probes", "func": "steady_state",
+                          "arguments": arguments}}]},
+        "method": [
+            {"type": "action", "name": "kill", "provider": {"type": "python", "module": "petchaos.actions",
+                                                            "func": "kill_leader", "arguments": {}},
+             "pauses": {"after": 6}},
+            {"type": "action", "name": "restart", "provider": {"type": "python", "module": "petchaos.actions",
+                                                               "func": "restart_dead_replicas", "arguments": {}}},
+        ],
+        "rollbacks": [{"type": "action", "name": "restart", "provider": {"type": "python"}}],
+    }
+
+
+def test_one_round_is_the_experiment_itself() -> None:
+    source = experiment()
+    derived = chaos_env.derive_experiment(source, 1)
+    assert derived == source
+    assert derived is not source
+
+
+def test_three_rounds_repeat_the_method_with_a_steady_state_check_between_rounds() -> None:
+    source = experiment(timeout=40)
+    before = copy.deepcopy(source)
+    derived = chaos_env.derive_experiment(source, 3)
+    assert source == before  # not mutated
+    method = derived["method"]
+    assert len(method) == 3 * 2 + 2
+    assert [a["name"] for a in method] == [
+        "kill#1", "restart#1", "steady-state-between-rounds", "kill#2", "restart#2", "steady-state-between-rounds",
+        "kill#3", "restart#3"]
+    check = {"type": "action", "name": "steady-state-between-rounds",
+             "provider": {"type": "python", "module": "petchaos.probes", "func": "require_steady_state",
+                          "arguments": {"timeout": 40}}}
+    assert method[2] == check
+    assert method[5] == check
+    assert method[3]["provider"] == source["method"][0]["provider"]
+    assert method[3]["pauses"] == {"after": 6}
+    assert derived["title"] == "Kill it (3 rounds)"
+    assert derived["rollbacks"] == source["rollbacks"]
+    assert derived["steady-state-hypothesis"] == source["steady-state-hypothesis"]
+    method[0]["provider"]["arguments"]["x"] = 1  # the copies share nothing with the source
+    assert source["method"][0]["provider"]["arguments"] == {}
+    assert method[3]["provider"]["arguments"] == {}
+
+
+def test_the_check_between_rounds_takes_the_hypothesis_timeout() -> None:
+    assert chaos_env.derive_experiment(experiment(timeout=7), 2)["method"][2]["provider"]["arguments"] == {
+        "timeout": 7}
+    default = chaos_env.derive_experiment(experiment(timeout=None), 2)["method"][2]
+    assert default["provider"]["arguments"] == {"timeout": 30}
+
+
+def test_references_to_method_activities_follow_the_round() -> None:
+    source = experiment()
+    source["method"].append({"ref": "kill"})
+    source["method"].append({"ref": "steady-state"})
+    method = chaos_env.derive_experiment(source, 2)["method"]
+    assert [a.get("ref") for a in method if "ref" in a] == ["kill#1", "steady-state", "kill#2", "steady-state"]
+
+
+@pytest.mark.parametrize("rounds", [0, -2])
+def test_rounds_below_one_are_refused(rounds: int) -> None:
+    with pytest.raises(ValueError, match=rf"rounds must be an integer >= 1, got {rounds}"):
+        chaos_env.derive_experiment(experiment(), rounds)
+
+
+def test_every_real_experiment_derives_to_activities_that_exist() -> None:
+    for name in chaos_env.experiment_names():
+        source = json.loads(chaos_env.experiment_path(name).read_text())
+        derived = chaos_env.derive_experiment(source, 3)
+        assert len(derived["method"]) == 3 * len(source["method"]) + 2, name
+        timeout = source["steady-state-hypothesis"]["probes"][0]["provider"]["arguments"]["timeout"]
+        for activity in derived["method"]:
+            provider = activity["provider"]
+            module = actions if provider["module"] == "petchaos.actions" else probes
+            assert callable(getattr(module, provider["func"])), activity
+            if activity["name"] == "steady-state-between-rounds":
+                assert provider["arguments"] == {"timeout": timeout}
 
 
 def test_an_environment_that_does_not_start_is_a_failed_experiment(tmp_path: Path) -> None:
@@ -120,6 +246,80 @@ def test_an_environment_that_does_not_start_is_a_failed_experiment(tmp_path: Pat
     assert s["deviated"] is True  # no journal of this run
     assert "no cluster today" in s["error"]
     assert json.loads((tmp_path / "kill-leader-summary.json").read_text())["error"] == s["error"]
+
+
+class Unstartable:
+    """An environment factory that records how it was made and fails to start."""
+
+    made: list[dict[str, Any]] = []
+
+    def __init__(self, **kwargs: Any) -> None:
+        Unstartable.made.append(kwargs)
+
+    def __enter__(self) -> Any:
+        raise RuntimeError("no cluster today")
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def test_rounds_run_a_derived_copy_written_to_the_results(tmp_path: Path) -> None:
+    source_path = chaos_env.experiment_path("kill-leader")
+    source_text = source_path.read_text()
+    s = chaos_env.run_experiment("kill-leader", tmp_path, env_factory=Unstartable, rounds=3)
+    assert source_path.read_text() == source_text  # the source is never modified
+    derived = json.loads((tmp_path / "kill-leader-experiment.json").read_text())
+    assert derived == chaos_env.derive_experiment(json.loads(source_text), 3)
+    assert s["rounds"] == 3
+    assert json.loads((tmp_path / "kill-leader-summary.json").read_text())["rounds"] == 3
+
+
+def test_one_round_runs_the_source_and_leaves_no_derived_copy(tmp_path: Path) -> None:
+    (tmp_path / "kill-leader-experiment.json").write_text("{}")  # from an earlier run with rounds
+    s = chaos_env.run_experiment("kill-leader", tmp_path, env_factory=Unstartable)
+    assert s["rounds"] == 1
+    assert not (tmp_path / "kill-leader-experiment.json").exists()
+
+
+def test_the_default_environment_gets_max_pets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    Unstartable.made.clear()
+    monkeypatch.setattr(chaos_env, "ChaosEnvironment", Unstartable)
+    s = chaos_env.run_experiment("kill-leader", tmp_path, max_pets=77)
+    assert Unstartable.made == [{"max_pets": 77}]
+    assert "no cluster today" in s["error"]
+    chaos_env.run_experiment("kill-leader", tmp_path, env_factory=Unstartable, max_pets=5)
+    assert Unstartable.made[-1] == {}  # an injected factory is called as it is
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"rounds": 0}, "rounds must be an integer >= 1, got 0"),
+    ({"max_pets": 0}, "max_pets must be an integer >= 1, got 0"),
+    ({"max_pets": -5}, "max_pets must be an integer >= 1, got -5"),
+])
+def test_run_experiment_refuses_bad_sizes(tmp_path: Path, kwargs: dict[str, int], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        chaos_env.run_experiment("kill-leader", tmp_path, env_factory=Unstartable, **kwargs)
+    assert not (tmp_path / "kill-leader-summary.json").exists()
+
+
+def test_run_all_passes_rounds_and_max_pets_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    calls: list[tuple[str, int, int]] = []
+
+    def fake_run(name: str, results: Path, target: str = "local", *, rounds: int = 1,
+                 max_pets: int = 30) -> dict[str, Any]:
+        calls.append((name, rounds, max_pets))
+        return chaos_env.build_summary(name, {"status": "completed", "deviated": False}, analysis([4.0]), [],
+                                       {"duplicate_ids": 0}, 1.0, rounds=rounds)
+
+    monkeypatch.setattr(chaos_env, "run_experiment", fake_run)
+    chaos_env.run_all(["kill-leader", "cut-leader"], tmp_path, rounds=4, max_pets=60)
+    assert calls == [("kill-leader", 4, 60), ("cut-leader", 4, 60)]
+    err = capsys.readouterr().err
+    assert "running kill-leader (4 rounds, at most 60 pets)" in err
+    assert "cut-leader: status completed, deviated False, failed activities 0, passed True" in err
+    assert "| cut-leader | 4 |" in (tmp_path / "summary.md").read_text()
 
 
 def test_chaos_command_passes_the_control_url_and_journal(tmp_path: Path) -> None:
@@ -203,7 +403,6 @@ def control() -> Iterator[FakeControl]:
     ("kill_leader", "/actions/kill-leader"), ("thaw", "/actions/thaw"), ("cut_leader", "/actions/cut-leader"),
     ("heal", "/actions/heal"), ("delete_lease", "/actions/delete-lease"),
     ("restart_apiserver", "/actions/restart-apiserver"), ("restart_etcd", "/actions/restart-etcd"),
-    ("restart_dead_replicas", "/actions/restart-dead-replicas"),
 ])
 def test_actions_post_to_the_control_server(control: FakeControl, func: str, path: str) -> None:
     result = getattr(actions, func)(configuration=control.configuration)
@@ -211,11 +410,26 @@ def test_actions_post_to_the_control_server(control: FakeControl, func: str, pat
     assert control.calls == [("POST", path, {})]
 
 
+def test_restart_dead_replicas_passes_its_timeout(control: FakeControl) -> None:
+    actions.restart_dead_replicas(configuration=control.configuration)
+    actions.restart_dead_replicas(timeout=30, configuration=control.configuration)
+    assert control.calls == [("POST", "/actions/restart-dead-replicas", {"timeout": 120}),
+                             ("POST", "/actions/restart-dead-replicas", {"timeout": 30})]
+
+
 def test_actions_with_arguments(control: FakeControl) -> None:
     actions.freeze_leader(7, configuration=control.configuration)
     actions.steal_lease("thief", 5, configuration=control.configuration)
     assert control.calls == [("POST", "/actions/freeze-leader", {"seconds": 7}),
                              ("POST", "/actions/steal-lease", {"holder": "thief", "duration": 5})]
+
+
+def test_require_steady_state_returns_the_details_or_raises_naming_the_problems(control: FakeControl) -> None:
+    assert probes.require_steady_state(5, configuration=control.configuration) == {"problems": []}
+    control.ok = False
+    with pytest.raises(RuntimeError, match=r"steady state not reached within 5 s: x"):
+        probes.require_steady_state(5, configuration=control.configuration)
+    assert control.calls == [("GET", "/probes/steady-state?timeout=5.0", None)] * 2
 
 
 def test_probe_is_true_only_when_the_server_says_ok(control: FakeControl) -> None:
@@ -232,14 +446,14 @@ def test_an_error_answer_fails_the_activity(control: FakeControl) -> None:
         call(control.configuration, "kill_leader", "POST", "/actions/boom")
 
 
-def test_target_kubernetes_names_the_chaostoolkit_kubernetes_action(control: FakeControl) -> None:
+def test_target_kubernetes_never_calls_the_control_server(control: FakeControl) -> None:
     config = {**control.configuration, "target": "kubernetes"}
-    with pytest.raises(TargetNotImplemented, match=r"chaosk8s\.pod\.actions\.terminate_pods"):
-        actions.kill_leader(configuration=config)
-    with pytest.raises(NotImplementedError, match=r"app\.kubernetes\.io/name=pet-operator"):
-        actions.restart_dead_replicas(configuration=config)
-    with pytest.raises(NotImplementedError, match="pods_in_phase"):
-        probes.steady_state(configuration=config)
+    with pytest.raises(staging.NotAvailableOnTarget, match="target=local"):
+        actions.restart_etcd(configuration=config)
+    from petchaos import call
+
+    with pytest.raises(ValueError, match="control server exists on target=local only"):
+        call(config, "kill_leader", "POST", "/actions/kill-leader")
     assert control.calls == []
 
 
@@ -269,9 +483,10 @@ def test_cli_runs_the_experiments_and_fails_on_a_deviation(
     monkeypatch.setattr(cli.binaries, "ensure_binaries", lambda build=True: None)
     outcomes = {"kill-leader": False, "cut-leader": True}
 
-    def fake_run(name: str, results: Path, target: str = "local") -> dict[str, Any]:
+    def fake_run(name: str, results: Path, target: str = "local", *, rounds: int = 1,
+                 max_pets: int = 30) -> dict[str, Any]:
         return chaos_env.build_summary(name, {"status": "completed", "deviated": outcomes[name]}, analysis([4.0]),
-                                       [], {"duplicate_ids": 0}, 1.0)
+                                       [], {"duplicate_ids": 0}, 1.0, rounds=rounds)
 
     monkeypatch.setattr(chaos_env, "run_experiment", fake_run)
     assert cli.main(["chaos", "-e", "kill-leader", "--results", str(tmp_path)]) == 0
@@ -279,3 +494,61 @@ def test_cli_runs_the_experiments_and_fails_on_a_deviation(
     assert "| kill-leader |" in (tmp_path / "summary.md").read_text()
     assert cli.main(["chaos", "-e", "kill-leader", "-e", "cut-leader", "--results", str(tmp_path)]) == 1
     capsys.readouterr()
+
+
+def test_cli_fails_on_a_failed_method_activity(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(cli.binaries, "ensure_binaries", lambda build=True: None)
+
+    def fake_run(name: str, results: Path, target: str = "local", *, rounds: int = 1,
+                 max_pets: int = 30) -> dict[str, Any]:
+        journal = {"status": "completed", "deviated": False, "run": [run_entry("steady-state-between-rounds",
+                                                                               "failed")]}
+        return chaos_env.build_summary(name, journal, analysis([4.0]), [], {"duplicate_ids": 0}, 1.0, rounds=rounds)
+
+    monkeypatch.setattr(chaos_env, "run_experiment", fake_run)
+    assert cli.main(["chaos", "-e", "kill-leader", "--results", str(tmp_path)]) == 1
+    assert "1 (steady-state-between-rounds)" in capsys.readouterr().out
+
+
+def test_cli_runs_longer_by_default_and_takes_rounds_and_max_pets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(cli.binaries, "ensure_binaries", lambda build=True: None)
+    seen: list[tuple[int, int]] = []
+
+    def fake_run_all(names: list[str], results: Path, target: str = "local", rounds: int = 1,
+                     max_pets: int = 30) -> list[dict[str, Any]]:
+        seen.append((rounds, max_pets))
+        results.mkdir(parents=True, exist_ok=True)
+        (results / "summary.md").write_text("")
+        return []
+
+    monkeypatch.setattr(chaos_env, "run_all", fake_run_all)
+    assert cli.main(["chaos", "-e", "kill-leader", "--results", str(tmp_path)]) == 0
+    assert cli.main(["chaos", "-e", "kill-leader", "--results", str(tmp_path), "--rounds", "1",
+                     "--max-pets", "30"]) == 0
+    assert seen == [(3, 100), (1, 30)]
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--rounds", "0"], "argument --rounds: must be >= 1, got 0"),
+    (["--rounds", "-3"], "argument --rounds: must be >= 1, got -3"),
+    (["--rounds", "two"], "argument --rounds: expected an integer >= 1, got 'two'"),
+    (["--max-pets", "0"], "argument --max-pets: must be >= 1, got 0"),
+    (["--max-pets", "1.5"], "argument --max-pets: expected an integer >= 1, got '1.5'"),
+])
+def test_cli_refuses_bad_rounds_and_max_pets(
+    args: list[str], message: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def must_not_run(*a: Any, **k: Any) -> list[dict[str, Any]]:
+        raise AssertionError("ran despite a bad argument")
+
+    monkeypatch.setattr(cli.binaries, "ensure_binaries", must_not_run)
+    monkeypatch.setattr(chaos_env, "run_all", must_not_run)
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["chaos", "-e", "kill-leader", *args])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
