@@ -15,6 +15,7 @@ unit-tested with recording fakes, and documented in docs/chaos.md.
 from __future__ import annotations
 
 import importlib.util
+import json
 import uuid
 from typing import Any
 
@@ -45,10 +46,9 @@ def make_ready_pod(core: client.CoreV1Api, namespace: str, name: str) -> None:
         "phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}})
 
 
-def test_the_kubernetes_target_acts_on_the_leader_pod_and_checks_the_steady_state(
-    pets: PetApi, operator_factory: Any, kube_api: Any, claims_namespace: str, pet_cluster: Any,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def operator_on_pods(pets: PetApi, operator_factory: Any, kube_api: Any, claims_namespace: str,
+                     pet_cluster: Any, monkeypatch: pytest.MonkeyPatch) -> tuple[list[str], dict[str, Any]]:
+    """Two replicas "running in" two ready Pod objects of the operator's namespace."""
     # chaosk8s's credentials: $KUBECONFIG, which the kubernetes client reads when imported (as a
     # fresh `chaos run` process does); this process imported it long ago, so set both
     monkeypatch.setenv("KUBECONFIG", str(pet_cluster.kubeconfig_path))
@@ -67,6 +67,15 @@ def test_the_kubernetes_target_acts_on_the_leader_pod_and_checks_the_steady_stat
                                extra_args=(*FAST, "--leader-identity", f"{name}_{uuid.uuid4().hex[:8]}"))
         for i, name in enumerate(pods)
     }
+    return pods, replicas
+
+
+def test_the_kubernetes_target_acts_on_the_leader_pod_and_checks_the_steady_state(
+    pets: PetApi, operator_factory: Any, kube_api: Any, claims_namespace: str, pet_cluster: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pods, replicas = operator_on_pods(pets, operator_factory, kube_api, claims_namespace, pet_cluster, monkeypatch)
+    core = client.CoreV1Api(kube_api)
     configuration = {"target": "kubernetes", "operator_namespace": claims_namespace,
                      "pets_namespaces": pets.namespace, "load_namespace": pets.namespace, "load_max_pets": 8,
                      "load_interval": 0.1}
@@ -121,3 +130,46 @@ def test_the_kubernetes_target_acts_on_the_leader_pod_and_checks_the_steady_stat
     for func in (actions.restart_apiserver, actions.restart_etcd):
         with pytest.raises(staging.NotAvailableOnTarget, match="needs access to its nodes"):
             func(configuration=configuration)
+
+
+def test_pet_harness_chaos_runs_an_experiment_file_on_the_kubernetes_target(
+    pets: PetApi, operator_factory: Any, kube_api: Any, claims_namespace: str, pet_cluster: Any,
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The whole staging path: `pet-harness chaos --target kubernetes` runs the real `chaos run` of
+    delete-lease (delete the Lease, steal it, wait, wait for the Deployment) with the pet-load
+    control, then reads the steady state, the load's report and the audit log."""
+    from pet_harness import cli
+
+    _, replicas = operator_on_pods(pets, operator_factory, kube_api, claims_namespace, pet_cluster, monkeypatch)
+    apps = client.AppsV1Api(kube_api)
+    apps.create_namespaced_deployment(claims_namespace, {
+        "metadata": {"name": "pet-operator", "labels": dict(SELECTOR)},
+        "spec": {"replicas": 2, "selector": {"matchLabels": dict(SELECTOR)},
+                 "template": {"metadata": {"labels": dict(SELECTOR)},
+                              "spec": {"containers": [{"name": "operator", "image": "example/pet-operator"}]}}},
+    })
+    # what the Deployment controller would report for the two pods above
+    apps.patch_namespaced_deployment_status("pet-operator", claims_namespace, {"status": {
+        "observedGeneration": 1, "replicas": 2, "readyReplicas": 2, "updatedReplicas": 2, "availableReplicas": 2}})
+    code = cli.main([
+        "chaos", "--target", "kubernetes", "-e", "delete-lease", "--rounds", "1", "--max-pets", "10",
+        "--set", f"operator_namespace={claims_namespace}", "--set", f"pets_namespaces={pets.namespace}",
+        "--set", f"load_namespace={pets.namespace}", "--set", "load_interval=0.2",
+        "--audit-log", str(pet_cluster.audit_log_path), "--results", str(tmp_path),
+    ])
+    summary = json.loads((tmp_path / "delete-lease-summary.json").read_text())
+    shown = json.dumps({k: v for k, v in summary.items() if k != "final_steady_state"}, indent=2)
+    journal = json.loads((tmp_path / "delete-lease-journal.json").read_text())
+    assert code == 0, shown + capsys.readouterr().err
+    assert summary["passed"], shown
+    assert summary["audited"] is True
+    assert summary["writes_by_non_leaders"] == 0, shown
+    assert summary["transitions"] >= 1, shown  # the thief's term ended, a replica took over
+    assert summary["pets_lost"] == 0
+    assert [r["status"] for r in journal["run"]] == ["succeeded"] * len(journal["run"])
+    load_report = json.loads((tmp_path / "delete-lease-load.json").read_text())
+    assert load_report["created"] >= 5, load_report
+    assert load_report["left_after_cleanup"] == []
+    stepped_down = [name for name, op in replicas.items() if not op.running]
+    assert len(stepped_down) == 1  # the leader saw the thief's holder, stopped leading and exited

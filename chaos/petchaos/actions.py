@@ -77,9 +77,10 @@ def restart_apiserver(configuration: Configuration = None) -> dict[str, Any]:
     return _act(configuration, "restart_apiserver")
 
 
-def restart_etcd(configuration: Configuration = None) -> dict[str, Any]:
-    """Stop etcd and start it again on its data (returns once the API server is ready again); target=local only."""
-    return _act(configuration, "restart_etcd")
+def restart_etcd(down_seconds: float = 0, configuration: Configuration = None) -> dict[str, Any]:
+    """Stop etcd, keep it down ``down_seconds``, start it again on its data (returns once the API
+    server is ready again); target=local only."""
+    return _act(configuration, "restart_etcd", {"down_seconds": down_seconds})
 
 
 def restart_dead_replicas(timeout: float = 120, configuration: Configuration = None) -> dict[str, Any]:

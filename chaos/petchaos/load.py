@@ -12,7 +12,9 @@ experiment it stops and deletes the pets it created, waiting for them to be gone
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import os
 import secrets as random_source
 import time
 from collections.abc import Iterator
@@ -20,7 +22,11 @@ from typing import Any
 
 from petchaos import target_of
 
-__all__ = ["LOAD_DEFAULTS", "after_experiment_control", "before_experiment_control", "current", "paused"]
+__all__ = ["LOAD_DEFAULTS", "REPORT_ENV", "after_experiment_control", "before_experiment_control", "current",
+           "paused"]
+
+#: if set, the file where the control writes what the load did (created, deleted, lost, errors)
+REPORT_ENV = "PET_CHAOS_LOAD_REPORT"
 
 logger = logging.getLogger("chaostoolkit")
 
@@ -94,11 +100,26 @@ def after_experiment_control(context: Any, state: Any = None, configuration: dic
     load.stop()
     settings = _state.pop("settings")
     _state.pop("api", None)
+    lost = lost_pets(load)
     left = cleanup(load)
+    report = os.environ.get(REPORT_ENV)
+    if report:
+        with open(report, "w") as f:
+            json.dump({"namespace": settings["namespace"], "prefix": settings["prefix"], "id_base": settings["id_base"],
+                       "created": len(load.created), "deleted": len(load.deleted), "operations": load.ops,
+                       "errors": load.errors, "lost": lost, "left_after_cleanup": left}, f, indent=2)
+    if lost:
+        logger.error("pets created by the load, never deleted, and missing: %s", lost[:20])
     logger.info("pet load stopped: %d created, %d errors; %d of its pets still present after cleanup",
                 len(load.created), load.errors, len(left))
     if left:
         logger.warning("pets of the load still present in %s: %s", settings["namespace"], sorted(left)[:20])
+
+
+def lost_pets(load: Any) -> list[str]:
+    """Created (acknowledged), never deleted by the load, and not there."""
+    existing = {p["metadata"]["name"] for p in load.pets.list_pets()}
+    return sorted(n for n in load.created if n not in load.deleted and n not in existing)
 
 
 def cleanup(load: Any, timeout: float = 60) -> list[str]:

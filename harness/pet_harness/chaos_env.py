@@ -32,7 +32,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -50,6 +50,7 @@ from pet_harness.operator_process import OperatorProcess
 from pet_harness.pet_load import PetLoad
 from pet_harness.rbac import OperatorIdentity
 from pet_harness.waiting import wait_for
+from petchaos.load import lost_pets
 from petchaos.steady import check_pets
 
 FAST = ("--leader-elect", "--lease-duration", "4", "--renew-deadline", "3", "--retry-period", "0.5")
@@ -225,11 +226,33 @@ class ChaosEnvironment:
             if self.load is not None and pause_load:
                 self.load.resume()
 
+    # what run_experiment asks of an environment (ClusterTarget answers the same for target kubernetes)
+
+    target = "local"
+    audited = True
+
+    def chaos_variables(self) -> dict[str, str]:
+        return {"control_url": self.control_url, "target": self.target}
+
+    def chaos_environ(self) -> dict[str, str]:
+        return {}
+
+    def stop_load(self) -> None:
+        if self.load is not None:
+            self.load.stop()
+
+    def audit_analysis(self) -> dict[str, Any] | None:
+        result: dict[str, Any] = audit.analyze(self.cluster.audit_log_path, OPERATOR_NAMESPACE)
+        return result
+
+    def write_artifacts(self, results: Path, name: str) -> None:
+        (results / f"{name}-actions.json").write_text(json.dumps(self.actions, indent=2, default=str))
+        for op in self.replicas:
+            with contextlib.suppress(OSError):
+                (results / f"{name}-{op.name}.log").write_text(op.log_text())
+
     def pets_lost(self) -> list[str]:
-        if self.load is None:
-            return []
-        existing = {p["metadata"]["name"] for p in PetApi(self.api, PETS_NAMESPACE).list_pets()}
-        return sorted(n for n in self.load.created if n not in self.load.deleted and n not in existing)
+        return [] if self.load is None else lost_pets(self.load)
 
     # actions
 
@@ -306,9 +329,9 @@ class ChaosEnvironment:
         self.cluster.restart_apiserver()
         return {"restarted": "kube-apiserver"}
 
-    def action_restart_etcd(self) -> dict[str, Any]:
-        self.cluster.restart_etcd()
-        return {"restarted": "etcd"}
+    def action_restart_etcd(self, down_seconds: float = 0) -> dict[str, Any]:
+        self.cluster.restart_etcd(down_seconds=float(down_seconds))
+        return {"restarted": "etcd", "down_seconds": down_seconds}
 
     def action_restart_dead_replicas(self, timeout: float = 60) -> dict[str, Any]:
         restarted = []
@@ -384,14 +407,13 @@ def experiment_path(name: str) -> Path:
     return EXPERIMENTS_DIR / f"{name}.json"
 
 
-def chaos_command(
-    experiment: Path, journal: Path, log_file: Path, control_url: str, target: str = "local"
-) -> list[str]:
+def chaos_command(experiment: Path, journal: Path, log_file: Path, variables: Mapping[str, str]) -> list[str]:
+    """``chaos run`` of ``experiment`` with every configuration variable given as ``--var``."""
     exe = shutil.which("chaos")
     base = [exe] if exe else [sys.executable, "-m", "chaostoolkit"]
+    flags = [arg for key, value in variables.items() for arg in ("--var", f"{key}={value}")]
     return [*base, "--no-version-check", "--log-file", str(log_file), "run", "--journal-path", str(journal),
-            "--rollback-strategy", "always", "--var", f"control_url={control_url}", "--var", f"target={target}",
-            str(experiment)]
+            "--rollback-strategy", "always", *flags, str(experiment)]
 
 
 def _hypothesis_timeout(experiment: dict[str, Any]) -> Any:
@@ -457,8 +479,10 @@ def failed_activities(journal: dict[str, Any] | None) -> list[str]:
 
 def build_summary(name: str, journal: dict[str, Any] | None, analysis: dict[str, Any] | None,
                   pets_lost: Sequence[str], final: dict[str, Any] | None, seconds: float,
-                  returncode: int | None = None, error: str | None = None, rounds: int = 1) -> dict[str, Any]:
-    """One experiment's summary (pure; unit-tested)."""
+                  returncode: int | None = None, error: str | None = None, rounds: int = 1,
+                  audited: bool = True) -> dict[str, Any]:
+    """One experiment's summary (pure; unit-tested). Not ``audited`` (a cluster without its audit
+    log at hand): writes by non-leaders are unknown (None) and do not fail it."""
     audit_summary = (analysis or {}).get("summary", {})
     gaps = [g for g in audit_summary.get("gap_seconds", []) if g is not None]
     status = (journal or {}).get("status")
@@ -487,8 +511,10 @@ def build_summary(name: str, journal: dict[str, Any] | None, analysis: dict[str,
         "final_steady_state": final,
         "error": error,
     }
+    summary["audited"] = audited
+    audit_ok = non_leader == 0 if audited else non_leader in (0, None)
     summary["passed"] = bool(
-        status == "completed" and not deviated and not failed and non_leader == 0 and not pets_lost
+        status == "completed" and not deviated and not failed and audit_ok and not pets_lost
         and duplicates == 0 and error is None
     )
     return summary
@@ -501,7 +527,7 @@ def _require_positive(what: str, value: int) -> None:
 
 def run_experiment(name: str, results: Path, target: str = "local",
                    env_factory: Callable[[], Any] | None = None, chaos_timeout: float | None = None,
-                   rounds: int = 1, max_pets: int = 30) -> dict[str, Any]:
+                   rounds: int = 1, max_pets: int = 30, audited: bool = True) -> dict[str, Any]:
     """Run one experiment with ``chaos run`` in a fresh environment; write its journal and summary.
 
     ``rounds > 1`` runs :func:`derive_experiment`'s copy, written to ``<name>-experiment.json``
@@ -538,7 +564,7 @@ def run_experiment(name: str, results: Path, target: str = "local",
     except Exception as exc:  # noqa: BLE001 - the environment did not start: recorded, the next one runs
         error = f"{type(exc).__name__}: {exc}"[:2000]
     summary = build_summary(name, journal, analysis, lost, final, time.monotonic() - started, code, error,
-                            rounds)
+                            rounds, audited)
     (results / f"{name}-summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
 
@@ -554,9 +580,10 @@ def _run_in_environment(
     code: int | None = None
     error: str | None = None
     with env_factory() as env:
-        cmd = chaos_command(experiment, journal_path, results / f"{name}-chaostoolkit.log", env.control_url, target)
+        cmd = chaos_command(experiment, journal_path, results / f"{name}-chaostoolkit.log", env.chaos_variables())
         environ = dict(os.environ)
         environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(CHAOS_DIR), environ.get("PYTHONPATH", "")) if p)
+        environ.update(env.chaos_environ())
         try:
             proc = subprocess.run(cmd, env=environ, capture_output=True, text=True, timeout=chaos_timeout,
                                   check=False)
@@ -566,19 +593,16 @@ def _run_in_environment(
             error = f"chaos run timed out after {chaos_timeout:.0f}s"
         with contextlib.suppress(OSError, ValueError):
             journal = json.loads(journal_path.read_text())
-        if env.load is not None:
-            env.load.stop()
+        env.stop_load()
         final = env.steady_state(timeout=30, pause_load=False)
         try:
             lost = env.pets_lost()
         except Exception as exc:  # noqa: BLE001 - reported in the summary
             error = error or f"could not list pets: {exc}"
-        analysis = audit.analyze(env.cluster.audit_log_path, OPERATOR_NAMESPACE)
-        (results / f"{name}-audit.json").write_text(json.dumps(analysis, indent=2, default=str))
-        (results / f"{name}-actions.json").write_text(json.dumps(env.actions, indent=2, default=str))
-        for op in env.replicas:
-            with contextlib.suppress(OSError):
-                (results / f"{name}-{op.name}.log").write_text(op.log_text())
+        analysis = env.audit_analysis()
+        if analysis is not None:
+            (results / f"{name}-audit.json").write_text(json.dumps(analysis, indent=2, default=str))
+        env.write_artifacts(results, name)
     return journal, analysis, lost, final, code, error
 
 
@@ -604,12 +628,14 @@ def summary_markdown(summaries: Sequence[dict[str, Any]]) -> str:
 
 
 def run_all(names: Sequence[str], results: Path, target: str = "local", rounds: int = 1,
-            max_pets: int = 30) -> list[dict[str, Any]]:
+            max_pets: int = 30, env_factory: Callable[[], Any] | None = None,
+            audited: bool = True) -> list[dict[str, Any]]:
     summaries = []
     for name in names:
         print(f"pet-harness chaos: running {name} ({rounds} round{'s' if rounds != 1 else ''}, "
               f"at most {max_pets} pets) ...", file=sys.stderr, flush=True)
-        summary = run_experiment(name, results, target, rounds=rounds, max_pets=max_pets)
+        summary = run_experiment(name, results, target, env_factory=env_factory, rounds=rounds, max_pets=max_pets,
+                                 audited=audited)
         print(f"pet-harness chaos: {name}: status {summary['status']}, deviated {summary['deviated']}, "
               f"failed activities {summary['failed_activities']}, passed {summary['passed']} "
               f"({summary['seconds']} s)", file=sys.stderr, flush=True)

@@ -308,7 +308,7 @@ def test_run_all_passes_rounds_and_max_pets_on(
     calls: list[tuple[str, int, int]] = []
 
     def fake_run(name: str, results: Path, target: str = "local", *, rounds: int = 1,
-                 max_pets: int = 30) -> dict[str, Any]:
+                 max_pets: int = 30, **kwargs: Any) -> dict[str, Any]:
         calls.append((name, rounds, max_pets))
         return chaos_env.build_summary(name, {"status": "completed", "deviated": False}, analysis([4.0]), [],
                                        {"duplicate_ids": 0}, 1.0, rounds=rounds)
@@ -323,7 +323,8 @@ def test_run_all_passes_rounds_and_max_pets_on(
 
 
 def test_chaos_command_passes_the_control_url_and_journal(tmp_path: Path) -> None:
-    cmd = chaos_env.chaos_command(Path("e.json"), tmp_path / "j.json", tmp_path / "l.log", "http://127.0.0.1:1")
+    cmd = chaos_env.chaos_command(Path("e.json"), tmp_path / "j.json", tmp_path / "l.log",
+                                  {"control_url": "http://127.0.0.1:1", "target": "local"})
     assert cmd[cmd.index("--journal-path") + 1] == str(tmp_path / "j.json")
     assert "control_url=http://127.0.0.1:1" in cmd
     assert "target=local" in cmd
@@ -341,10 +342,21 @@ def test_every_experiment_is_valid_json_with_the_probe_and_rollbacks() -> None:
         assert probe["tolerance"] is True
         assert probe["provider"]["module"] == "petchaos.probes"
         assert doc["rollbacks"], name
-        assert {"control_url", "target"} <= set(doc["configuration"])
+        assert {"control_url", "target", "operator_namespace", "pets_namespaces", "load_namespace"} <= set(
+            doc["configuration"])
+        assert doc["controls"] == [{"name": "pet-load", "provider": {"type": "python", "module": "petchaos.load"}}]
         for activity in doc["method"] + doc["rollbacks"]:
             module = actions if activity["provider"]["module"] == "petchaos.actions" else probes
             assert callable(getattr(module, activity["provider"]["func"])), activity
+
+
+@pytest.mark.parametrize("name", chaos_env.experiment_names())
+def test_chaos_toolkit_accepts_every_experiment(name: str) -> None:
+    """chaoslib's own validation: schema, and every python activity's module, function and arguments."""
+    from chaoslib.experiment import ensure_experiment_is_valid
+    from chaoslib.loader import load_experiment
+
+    ensure_experiment_is_valid(load_experiment(str(chaos_env.experiment_path(name))))
 
 
 # --- provider against a fake control server -----------------------------------------------------
@@ -402,12 +414,19 @@ def control() -> Iterator[FakeControl]:
 @pytest.mark.parametrize(("func", "path"), [
     ("kill_leader", "/actions/kill-leader"), ("thaw", "/actions/thaw"), ("cut_leader", "/actions/cut-leader"),
     ("heal", "/actions/heal"), ("delete_lease", "/actions/delete-lease"),
-    ("restart_apiserver", "/actions/restart-apiserver"), ("restart_etcd", "/actions/restart-etcd"),
+    ("restart_apiserver", "/actions/restart-apiserver"),
 ])
 def test_actions_post_to_the_control_server(control: FakeControl, func: str, path: str) -> None:
     result = getattr(actions, func)(configuration=control.configuration)
     assert result == {"done": path}
     assert control.calls == [("POST", path, {})]
+
+
+def test_restart_etcd_passes_how_long_etcd_stays_down(control: FakeControl) -> None:
+    actions.restart_etcd(configuration=control.configuration)
+    actions.restart_etcd(down_seconds=5, configuration=control.configuration)
+    assert control.calls == [("POST", "/actions/restart-etcd", {"down_seconds": 0}),
+                             ("POST", "/actions/restart-etcd", {"down_seconds": 5})]
 
 
 def test_restart_dead_replicas_passes_its_timeout(control: FakeControl) -> None:
@@ -472,9 +491,69 @@ def test_cli_refuses_unknown_experiments(capsys: pytest.CaptureFixture[str]) -> 
     assert "no such experiment" in capsys.readouterr().err
 
 
-def test_cli_refuses_target_kubernetes(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["chaos", "--target", "kubernetes", "-e", "kill-leader"]) == 2
-    assert "docs/chaos.md" in capsys.readouterr().err
+def test_cli_on_a_cluster_skips_the_control_plane_restarts_and_passes_the_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def no_build(build: bool = True) -> None:
+        raise AssertionError("target kubernetes builds no binaries")
+
+    monkeypatch.setattr(cli.binaries, "ensure_binaries", no_build)
+    seen: dict[str, Any] = {}
+
+    def fake_run_all(names: list[str], results: Path, target: str = "local", rounds: int = 1,
+                     max_pets: int = 30, env_factory: Any = None, audited: bool = True) -> list[dict[str, Any]]:
+        seen.update(names=names, target=target, audited=audited, env=env_factory())
+        results.mkdir(parents=True, exist_ok=True)
+        (results / "summary.md").write_text("")
+        return [chaos_env.build_summary(n, {"status": "completed", "deviated": False}, None, [],
+                                        {"duplicate_ids": 0}, 1.0, audited=audited) for n in names]
+
+    monkeypatch.setattr(chaos_env, "run_all", fake_run_all)
+    assert cli.main(["chaos", "--target", "kubernetes", "--set", "operator_namespace=ops", "--max-pets", "12",
+                     "--results", str(tmp_path)]) == 0
+    assert "restart-apiserver" not in seen["names"]
+    assert "restart-etcd" not in seen["names"]
+    assert "kill-leader" in seen["names"]
+    assert (seen["target"], seen["audited"]) == ("kubernetes", False)
+    env = seen["env"]
+    assert env.chaos_variables() == {"target": "kubernetes", "operator_namespace": "ops", "load_max_pets": "12"}
+    env.__exit__()
+    assert "skipping restart-apiserver, restart-etcd" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--target", "kubernetes", "--set", "operator_ns=x"], "unknown key 'operator_ns' (known: operator_namespace"),
+    (["--target", "kubernetes", "--set", "novalue"], "--set 'novalue': expected KEY=VALUE"),
+    (["--target", "kubernetes", "--audit-log", "/nonexistent/audit.log"], "--audit-log /nonexistent/audit.log"),
+    (["--set", "operator_namespace=x"], "--set and --audit-log are for --target kubernetes"),
+])
+def test_cli_refuses_bad_cluster_settings(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["chaos", "-e", "kill-leader", *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_summary_without_an_audit_log_passes_on_the_rest() -> None:
+    journal = {"status": "completed", "deviated": False}
+    unaudited = chaos_env.build_summary("k", journal, None, [], {"duplicate_ids": 0}, 1.0, audited=False)
+    assert (unaudited["passed"], unaudited["audited"], unaudited["writes_by_non_leaders"]) == (True, False, None)
+    assert chaos_env.build_summary("k", journal, None, [], {"duplicate_ids": 0}, 1.0)["passed"] is False
+    lost = chaos_env.build_summary("k", journal, None, ["p"], {"duplicate_ids": 0}, 1.0, audited=False)
+    assert lost["passed"] is False
+
+
+def test_the_cluster_target_reads_lost_pets_from_the_load_report(tmp_path: Path) -> None:
+    from pet_harness.chaos_cluster import ClusterTarget
+    from petchaos import load
+
+    with ClusterTarget({"operator_namespace": "ops"}) as target:
+        assert target.pets_lost() == []  # no report: the load never ran
+        report = Path(target.chaos_environ()[load.REPORT_ENV])
+        report.write_text(json.dumps({"lost": ["chaos-load-1-b", "chaos-load-1-a"], "created": 5}))
+        assert target.pets_lost() == ["chaos-load-1-a", "chaos-load-1-b"]
+        assert target.audit_analysis() is None
+        target.write_artifacts(tmp_path, "kill-leader")
+        assert json.loads((tmp_path / "kill-leader-load.json").read_text())["created"] == 5
+    assert not target.workdir.exists()
 
 
 def test_cli_runs_the_experiments_and_fails_on_a_deviation(
@@ -484,7 +563,7 @@ def test_cli_runs_the_experiments_and_fails_on_a_deviation(
     outcomes = {"kill-leader": False, "cut-leader": True}
 
     def fake_run(name: str, results: Path, target: str = "local", *, rounds: int = 1,
-                 max_pets: int = 30) -> dict[str, Any]:
+                 max_pets: int = 30, **kwargs: Any) -> dict[str, Any]:
         return chaos_env.build_summary(name, {"status": "completed", "deviated": outcomes[name]}, analysis([4.0]),
                                        [], {"duplicate_ids": 0}, 1.0, rounds=rounds)
 
@@ -502,7 +581,7 @@ def test_cli_fails_on_a_failed_method_activity(
     monkeypatch.setattr(cli.binaries, "ensure_binaries", lambda build=True: None)
 
     def fake_run(name: str, results: Path, target: str = "local", *, rounds: int = 1,
-                 max_pets: int = 30) -> dict[str, Any]:
+                 max_pets: int = 30, **kwargs: Any) -> dict[str, Any]:
         journal = {"status": "completed", "deviated": False, "run": [run_entry("steady-state-between-rounds",
                                                                                "failed")]}
         return chaos_env.build_summary(name, journal, analysis([4.0]), [], {"duplicate_ids": 0}, 1.0, rounds=rounds)
@@ -519,7 +598,7 @@ def test_cli_runs_longer_by_default_and_takes_rounds_and_max_pets(
     seen: list[tuple[int, int]] = []
 
     def fake_run_all(names: list[str], results: Path, target: str = "local", rounds: int = 1,
-                     max_pets: int = 30) -> list[dict[str, Any]]:
+                     max_pets: int = 30, **kwargs: Any) -> list[dict[str, Any]]:
         seen.append((rounds, max_pets))
         results.mkdir(parents=True, exist_ok=True)
         (results / "summary.md").write_text("")

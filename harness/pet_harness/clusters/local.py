@@ -347,10 +347,14 @@ class LocalCluster(Cluster):
         self.apiserver.start()
         self._wait(self.apiserver, self._apiserver_ready, time.monotonic() + self.start_timeout, "kube-apiserver")
 
-    def restart_etcd(self) -> None:
+    def restart_etcd(self, down_seconds: float = 0) -> None:
+        """Stop etcd, leave it down ``down_seconds`` (the fault's length), start it on its data."""
+        if not down_seconds >= 0:
+            raise ValueError(f"down_seconds {down_seconds} must be >= 0")
         bins = self._binaries or binaries_mod.ensure_binaries(build=False)
         if self.etcd is not None:
             self.etcd.stop()
+        time.sleep(down_seconds)
         self.etcd = self._etcd_process(bins)
         self.etcd.start()
         self._wait(self.etcd, self._etcd_healthy, time.monotonic() + self.start_timeout, "etcd /health")
