@@ -35,6 +35,9 @@ def test_experiment_keeps_the_steady_state(experiment: str, request: pytest.Fixt
         results = Path(str(request.config.rootpath)) / results
     results = results / "chaos"
     summary = chaos_env.run_experiment(experiment, results, rounds=CI_ROUNDS, max_pets=CI_MAX_PETS)
+    # the run's table so far (summary.md, as `pet-harness chaos` writes it), rewritten after each experiment
+    summaries = [json.loads(p.read_text()) for p in sorted(results.glob("*-summary.json"))]
+    (results / "summary.md").write_text(chaos_env.summary_markdown(summaries))
     shown = json.dumps({k: v for k, v in summary.items() if k != "final_steady_state"}, indent=2, default=str)
     assert summary["status"] == "completed", shown
     assert summary["deviated"] is False, shown
