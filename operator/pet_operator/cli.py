@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import logging
 import math
 import os
@@ -12,8 +13,20 @@ import socket
 import sys
 import uuid
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 _NAMESPACE_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_DNS_LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def _host_name_ok(name: str) -> bool:
+    """A DNS name (dot-separated RFC 1123 labels, ASCII, at most 253 characters) or an IP address."""
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        pass
+    return 0 < len(name) <= 253 and all(_DNS_LABEL_RE.match(label) for label in name.lower().split("."))
 
 
 class ConfigError(ValueError):
@@ -150,6 +163,13 @@ def parse_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] |
     host_names = tuple(args.webhook_host_name) or (
         f"pet-operator-webhook.{claims_namespace}.svc", "localhost", "127.0.0.1"
     )
+    if args.webhook_port:
+        for name in host_names:
+            if not _host_name_ok(name):
+                raise ConfigError(
+                    f"--webhook-host-name {name!r} is neither a DNS name (ASCII labels of letters, digits and "
+                    "'-', 1 to 63 characters each, separated by single dots) nor an IP address"
+                )
     return Config(
         leader_elect=bool(args.leader_elect),
         lease_name=args.lease_name,
@@ -174,9 +194,24 @@ def parse_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] |
     )
 
 
+def check_files(config: Config) -> None:
+    """What the configuration names on disk, checked before anything starts (ConfigError if wrong)."""
+    if not config.webhook_port or not config.webhook_cert_dir:
+        return
+    folder = Path(config.webhook_cert_dir)
+    if not folder.is_dir():
+        raise ConfigError(f"--webhook-cert-dir {str(folder)!r}: no such directory (it must hold tls.crt and "
+                          "tls.key, e.g. a mounted Secret)")
+    for name in ("tls.crt", "tls.key"):
+        if not (folder / name).is_file():
+            raise ConfigError(f"--webhook-cert-dir {str(folder)!r} has no {name} (it must hold tls.crt and "
+                              "tls.key, e.g. a mounted Secret)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = parse_config(argv)
+        check_files(config)
     except ConfigError as exc:
         print(f"pet-operator: error: {exc}", file=sys.stderr)
         return 2

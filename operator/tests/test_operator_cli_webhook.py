@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -233,3 +234,48 @@ def test_help_documents_the_webhook_options(
     assert "0 turns it off" in text
     assert "pet-operator-webhook.<claims namespace>.svc" in text
     assert "$POD_NAMESPACE" in text
+
+
+# --- host names and the certificate folder, checked before anything starts ---------------------------
+
+
+@pytest.mark.parametrize("name", ["", " ", "hook..svc", "-hook.svc", "hook_1.svc", "hök.example.com", "a" * 64 + ".svc",
+                                  "hook.svc.", "http://hook"])
+def test_bad_host_names_are_refused_naming_the_name_and_the_rule(name: str) -> None:
+    message = error_of(f"--webhook-host-name={name}")
+    assert f"--webhook-host-name {name!r}" in message
+    assert "DNS name" in message and "IP address" in message
+
+
+@pytest.mark.parametrize("name", ["hook", "pet-operator-webhook.pets.svc", "Hook.Example.COM", "10.0.0.7", "::1",
+                                  "a" * 63 + ".svc"])
+def test_good_host_names_pass(name: str) -> None:
+    assert config_of("--webhook-host-name", name).webhook_host_names == (name,)
+
+
+def test_host_names_are_not_checked_with_the_webhook_off() -> None:
+    assert config_of("--webhook-port", "0", "--webhook-host-name", "").webhook_port == 0
+
+
+def test_a_missing_certificate_folder_is_a_config_error(tmp_path: Path) -> None:
+    config = config_of("--webhook-cert-dir", str(tmp_path / "nope"))
+    with pytest.raises(ConfigError, match=r"--webhook-cert-dir .*nope.*: no such directory"):
+        cli.check_files(config)
+
+
+def test_a_certificate_folder_without_the_pair_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / "tls.crt").write_text("x")
+    with pytest.raises(ConfigError, match=r"has no tls\.key .*tls\.crt and tls\.key"):
+        cli.check_files(config_of("--webhook-cert-dir", str(tmp_path)))
+    (tmp_path / "tls.key").write_text("x")
+    cli.check_files(config_of("--webhook-cert-dir", str(tmp_path)))  # contents are the webhook's to judge
+
+
+def test_files_are_not_checked_with_the_webhook_off(tmp_path: Path) -> None:
+    cli.check_files(config_of("--webhook-port", "0", "--webhook-cert-dir", str(tmp_path / "nope")))
+    cli.check_files(config_of())  # self-signed: no folder
+
+
+def test_main_exits_2_on_a_missing_certificate_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main([*BASE, "--webhook-cert-dir", str(tmp_path / "nope")]) == 2
+    assert "no such directory" in capsys.readouterr().err
