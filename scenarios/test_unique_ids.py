@@ -40,6 +40,18 @@ def test_claim_is_recorded_in_the_cluster_and_released_on_delete(
     assert "pet-id-501" not in claims(kube_api, claims_namespace)
 
 
+def test_a_claim_deleted_by_hand_is_taken_again_at_the_next_resync(
+    pets: PetApi, operator_factory: Any, kube_api: Any, claims_namespace: str
+) -> None:
+    operator_factory([pets.namespace], webhook=False, extra_args=("--resync-period", "1"))
+    pets.create_pet("rex", {"id": 509, "name": "Rex"})
+    wait_phase(pets, "rex", "Active")
+    client.CoordinationV1Api(kube_api).delete_namespaced_lease("pet-id-509", claims_namespace)
+    taken = wait_for(lambda: claims(kube_api, claims_namespace), lambda found: "pet-id-509" in found, 20,
+                     "the deleted claim to be taken again")
+    assert taken["pet-id-509"].spec.holder_identity == f"{pets.namespace}/rex"
+
+
 def test_duplicate_id_in_another_namespace_conflicts_then_takes_over(
     pets: PetApi, make_namespace: Any, operator_factory: Any, kube_api: Any, claims_namespace: str,
     request: Any,

@@ -403,7 +403,15 @@ class Reconciler:
         collected = 0
         if not self.may_write():
             return 0
-        for claim in await self.claims.list_claims():
+        listing = await self.claims.list_claims()
+        # The listing is the truth: a cached claim missing from it (deleted by hand, or lost) is
+        # forgotten, so the next sync of its pet claims the id again instead of believing it held.
+        # Only removals: a claim created since the listing is merely read again when next needed.
+        listed = {claim.pet_id for claim in listing}
+        for pet_id in [p for p in self._claims if p not in listed]:
+            log.info("claim of id %d is gone from the cluster; it will be taken again", pet_id)
+            self._claims.pop(pet_id, None)
+        for claim in listing:
             if not self._is_orphan(claim, pets):
                 continue
             if not self.may_write():

@@ -583,6 +583,21 @@ async def test_collect_orphans_does_not_count_a_claim_that_changed_meanwhile(wor
     assert world.writer.calls == []
 
 
+async def test_a_claim_deleted_from_outside_is_taken_again_at_the_next_resync(world: World) -> None:
+    """The claim cache is refreshed from the listing collect_orphans makes, so a claim deleted by
+    hand (or lost) is not believed held forever: the next sync of its pet claims the id again."""
+    rec = world.replica(served=SERVED)
+    pets = index_of(claim_pet("rex", finalizers=(FINALIZER,)))
+    verdict = await rec.sync_pet(KEY, pets, index_of())
+    assert verdict is not None
+    assert verdict.phase is model.Phase.ACTIVE
+    del world.store.claims[ID]  # kubectl delete lease pet-id-<ID>
+
+    assert await rec.collect_orphans(pets, index_of()) == 0
+    await rec.sync_pet(KEY, pets, index_of())
+    assert world.store.holder(ID) == "default/rex"
+
+
 async def test_collect_orphans_without_claims_is_a_no_op(world: World) -> None:
     assert await Reconciler(world.writer).collect_orphans(index_of(), index_of()) == 0
 
