@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import datetime
 import functools
 import json
@@ -525,7 +526,7 @@ def _require_positive(what: str, value: int) -> None:
         raise ValueError(f"{what} must be an integer >= 1, got {value!r}")
 
 
-def run_experiment(name: str, results: Path, target: str = "local",
+def run_experiment(name: str, results: Path,
                    env_factory: Callable[[], Any] | None = None, chaos_timeout: float | None = None,
                    rounds: int = 1, max_pets: int = 30, audited: bool = True) -> dict[str, Any]:
     """Run one experiment with ``chaos run`` in a fresh environment; write its journal and summary.
@@ -533,8 +534,9 @@ def run_experiment(name: str, results: Path, target: str = "local",
     ``rounds > 1`` runs :func:`derive_experiment`'s copy, written to ``<name>-experiment.json``
     in ``results`` (the source file is not touched). The default environment is a
     :class:`ChaosEnvironment` whose load creates at most ``max_pets`` pets; an ``env_factory``
-    given is called without arguments (it sizes its own load). ``chaos_timeout`` defaults to
-    300 s per round.
+    given is called without arguments (it sizes its own load), e.g. a
+    :class:`pet_harness.chaos_cluster.ClusterTarget` for a real cluster, with ``audited`` False
+    when no audit log is at hand. ``chaos_timeout`` defaults to 300 s per round.
     """
     _require_positive("rounds", rounds)
     _require_positive("max_pets", max_pets)
@@ -548,37 +550,37 @@ def run_experiment(name: str, results: Path, target: str = "local",
     derived_path = results / f"{name}-experiment.json"
     derived_path.unlink(missing_ok=True)  # nor take an earlier run's derived experiment for this one's
     started = time.monotonic()
-    journal: dict[str, Any] | None = None
-    analysis: dict[str, Any] | None = None
-    lost: list[str] = []
-    final: dict[str, Any] | None = None
-    code: int | None = None
-    error: str | None = None
+    outcome = Outcome()
     try:
         if rounds > 1:
             derived = derive_experiment(json.loads(experiment.read_text()), rounds)
             derived_path.write_text(json.dumps(derived, indent=2) + "\n")
             experiment = derived_path
-        journal, analysis, lost, final, code, error = _run_in_environment(
-            factory, experiment, name, results, target, journal_path, timeout)
+        outcome = _run_in_environment(factory, experiment, name, results, journal_path, timeout)
     except Exception as exc:  # noqa: BLE001 - the environment did not start: recorded, the next one runs
-        error = f"{type(exc).__name__}: {exc}"[:2000]
-    summary = build_summary(name, journal, analysis, lost, final, time.monotonic() - started, code, error,
-                            rounds, audited)
+        outcome.error = f"{type(exc).__name__}: {exc}"[:2000]
+    summary = build_summary(name, outcome.journal, outcome.analysis, outcome.lost, outcome.final,
+                            time.monotonic() - started, outcome.code, outcome.error, rounds, audited)
     (results / f"{name}-summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
 
 
-def _run_in_environment(
-    env_factory: Callable[[], Any], experiment: Path, name: str, results: Path, target: str, journal_path: Path,
-    chaos_timeout: float,
-) -> tuple[dict[str, Any] | None, dict[str, Any] | None, list[str], dict[str, Any] | None, int | None, str | None]:
+@dataclasses.dataclass
+class Outcome:
+    """What one experiment's run left: the journal, the audit analysis, pets lost, the final
+    steady state, ``chaos run``'s exit code, and an error (the run did not finish)."""
+
     journal: dict[str, Any] | None = None
     analysis: dict[str, Any] | None = None
-    lost: list[str] = []
+    lost: list[str] = dataclasses.field(default_factory=list)
     final: dict[str, Any] | None = None
     code: int | None = None
     error: str | None = None
+
+
+def _run_in_environment(env_factory: Callable[[], Any], experiment: Path, name: str, results: Path,
+                        journal_path: Path, chaos_timeout: float) -> Outcome:
+    out = Outcome()
     with env_factory() as env:
         cmd = chaos_command(experiment, journal_path, results / f"{name}-chaostoolkit.log", env.chaos_variables())
         environ = dict(os.environ)
@@ -587,23 +589,23 @@ def _run_in_environment(
         try:
             proc = subprocess.run(cmd, env=environ, capture_output=True, text=True, timeout=chaos_timeout,
                                   check=False)
-            code = proc.returncode
+            out.code = proc.returncode
             (results / f"{name}-chaos-output.txt").write_text(proc.stdout + proc.stderr)
         except subprocess.TimeoutExpired:
-            error = f"chaos run timed out after {chaos_timeout:.0f}s"
+            out.error = f"chaos run timed out after {chaos_timeout:.0f}s"
         with contextlib.suppress(OSError, ValueError):
-            journal = json.loads(journal_path.read_text())
+            out.journal = json.loads(journal_path.read_text())
         env.stop_load()
-        final = env.steady_state(timeout=30, pause_load=False)
+        out.final = env.steady_state(timeout=30, pause_load=False)
         try:
-            lost = env.pets_lost()
+            out.lost = env.pets_lost()
         except Exception as exc:  # noqa: BLE001 - reported in the summary
-            error = error or f"could not list pets: {exc}"
-        analysis = env.audit_analysis()
-        if analysis is not None:
-            (results / f"{name}-audit.json").write_text(json.dumps(analysis, indent=2, default=str))
+            out.error = out.error or f"could not list pets: {exc}"
+        out.analysis = env.audit_analysis()
+        if out.analysis is not None:
+            (results / f"{name}-audit.json").write_text(json.dumps(out.analysis, indent=2, default=str))
         env.write_artifacts(results, name)
-    return journal, analysis, lost, final, code, error
+    return out
 
 
 def summary_markdown(summaries: Sequence[dict[str, Any]]) -> str:
@@ -627,14 +629,14 @@ def summary_markdown(summaries: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_all(names: Sequence[str], results: Path, target: str = "local", rounds: int = 1,
+def run_all(names: Sequence[str], results: Path, rounds: int = 1,
             max_pets: int = 30, env_factory: Callable[[], Any] | None = None,
             audited: bool = True) -> list[dict[str, Any]]:
     summaries = []
     for name in names:
         print(f"pet-harness chaos: running {name} ({rounds} round{'s' if rounds != 1 else ''}, "
               f"at most {max_pets} pets) ...", file=sys.stderr, flush=True)
-        summary = run_experiment(name, results, target, env_factory=env_factory, rounds=rounds, max_pets=max_pets,
+        summary = run_experiment(name, results, env_factory=env_factory, rounds=rounds, max_pets=max_pets,
                                  audited=audited)
         print(f"pet-harness chaos: {name}: status {summary['status']}, deviated {summary['deviated']}, "
               f"failed activities {summary['failed_activities']}, passed {summary['passed']} "

@@ -126,14 +126,14 @@ def _cmd_chaos(args: argparse.Namespace) -> int:
             print(f"pet-harness chaos: target kubernetes: skipping {', '.join(LOCAL_ONLY)} (they need node "
                   "access; name them with -e to try)", file=sys.stderr)
         summaries = chaos_env.run_all(
-            names, results, args.target, rounds=args.rounds, max_pets=args.max_pets,
+            names, results, rounds=args.rounds, max_pets=args.max_pets,
             env_factory=lambda: ClusterTarget(settings, audit_log), audited=audit_log is not None)
     else:
         if args.settings or args.audit_log:
             print("pet-harness: error: --set and --audit-log are for --target kubernetes", file=sys.stderr)
             return 2
         binaries.ensure_binaries(build=True)
-        summaries = chaos_env.run_all(names, results, args.target, rounds=args.rounds, max_pets=args.max_pets)
+        summaries = chaos_env.run_all(names, results, rounds=args.rounds, max_pets=args.max_pets)
     print((results / "summary.md").read_text())
     print(f"results: {results}")
     return 0 if all(s["passed"] for s in summaries) else 1

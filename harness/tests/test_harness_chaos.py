@@ -307,7 +307,7 @@ def test_run_all_passes_rounds_and_max_pets_on(
 ) -> None:
     calls: list[tuple[str, int, int]] = []
 
-    def fake_run(name: str, results: Path, target: str = "local", *, rounds: int = 1,
+    def fake_run(name: str, results: Path, *, rounds: int = 1,
                  max_pets: int = 30, **kwargs: Any) -> dict[str, Any]:
         calls.append((name, rounds, max_pets))
         return chaos_env.build_summary(name, {"status": "completed", "deviated": False}, analysis([4.0]), [],
@@ -500,9 +500,9 @@ def test_cli_on_a_cluster_skips_the_control_plane_restarts_and_passes_the_settin
     monkeypatch.setattr(cli.binaries, "ensure_binaries", no_build)
     seen: dict[str, Any] = {}
 
-    def fake_run_all(names: list[str], results: Path, target: str = "local", rounds: int = 1,
+    def fake_run_all(names: list[str], results: Path, rounds: int = 1,
                      max_pets: int = 30, env_factory: Any = None, audited: bool = True) -> list[dict[str, Any]]:
-        seen.update(names=names, target=target, audited=audited, env=env_factory())
+        seen.update(names=names, audited=audited, env=env_factory())
         results.mkdir(parents=True, exist_ok=True)
         (results / "summary.md").write_text("")
         return [chaos_env.build_summary(n, {"status": "completed", "deviated": False}, None, [],
@@ -514,7 +514,7 @@ def test_cli_on_a_cluster_skips_the_control_plane_restarts_and_passes_the_settin
     assert "restart-apiserver" not in seen["names"]
     assert "restart-etcd" not in seen["names"]
     assert "kill-leader" in seen["names"]
-    assert (seen["target"], seen["audited"]) == ("kubernetes", False)
+    assert seen["audited"] is False
     env = seen["env"]
     assert env.chaos_variables() == {"target": "kubernetes", "operator_namespace": "ops", "load_max_pets": "12"}
     env.__exit__()
@@ -562,7 +562,7 @@ def test_cli_runs_the_experiments_and_fails_on_a_deviation(
     monkeypatch.setattr(cli.binaries, "ensure_binaries", lambda build=True: None)
     outcomes = {"kill-leader": False, "cut-leader": True}
 
-    def fake_run(name: str, results: Path, target: str = "local", *, rounds: int = 1,
+    def fake_run(name: str, results: Path, *, rounds: int = 1,
                  max_pets: int = 30, **kwargs: Any) -> dict[str, Any]:
         return chaos_env.build_summary(name, {"status": "completed", "deviated": outcomes[name]}, analysis([4.0]),
                                        [], {"duplicate_ids": 0}, 1.0, rounds=rounds)
@@ -580,7 +580,7 @@ def test_cli_fails_on_a_failed_method_activity(
 ) -> None:
     monkeypatch.setattr(cli.binaries, "ensure_binaries", lambda build=True: None)
 
-    def fake_run(name: str, results: Path, target: str = "local", *, rounds: int = 1,
+    def fake_run(name: str, results: Path, *, rounds: int = 1,
                  max_pets: int = 30, **kwargs: Any) -> dict[str, Any]:
         journal = {"status": "completed", "deviated": False, "run": [run_entry("steady-state-between-rounds",
                                                                                "failed")]}
@@ -597,7 +597,7 @@ def test_cli_runs_longer_by_default_and_takes_rounds_and_max_pets(
     monkeypatch.setattr(cli.binaries, "ensure_binaries", lambda build=True: None)
     seen: list[tuple[int, int]] = []
 
-    def fake_run_all(names: list[str], results: Path, target: str = "local", rounds: int = 1,
+    def fake_run_all(names: list[str], results: Path, rounds: int = 1,
                      max_pets: int = 30, **kwargs: Any) -> list[dict[str, Any]]:
         seen.append((rounds, max_pets))
         results.mkdir(parents=True, exist_ok=True)
