@@ -130,20 +130,37 @@ _HOLDER = textwrap.dedent("""
         while True:
             time.sleep(1)
     finally:
+        print(f"{time.monotonic():.1f} stopping", file=sys.stderr, flush=True)
         cluster.stop()
+        print(f"{time.monotonic():.1f} stopped", file=sys.stderr, flush=True)
 """)
+
+
+def _process_state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next((line.split(None, 1)[1].strip() for line in f if line.startswith("State:")), "?")
+    except OSError:
+        return "gone"
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=["SIGINT", "SIGTERM", "SIGKILL"])
 def test_cluster_is_stopped_on_every_exit_path(local_only: LocalCluster, tmp_path: Path, sig: int) -> None:
-    holder = subprocess.Popen([sys.executable, "-c", _HOLDER], stdout=subprocess.PIPE, text=True,
-                              env={**os.environ, "TMPDIR": str(tmp_path)})
+    stderr = tmp_path / "holder.stderr"
+    with open(stderr, "w") as err:
+        holder = subprocess.Popen([sys.executable, "-c", _HOLDER], stdout=subprocess.PIPE, stderr=err, text=True,
+                                  env={**os.environ, "TMPDIR": str(tmp_path)})
     try:
         assert holder.stdout is not None
         info = json.loads(holder.stdout.readline())
         assert pid_alive(info["etcd"]) and pid_alive(info["apiserver"])
         holder.send_signal(sig)
-        holder.wait(60)
+        try:
+            holder.wait(60)
+        except subprocess.TimeoutExpired:
+            states = {name: _process_state(info[name]) for name in ("etcd", "apiserver")}
+            pytest.fail(f"the holder did not exit within 60 s of {signal.Signals(sig).name}; "
+                        f"etcd/apiserver states {states}; its stderr:\n{stderr.read_text()[-3000:]}")
     finally:
         if holder.poll() is None:
             holder.kill()

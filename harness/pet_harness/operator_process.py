@@ -64,7 +64,7 @@ class OperatorProcess:
         return [*args, *self.extra_args]
 
     def start(self, wait_ready: bool = True, timeout: float = 60) -> OperatorProcess:
-        self.health_port = free_port()
+        self.health_port = free_port(avoid={self.webhook_port})  # the webhook keeps its port across restarts
         env = dict(os.environ)
         env.pop("KOPF_NAMESPACE", None)
         env["PYTHONUNBUFFERED"] = "1"

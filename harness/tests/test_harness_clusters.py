@@ -521,3 +521,52 @@ def test_k3s_stop_cleans_up_even_if_the_container_stop_fails(
 def test_temp_dirs_go_to_the_private_tmpdir(private_tmpdir: Path) -> None:
     # guards the fixture the k3s and kubeconfig tests rely on to count leftovers
     assert tempfile.gettempdir() == str(private_tmpdir)
+
+
+def test_free_port_skips_the_ports_to_avoid(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket as socket_module
+
+    handed_out = iter([41000, 41000, 41001])
+
+    class FakeSocket:
+        def __init__(self, *args: object) -> None:
+            self.port = next(handed_out)
+
+        def __enter__(self) -> FakeSocket:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+        def bind(self, address: object) -> None:
+            pass
+
+        def getsockname(self) -> tuple[str, int]:
+            return ("127.0.0.1", self.port)
+
+    monkeypatch.setattr(socket_module, "socket", FakeSocket)
+    assert free_port(avoid={41000}) == 41001
+
+
+def test_free_port_gives_up_naming_what_it_avoided(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket as socket_module
+
+    class Always41000:
+        def __init__(self, *args: object) -> None:
+            pass
+
+        def __enter__(self) -> Always41000:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+        def bind(self, address: object) -> None:
+            pass
+
+        def getsockname(self) -> tuple[str, int]:
+            return ("127.0.0.1", 41000)
+
+    monkeypatch.setattr(socket_module, "socket", Always41000)
+    with pytest.raises(OSError, match=r"outside \[41000\] after 100 tries"):
+        free_port(avoid={41000})
