@@ -29,12 +29,17 @@ COMPONENT = "pet-operator"
 
 
 class EventApi(Protocol):
+    """Events as ``{"count": N, "resourceVersion": "..."}`` views."""
+
     async def create_event(self, namespace: str, body: Mapping[str, Any]) -> dict[str, Any] | None:
         """Create an Event; None if one of that name exists already."""
 
-    async def read_event(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+    async def read_event(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """None if there is none of that name."""
 
-    async def patch_event(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None: ...
+    async def patch_event(self, namespace: str, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
+        """Merge-patch; a ``metadata.resourceVersion`` in the patch is a precondition (409 if stale),
+        404 if gone, both as ``ApiException``."""
 
 
 def event_name(object_name: str, uid: str, type_: str, reason: str, message: str) -> str:
@@ -53,7 +58,8 @@ class EventRecorder:
         self.api = api
         self.min_level = min_level
         self.instance = instance or os.environ.get("POD_NAME") or socket.gethostname()
-        self._counts: dict[tuple[str, str], int] = {}  # (namespace, event name) -> count we last wrote
+        # (namespace, event name) -> (count, resourceVersion) we last wrote or read
+        self._counts: dict[tuple[str, str], tuple[int, str]] = {}
         self.posted = 0
 
     def wants(self, type_: str) -> bool:
@@ -76,8 +82,8 @@ class EventRecorder:
         name = event_name(ref["name"], ref["uid"], type_, reason, message)
         now = _now()
         key = (namespace, name)
-        count = self._counts.get(key)
-        if count is None:
+        cached = self._counts.get(key)
+        if cached is None:
             body = {
                 "apiVersion": "v1",
                 "kind": "Event",
@@ -93,20 +99,43 @@ class EventRecorder:
                 "reportingComponent": f"{model.GROUP}/{COMPONENT}",
                 "reportingInstance": self.instance,
             }
-            if await self.api.create_event(namespace, body) is not None:
-                self._counts[key] = 1
+            created = await self.api.create_event(namespace, body)
+            if created is not None:
+                self._counts[key] = _version_of(created)
                 self.posted += 1
                 return
-            existing = await self.api.read_event(namespace, name)
-            count = int((existing or {}).get("count") or 1)
-        try:
-            await self.api.patch_event(namespace, name, {"count": count + 1, "lastTimestamp": now})
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
-            # the API server expired it (--event-ttl): start again with a new Event
-            self._counts.pop(key, None)
-            await self.post(ref, type_, reason, message)
+            cached = await self._read(key)
+        # Another recorder (another replica, or this one before a restart) may have counted
+        # since: the patch names the version its count came from, and a stale one is refused
+        # (409), read again and applied on top, so no increment is lost.
+        for _ in range(5):
+            if cached is None:  # gone (expired by --event-ttl): start again with a new Event
+                self._counts.pop(key, None)
+                await self.post(ref, type_, reason, message)
+                return
+            count, version = cached
+            patch: dict[str, Any] = {"count": count + 1, "lastTimestamp": now}
+            if version:
+                patch["metadata"] = {"resourceVersion": version}
+            try:
+                updated = await self.api.patch_event(namespace, name, patch)
+            except ApiException as exc:
+                if exc.status == 404:
+                    cached = None
+                    continue
+                if exc.status != 409:
+                    raise
+                cached = await self._read(key)
+                continue
+            self._counts[key] = _version_of(updated) if updated else (count + 1, "")
+            self.posted += 1
             return
-        self._counts[key] = count + 1
-        self.posted += 1
+        raise RuntimeError(f"event {namespace}/{name}: its count kept changing under us (5 conflicts)")
+
+    async def _read(self, key: tuple[str, str]) -> tuple[int, str] | None:
+        existing = await self.api.read_event(*key)
+        return None if existing is None else _version_of(existing)
+
+
+def _version_of(view: Mapping[str, Any]) -> tuple[int, str]:
+    return int(view.get("count") or 1), str(view.get("resourceVersion") or "")

@@ -159,7 +159,7 @@ class Kube:
             if exc.status == 409:
                 return None
             raise
-        return {"count": event.count}
+        return {"count": event.count, "resourceVersion": event.metadata.resource_version}
 
     async def read_event(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
@@ -168,10 +168,11 @@ class Kube:
             if exc.status == 404:
                 return None
             raise
-        return {"count": event.count}
+        return {"count": event.count, "resourceVersion": event.metadata.resource_version}
 
-    async def patch_event(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
-        await self._core.patch_namespaced_event(name, namespace, dict(patch), _content_type=MERGE_PATCH)
+    async def patch_event(self, namespace: str, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
+        event = await self._core.patch_namespaced_event(name, namespace, dict(patch), _content_type=MERGE_PATCH)
+        return {"count": event.count, "resourceVersion": event.metadata.resource_version}
 
     # --- webhook support ---------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import dataclasses
+import itertools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -191,11 +192,15 @@ class FakeEventApi:
         self.events: dict[tuple[str, str], dict[str, Any]] = {}
         self.calls: list[tuple[str, str, str, dict[str, Any] | None]] = []  # (op, namespace, name, payload)
         self.errors: dict[str, list[BaseException]] = {}
+        self._versions = itertools.count(1)
 
     def _fail(self, op: str) -> None:
         queued = self.errors.get(op)
         if queued:
             raise queued.pop(0)
+
+    def _view(self, event: dict[str, Any]) -> dict[str, Any]:
+        return {"count": event.get("count"), "resourceVersion": event["metadata"]["resourceVersion"]}
 
     async def create_event(self, namespace: str, body: Mapping[str, Any]) -> dict[str, Any] | None:
         await asyncio.sleep(0)
@@ -204,24 +209,31 @@ class FakeEventApi:
         self._fail("create")
         if (namespace, name) in self.events:
             return None
-        self.events[(namespace, name)] = copy.deepcopy(dict(body))
-        return {"count": body.get("count")}
+        event = copy.deepcopy(dict(body))
+        event["metadata"] = {**event["metadata"], "resourceVersion": str(next(self._versions))}
+        self.events[(namespace, name)] = event
+        return self._view(event)
 
     async def read_event(self, namespace: str, name: str) -> dict[str, Any] | None:
         await asyncio.sleep(0)
         self.calls.append(("read", namespace, name, None))
         self._fail("read")
         event = self.events.get((namespace, name))
-        return None if event is None else {"count": event.get("count")}
+        return None if event is None else self._view(event)
 
-    async def patch_event(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
+    async def patch_event(self, namespace: str, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
         await asyncio.sleep(0)
         self.calls.append(("patch", namespace, name, copy.deepcopy(dict(patch))))
         self._fail("patch")
         event = self.events.get((namespace, name))
         if event is None:
             raise api_error(404)
-        event.update(copy.deepcopy(dict(patch)))
+        precondition = (patch.get("metadata") or {}).get("resourceVersion")
+        if precondition is not None and precondition != event["metadata"]["resourceVersion"]:
+            raise api_error(409)
+        event.update(copy.deepcopy({k: v for k, v in patch.items() if k != "metadata"}))
+        event["metadata"]["resourceVersion"] = str(next(self._versions))
+        return self._view(event)
 
     def ops(self) -> list[str]:
         return [call[0] for call in self.calls]

@@ -85,7 +85,8 @@ async def test_first_post_creates_an_event_with_count_one(api: FakeEventApi, fix
     assert api.ops() == ["create"]
     event = stored(api)
     name = event_name("rex", "u-1", "Warning", "DuplicateId", "Id 7 is held by pet a/b.")
-    assert event["metadata"] == {"name": name, "namespace": NS}
+    assert event["metadata"] == {"name": name, "namespace": NS, "resourceVersion": "1"}  # the version set by the store
+    assert api.calls[0][3]["metadata"] == {"name": name, "namespace": NS}  # what the recorder sent
     assert event["involvedObject"] == REF
     assert (event["type"], event["reason"], event["message"]) == ("Warning", "DuplicateId", "Id 7 is held by pet a/b.")
     assert event["count"] == 1
@@ -128,6 +129,38 @@ async def test_restarted_recorder_continues_the_count_from_the_stored_event(api:
     assert [p["count"] for p in api.patches()] == [4, 5]
     assert stored(api)["count"] == 5
     assert after.posted == 2
+
+
+async def test_two_recorders_never_lose_each_others_increments(api: FakeEventApi) -> None:
+    """After a leader change two recorders (old and new leader) each cached a count: the patch
+    carries the resourceVersion it was based on, so a stale one is refused (409), re-read and
+    applied on top, never written over the other's."""
+    a, b = EventRecorder(api), EventRecorder(api)
+    await a.post(REF, "Warning", "DuplicateId", "m")  # count 1, cached by a
+    await b.post(REF, "Warning", "DuplicateId", "m")  # create refused, read 1, patch -> 2
+    await a.post(REF, "Warning", "DuplicateId", "m")  # a's cache says 1: 409, read 2, patch -> 3
+    assert stored(api)["count"] == 3
+    assert api.ops() == ["create", "create", "read", "patch", "patch", "read", "patch"]
+    await b.post(REF, "Warning", "DuplicateId", "m")
+    assert stored(api)["count"] == 4
+    assert (a.posted, b.posted) == (2, 2)
+
+
+async def test_an_event_gone_between_a_conflict_and_the_read_is_created_again(api: FakeEventApi) -> None:
+    a, b = EventRecorder(api), EventRecorder(api)
+    await a.post(REF, "Warning", "DuplicateId", "m")
+    await b.post(REF, "Warning", "DuplicateId", "m")
+
+    original_read = api.read_event
+
+    async def read_after_expiry(namespace: str, name: str) -> dict[str, Any] | None:
+        api.events.clear()  # expired (--event-ttl) right after the conflict
+        return await original_read(namespace, name)
+
+    api.read_event = read_after_expiry  # type: ignore[method-assign]
+    await a.post(REF, "Warning", "DuplicateId", "m")  # 409 on its stale version, then gone
+    assert stored(api)["count"] == 1  # a fresh Event
+    assert a.posted == 2
 
 
 async def test_different_messages_are_different_events(api: FakeEventApi) -> None:
