@@ -16,7 +16,7 @@ Fixtures:
 
 On a failure, the report gets each operator's log, the namespace's events and the
 YAML of its pets and stores. At the end, ``--pet-report-dir`` (default ``reports``)
-gets ``e2e-summary.md`` and ``e2e-summary.json``.
+gets ``e2e-summary.md`` and ``e2e-summary.json`` (``--pet-summary-name`` renames them).
 """
 
 from __future__ import annotations
@@ -53,6 +53,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("pet-harness")
     group.addoption("--pet-cluster", default=None, help="cluster backend: local (default), k3s or kubeconfig")
     group.addoption("--pet-report-dir", default="reports", help="where the e2e summary goes (default: reports)")
+    group.addoption("--pet-summary-name", default="e2e-summary",
+                    help="file name (without .md/.json) of the run's summary (default: e2e-summary)")
     group.addoption("--pet-seed", default=None,
                     help="seed of randomised scenarios (default: random, shown on failure)")
 
@@ -394,7 +396,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         "slowest": [{"test": k, "seconds": round(v, 2)} for k, v in slowest],
         "workers": os.environ.get("PYTEST_XDIST_WORKER_COUNT") or len(timings) or 1,
     }
-    (directory / "e2e-summary.json").write_text(json.dumps(data, indent=2))
+    stem = str(config.getoption("--pet-summary-name"))
+    (directory / f"{stem}.json").write_text(json.dumps(data, indent=2))
     lines = [
         "# e2e summary",
         "",
@@ -410,12 +413,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if summary.failures:
         lines += ["", "## failures", ""] + [f"- {f}" for f in summary.failures]
     lines += ["", "## slowest tests", ""] + [f"- {k}: {v:.2f} s" for k, v in slowest]
-    (directory / "e2e-summary.md").write_text("\n".join(lines) + "\n")
+    (directory / f"{stem}.md").write_text("\n".join(lines) + "\n")
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     if hasattr(config, "workerinput"):
         return
-    path = _report_dir(config) / "e2e-summary.md"
+    path = _report_dir(config) / f"{config.getoption('--pet-summary-name')}.md"
     if path.exists():
-        terminalreporter.write_line(f"e2e summary written to {path}")
+        terminalreporter.write_line(f"summary written to {path}")
