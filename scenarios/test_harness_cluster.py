@@ -118,9 +118,12 @@ def test_apiserver_that_fails_to_start_leaves_no_etcd_behind(local_only: LocalCl
 
 
 _HOLDER = textwrap.dedent("""
-    import json, sys, time
+    import json, signal, sys, time
     from pet_harness.processes import install_signal_handlers
     from pet_harness.clusters.local import LocalCluster
+    # as an interactive process: a shell starting background jobs (e.g. CI wrappers) hands
+    # SIGINT down ignored, and Python keeps it so
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     install_signal_handlers()
     cluster = LocalCluster()
     cluster.start()
