@@ -167,7 +167,7 @@ async def main(config: Config) -> int:
     recorder = EventRecorder(kube, config.event_level)
     rec = Reconciler(
         kube, on_phase_change=recorder.phase_changed, claims=kube, finalizers=kube,
-        served=None if config.all_namespaces else frozenset(config.namespaces),
+        served=None if config.all_namespaces else frozenset(config.namespaces), pet_reader=kube,
     )
     try:
         rec.prime_claims(await kube.list_claims())

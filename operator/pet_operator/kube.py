@@ -73,6 +73,16 @@ class Kube:
             raise
         return result
 
+    async def read_uid(self, namespace: str, name: str) -> str | None:
+        """The UID of the pet ``namespace/name`` now; None if there is none."""
+        try:
+            body = await self._custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "pets", name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return str(body["metadata"]["uid"])
+
     async def list_uids(self, plural: str, namespaces: tuple[str, ...] | None) -> set[str]:
         """UIDs of every object of ``plural`` in ``namespaces`` (None: all namespaces)."""
         bodies: list[dict[str, Any]] = []

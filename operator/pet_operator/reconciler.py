@@ -120,6 +120,11 @@ class FinalizerWriter(Protocol):
         """Replace metadata.finalizers, failing with a conflict if the object changed."""
 
 
+class PetReader(Protocol):
+    async def read_uid(self, namespace: str, name: str) -> str | None:
+        """The UID of the pet at ``namespace/name`` now, from the API server; None if there is none."""
+
+
 PhaseListener = Callable[[PetSnapshot, str | None, model.Verdict], Awaitable[None] | None]
 
 
@@ -167,9 +172,12 @@ class Reconciler:
         finalizers: FinalizerWriter | None = None,
         served: frozenset[str] | None = None,
         may_write: Callable[[], bool] = lambda: True,
+        pet_reader: PetReader | None = None,
     ) -> None:
         """``claims`` and ``finalizers`` turn on cluster-wide unique ids (both or neither);
-        ``served`` is the set of namespaces served (None: all), for telling orphaned claims."""
+        ``served`` is the set of namespaces served (None: all), for telling orphaned claims;
+        ``pet_reader`` confirms with the API server that a claim's holder is gone before the
+        claim is taken as orphaned (without it, the watch index is trusted)."""
         if (claims is None) != (finalizers is None):
             raise ValueError("claims and finalizers go together")
         self.claims = claims
@@ -177,6 +185,7 @@ class Reconciler:
         self.may_write = may_write  # false on a replica that does not lead (fencing)
         self.fenced = 0  # writes refused because this replica did not lead
         self.served = served
+        self.pet_reader = pet_reader
         self._claims: dict[int, Claim] = {}
         self._finalized: set[str] = set()  # uids we added our finalizer to, until the watch shows it
         self._to_promote: set[int] = set()  # ids released, whose waiting pets are still to be promoted
@@ -316,13 +325,22 @@ class Reconciler:
         for claim in claims:
             self._claims[claim.pet_id] = claim
 
-    def _is_orphan(self, claim: Claim, pets: PetIndex) -> bool:
-        """A claim whose holder we can see is gone (only decidable in a served namespace)."""
+    async def _is_orphan(self, claim: Claim, pets: PetIndex) -> bool:
+        """A claim whose holder is gone (only decidable in a served namespace).
+
+        The watch index may lag (a replica that just started or just became leader has not
+        seen every pet yet), so a holder missing from it is looked up in the API server
+        before the claim is called orphaned: deleting a live claim would let a twin take
+        the id while its holder is Active."""
         namespace, name = claim.holder_key
         if self.served is not None and namespace not in self.served:
             return False
         holder: PetSnapshot | None = _first(pets.get((namespace, name)))
-        return holder is None or holder.uid != claim.holder_uid
+        if holder is not None and holder.uid == claim.holder_uid:
+            return False
+        if self.pet_reader is None:
+            return True
+        return await self.pet_reader.read_uid(namespace, name) != claim.holder_uid
 
     async def _claim(self, snap: PetSnapshot, pets: PetIndex) -> model.IdClaim | None:
         """Claim the pet's id (finalizer first, so a delete always releases); None if the pet is gone."""
@@ -353,7 +371,7 @@ class Reconciler:
                 claim = await self.claims.read_claim(pet_id)
             if claim is None:
                 continue  # released between our create and read: try again
-            if claim.holder_uid != snap.uid and self._is_orphan(claim, pets):
+            if claim.holder_uid != snap.uid and await self._is_orphan(claim, pets):
                 log.info("collecting orphaned claim of id %d (holder %s is gone)", pet_id, claim.holder)
                 self.fence()
                 await self.claims.delete_claim(claim)
@@ -412,7 +430,7 @@ class Reconciler:
             log.info("claim of id %d is gone from the cluster; it will be taken again", pet_id)
             self._claims.pop(pet_id, None)
         for claim in listing:
-            if not self._is_orphan(claim, pets):
+            if not await self._is_orphan(claim, pets):
                 continue
             if not self.may_write():
                 break

@@ -40,17 +40,27 @@ ID = 7
 
 @dataclasses.dataclass
 class World:
-    """One fake cluster: claims, finalizers and status writes, shared by every replica."""
+    """One fake cluster: claims, finalizers and status writes, shared by every replica.
+
+    ``pets`` are the pets the API server has (``(namespace, name) -> uid``), which a replica
+    reads to confirm that a claim's holder is gone; a test registers the pets it means to
+    exist when a replica's watch index may not show them."""
 
     journal: Journal
     store: FakeClaimStore
     finalizers: FakeFinalizers
     writer: FakeWriter
+    pets: dict[tuple[str, str], str] = dataclasses.field(default_factory=dict)
+
+    async def read_uid(self, namespace: str, name: str) -> str | None:
+        self.journal.append(("read_uid", f"{namespace}/{name}"))
+        return self.pets.get((namespace, name))
 
     def replica(self, served: frozenset[str] | None = SERVED, writer: FakeWriter | None = None) -> Reconciler:
         """A fresh operator process: its own instance, empty caches, the same cluster."""
         return Reconciler(
-            writer or self.writer, clock=Clock(), claims=self.store, finalizers=self.finalizers, served=served
+            writer or self.writer, clock=Clock(), claims=self.store, finalizers=self.finalizers, served=served,
+            pet_reader=self,
         )
 
 
@@ -651,17 +661,24 @@ async def test_one_reconciler_racing_pets_for_one_id_leaves_exactly_one_active(w
     assert len(world.store.claims) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="source bug: reconciler._is_orphan trusts the local watch index, so a replica whose "
-    "watch has not delivered the holder yet deletes a live claim and both pets end Active",
-)
 async def test_replica_whose_watch_lags_does_not_steal_a_live_claim(world: World) -> None:
     holder, twin = claim_pet("holder"), claim_pet("twin", namespace=OTHER)
+    world.pets[(NS, "holder")] = holder.uid  # the API server has it; the second replica's watch not yet
     first = await world.replica().sync_pet((NS, "holder"), index_of(holder, twin), index_of())
     lagging: CountingIndex = index_of(twin)  # this replica has not seen the holder yet
     second = await world.replica().sync_pet((OTHER, "twin"), lagging, index_of())
     assert first is not None
     assert second is not None
     assert [first.phase, second.phase].count(model.Phase.ACTIVE) == 1
+    assert world.store.holder(7) == "default/holder"
+    assert ("read_uid", "default/holder") in world.journal
+
+
+async def test_without_a_pet_reader_the_watch_index_is_trusted(world: World) -> None:
+    """The old behaviour, kept for callers without API access: a lagging index loses the claim."""
+    holder, twin = claim_pet("holder"), claim_pet("twin", namespace=OTHER)
+    world.pets[(NS, "holder")] = holder.uid
+    await world.replica().sync_pet((NS, "holder"), index_of(holder, twin), index_of())
+    blind = Reconciler(world.writer, clock=Clock(), claims=world.store, finalizers=world.finalizers, served=SERVED)
+    await blind.sync_pet((OTHER, "twin"), index_of(twin), index_of())
+    assert world.store.holder(7) == "other/twin"
