@@ -216,8 +216,11 @@ def test_cluster_cli_up_status_down(local_only: LocalCluster) -> None:
 @pytest.mark.slow
 def test_ctrl_c_mid_run_leaves_nothing_behind(local_only: LocalCluster, tmp_path: Path) -> None:
     """Interrupt an xdist run of the suite the way Ctrl-C does: SIGINT to its process group."""
+    # as from an interactive shell: SIGINT handled even if this run was started as a background job
+    interactive = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                   "sys.argv = ['pytest', *sys.argv[1:]]; runpy.run_module('pytest', run_name='__main__')")
     run = subprocess.Popen(
-        [sys.executable, "-m", "pytest", str(REPO / "scenarios" / "test_reconcile.py"), "-n", "2", "-q",
+        [sys.executable, "-c", interactive, str(REPO / "scenarios" / "test_reconcile.py"), "-n", "2", "-q",
          "-p", "no:cacheprovider", f"--pet-report-dir={tmp_path / 'reports'}"],
         cwd=REPO, env={**os.environ, "TMPDIR": str(tmp_path)}, start_new_session=True,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
