@@ -16,8 +16,14 @@ Configuration = dict[str, Any] | None
 
 
 def _act(configuration: Configuration, activity: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    """target=kubernetes: ``staging.<activity>(**body, configuration)`` (refused if it has none);
+    target=local: POST the body to the control server's ``/actions/<activity>``."""
     if on_kubernetes(configuration):
-        return staging.not_available(activity)
+        on_cluster = getattr(staging, activity, None)
+        if on_cluster is None:
+            return staging.not_available(activity)
+        result_on_cluster: dict[str, Any] = on_cluster(**(body or {}), configuration=configuration)
+        return result_on_cluster
     answer = call(configuration, activity, "POST", "/actions/" + activity.replace("_", "-"), body)
     result: dict[str, Any] = answer.get("result", answer)
     return result
@@ -25,50 +31,36 @@ def _act(configuration: Configuration, activity: str, body: dict[str, Any] | Non
 
 def kill_leader(configuration: Configuration = None) -> dict[str, Any]:
     """SIGKILL the replica that leads now."""
-    if on_kubernetes(configuration):
-        return staging.kill_leader(configuration)
     return _act(configuration, "kill_leader")
 
 
 def freeze_leader(seconds: float = 30, configuration: Configuration = None) -> dict[str, Any]:
     """SIGSTOP the leader; it is thawed by ``thaw`` or at the latest after ``seconds``."""
-    if on_kubernetes(configuration):
-        return staging.freeze_leader(seconds, configuration)
     return _act(configuration, "freeze_leader", {"seconds": seconds})
 
 
 def thaw(configuration: Configuration = None) -> dict[str, Any]:
     """SIGCONT every frozen replica."""
-    if on_kubernetes(configuration):
-        return staging.thaw(configuration)
     return _act(configuration, "thaw")
 
 
 def cut_leader(configuration: Configuration = None) -> dict[str, Any]:
     """Cut the leader off from the API server (its fault proxy resets every connection)."""
-    if on_kubernetes(configuration):
-        return staging.cut_leader(configuration)
     return _act(configuration, "cut_leader")
 
 
 def heal(configuration: Configuration = None) -> dict[str, Any]:
     """Every replica's fault proxy back to pass-through."""
-    if on_kubernetes(configuration):
-        return staging.heal(configuration)
     return _act(configuration, "heal")
 
 
 def delete_lease(configuration: Configuration = None) -> dict[str, Any]:
     """Delete the leader Lease."""
-    if on_kubernetes(configuration):
-        return staging.delete_lease(configuration)
     return _act(configuration, "delete_lease")
 
 
 def steal_lease(holder: str = "chaos-thief", duration: int = 4, configuration: Configuration = None) -> dict[str, Any]:
     """Write another holder into the leader Lease (as admin), as a rogue candidate would."""
-    if on_kubernetes(configuration):
-        return staging.steal_lease(holder, duration, configuration)
     return _act(configuration, "steal_lease", {"holder": holder, "duration": duration})
 
 
@@ -86,6 +78,4 @@ def restart_etcd(down_seconds: float = 0, configuration: Configuration = None) -
 def restart_dead_replicas(timeout: float = 120, configuration: Configuration = None) -> dict[str, Any]:
     """Start again the replicas that exited (killed, or stepped down with code 1), as a Deployment would;
     on a cluster, wait until the Deployment has all its replicas ready again."""
-    if on_kubernetes(configuration):
-        return staging.restart_dead_replicas(timeout, configuration)
     return _act(configuration, "restart_dead_replicas", {"timeout": timeout})

@@ -86,7 +86,7 @@ def before_experiment_control(context: Any, configuration: dict[str, Any] | None
     api = create_k8s_api_client()
     load = PetLoad(PetApi(api, settings["namespace"]), settings["max_pets"], settings["interval"],
                    id_base=settings["id_base"], prefix=settings["prefix"])
-    _state.update(load=load, api=api, settings=settings)
+    _state.update(load=load, settings=settings)
     load.start()
     logger.info("pet load started in namespace %s: pets %s*, ids from %d", settings["namespace"],
                 settings["prefix"], settings["id_base"])
@@ -99,7 +99,6 @@ def after_experiment_control(context: Any, state: Any = None, configuration: dic
         return
     load.stop()
     settings = _state.pop("settings")
-    _state.pop("api", None)
     lost = lost_pets(load)
     left = cleanup(load)
     report = os.environ.get(REPORT_ENV)

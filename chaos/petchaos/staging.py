@@ -105,26 +105,24 @@ def pod_ready(pod: dict[str, Any]) -> bool:
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
-def leader_problems(lease: dict[str, Any] | None, pods: Sequence[dict[str, Any]], now: datetime.datetime,
-                    skew: float = 2) -> tuple[str | None, list[str]]:
-    """The leader pod and what is wrong: exactly one leader means a held, fresh Lease whose
-    holder is a ready pod of the operator, and every operator pod ready (standbys serve the
-    webhook)."""
-    problems: list[str] = []
-    names = {(p.get("metadata") or {}).get("name"): p for p in pods}
-    not_ready = sorted(str(n) for n, p in names.items() if not pod_ready(p))
-    if not pods:
-        problems.append("no operator pods")
-    if not_ready:
-        problems.append(f"operator pods not ready: {not_ready}")
+def pods_problems(pods: Sequence[dict[str, Any]]) -> list[str]:
+    """Every operator pod must be ready: standbys serve the webhook."""
+    not_ready = sorted(str((p.get("metadata") or {}).get("name")) for p in pods if not pod_ready(p))
+    return (["no operator pods"] if not pods else []) + ([f"operator pods not ready: {not_ready}"] if not_ready else [])
+
+
+def lease_problems(lease: dict[str, Any] | None, pods: Sequence[dict[str, Any]], now: datetime.datetime,
+                   skew: float = 2) -> tuple[str | None, list[str]]:
+    """The leader pod and what is wrong with it: a held, fresh Lease whose holder is a ready
+    pod of the operator."""
     if lease is None:
-        problems.append("no leader Lease")
-        return None, problems
+        return None, ["no leader Lease"]
     spec = lease.get("spec") or {}
     holder = str(spec.get("holderIdentity") or "")
     if not holder:
-        problems.append("the leader Lease has no holder")
-        return None, problems
+        return None, ["the leader Lease has no holder"]
+    problems: list[str] = []
+    names = {(p.get("metadata") or {}).get("name"): p for p in pods}
     pod = pod_of_holder(holder)
     if pod not in names:
         problems.append(f"the Lease holder {holder!r} is not a pod of the operator (no pod {pod!r})")
@@ -138,6 +136,14 @@ def leader_problems(lease: dict[str, Any] | None, pods: Sequence[dict[str, Any]]
         problems.append(f"the leader Lease was last renewed {(now - renewed).total_seconds():.1f}s ago "
                         f"(lease {duration:.0f}s): nobody leads")
     return (pod if pod in names else None), problems
+
+
+def leader_problems(lease: dict[str, Any] | None, pods: Sequence[dict[str, Any]], now: datetime.datetime,
+                    skew: float = 2) -> tuple[str | None, list[str]]:
+    """The leader pod and what is wrong: exactly one leader (:func:`lease_problems`) and every
+    operator pod ready (:func:`pods_problems`)."""
+    pod, problems = lease_problems(lease, pods, now, skew)
+    return pod, [*pods_problems(pods), *problems]
 
 
 #: run in the operator's container by ``python3 -c``: signal every process but this one whose
@@ -260,9 +266,8 @@ def _operator_pods(api: Any, s: Settings) -> list[dict[str, Any]]:
 def leader_pod(s: Settings, api: Any = None) -> str:
     """The name of the pod that holds the leader Lease now; raises saying why there is none."""
     api = api or _api()
-    pod, problems = leader_problems(_read_lease(api, s), _operator_pods(api, s), _now(), s.clock_skew)
-    leader_issues = [p for p in problems if not p.startswith("operator pods not ready")]
-    if pod is None or leader_issues:
+    pod, problems = lease_problems(_read_lease(api, s), _operator_pods(api, s), _now(), s.clock_skew)
+    if pod is None or problems:
         raise RuntimeError(f"no leader pod in {s.operator_namespace} (selector {s.operator_selector}): "
                            + "; ".join(problems))
     return pod
