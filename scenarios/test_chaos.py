@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,6 +24,7 @@ pytestmark = [
 
 CI_ROUNDS = 1  # short in CI; `pet-harness chaos --rounds N` runs longer
 CI_MAX_PETS = 30
+_RUN_SUMMARIES: dict[str, dict[str, Any]] = {}
 
 
 @pytest.mark.parametrize("experiment", chaos_env.experiment_names())
@@ -35,9 +37,10 @@ def test_experiment_keeps_the_steady_state(experiment: str, request: pytest.Fixt
         results = Path(str(request.config.rootpath)) / results
     results = results / "chaos"
     summary = chaos_env.run_experiment(experiment, results, rounds=CI_ROUNDS, max_pets=CI_MAX_PETS)
-    # the run's table so far (summary.md, as `pet-harness chaos` writes it), rewritten after each experiment
-    summaries = [json.loads(p.read_text()) for p in sorted(results.glob("*-summary.json"))]
-    (results / "summary.md").write_text(chaos_env.summary_markdown(summaries))
+    # this run's table so far (summary.md, as `pet-harness chaos` writes it), rewritten after each
+    # experiment; summaries of earlier runs left in the folder are not this run's
+    _RUN_SUMMARIES[experiment] = summary
+    (results / "summary.md").write_text(chaos_env.summary_markdown(list(_RUN_SUMMARIES.values())))
     shown = json.dumps({k: v for k, v in summary.items() if k != "final_steady_state"}, indent=2, default=str)
     assert summary["status"] == "completed", shown
     assert summary["deviated"] is False, shown

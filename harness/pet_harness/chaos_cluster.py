@@ -52,7 +52,6 @@ class ClusterTarget:
     def __init__(self, settings: Mapping[str, str] | None = None, audit_log: Path | None = None) -> None:
         self.settings = dict(settings or {})
         self.audit_log = audit_log
-        self.audited = audit_log is not None
         self.workdir = Path(tempfile.mkdtemp(prefix="pet-chaos-cluster-"))
         self.load_report = self.workdir / "load-report.json"
 

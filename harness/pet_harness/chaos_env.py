@@ -230,7 +230,6 @@ class ChaosEnvironment:
     # what run_experiment asks of an environment (ClusterTarget answers the same for target kubernetes)
 
     target = "local"
-    audited = True
 
     def chaos_variables(self) -> dict[str, str]:
         return {"control_url": self.control_url, "target": self.target}

@@ -523,27 +523,31 @@ def test_temp_dirs_go_to_the_private_tmpdir(private_tmpdir: Path) -> None:
     assert tempfile.gettempdir() == str(private_tmpdir)
 
 
+class FakeSocket:
+    """A socket whose bind(0) is given the next port of ``ports`` (the last one again when used up)."""
+
+    ports: list[int] = []
+
+    def __init__(self, *args: object) -> None:
+        self.port = FakeSocket.ports.pop(0) if len(FakeSocket.ports) > 1 else FakeSocket.ports[0]
+
+    def __enter__(self) -> FakeSocket:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def bind(self, address: object) -> None:
+        pass
+
+    def getsockname(self) -> tuple[str, int]:
+        return ("127.0.0.1", self.port)
+
+
 def test_free_port_skips_the_ports_to_avoid(monkeypatch: pytest.MonkeyPatch) -> None:
     import socket as socket_module
 
-    handed_out = iter([41000, 41000, 41001])
-
-    class FakeSocket:
-        def __init__(self, *args: object) -> None:
-            self.port = next(handed_out)
-
-        def __enter__(self) -> FakeSocket:
-            return self
-
-        def __exit__(self, *exc: object) -> None:
-            pass
-
-        def bind(self, address: object) -> None:
-            pass
-
-        def getsockname(self) -> tuple[str, int]:
-            return ("127.0.0.1", self.port)
-
+    monkeypatch.setattr(FakeSocket, "ports", [41000, 41000, 41001])
     monkeypatch.setattr(socket_module, "socket", FakeSocket)
     assert free_port(avoid={41000}) == 41001
 
@@ -551,22 +555,7 @@ def test_free_port_skips_the_ports_to_avoid(monkeypatch: pytest.MonkeyPatch) -> 
 def test_free_port_gives_up_naming_what_it_avoided(monkeypatch: pytest.MonkeyPatch) -> None:
     import socket as socket_module
 
-    class Always41000:
-        def __init__(self, *args: object) -> None:
-            pass
-
-        def __enter__(self) -> Always41000:
-            return self
-
-        def __exit__(self, *exc: object) -> None:
-            pass
-
-        def bind(self, address: object) -> None:
-            pass
-
-        def getsockname(self) -> tuple[str, int]:
-            return ("127.0.0.1", 41000)
-
-    monkeypatch.setattr(socket_module, "socket", Always41000)
+    monkeypatch.setattr(FakeSocket, "ports", [41000])
+    monkeypatch.setattr(socket_module, "socket", FakeSocket)
     with pytest.raises(OSError, match=r"outside \[41000\] after 100 tries"):
         free_port(avoid={41000})
