@@ -15,8 +15,8 @@ import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+# an RFC 1123 label: a namespace name, and each dot-separated part of a DNS name
 _NAMESPACE_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-_DNS_LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
 def _host_name_ok(name: str) -> bool:
@@ -26,7 +26,7 @@ def _host_name_ok(name: str) -> bool:
         return True
     except ValueError:
         pass
-    return 0 < len(name) <= 253 and all(_DNS_LABEL_RE.match(label) for label in name.lower().split("."))
+    return 0 < len(name) <= 253 and all(_NAMESPACE_RE.match(label) for label in name.lower().split("."))
 
 
 class ConfigError(ValueError):

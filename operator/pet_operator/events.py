@@ -127,7 +127,7 @@ class EventRecorder:
                     raise
                 cached = await self._read(key)
                 continue
-            self._counts[key] = _version_of(updated) if updated else (count + 1, "")
+            self._counts[key] = _version_of(updated)
             self.posted += 1
             return
         raise RuntimeError(f"event {namespace}/{name}: its count kept changing under us (5 conflicts)")

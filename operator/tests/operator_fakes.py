@@ -120,19 +120,7 @@ def pet_body(
         spec["store"] = store
     if tags is not None:
         spec["tags"] = tags
-    return {
-        "apiVersion": "petstore.example.com/v1",
-        "kind": "Pet",
-        "metadata": {
-            "namespace": namespace,
-            "name": name,
-            "uid": uid or uid_of(namespace, name),
-            "generation": generation,
-            "resourceVersion": rv,
-        },
-        "spec": spec,
-        "status": status or {},
-    }
+    return _body("Pet", name, namespace, spec, generation, rv, status, uid)
 
 
 def store_body(
@@ -148,9 +136,14 @@ def store_body(
     spec: dict[str, Any] = {}
     if allowed is not None:
         spec["allowedTags"] = allowed
+    return _body("PetStore", name, namespace, spec, generation, rv, status, uid)
+
+
+def _body(kind: str, name: str, namespace: str, spec: dict[str, Any], generation: int, rv: str,
+          status: dict[str, Any] | None, uid: str | None) -> dict[str, Any]:
     return {
         "apiVersion": "petstore.example.com/v1",
-        "kind": "PetStore",
+        "kind": kind,
         "metadata": {
             "namespace": namespace,
             "name": name,
