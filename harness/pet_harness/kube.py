@@ -211,10 +211,8 @@ def delete_namespace(api: client.ApiClient, name: str, timeout: float = 30) -> N
     raise TimeoutError(f"namespace {name} still exists {timeout:.0f}s after its deletion")
 
 
-def get_raw(api: client.ApiClient, path: str, accept: str = "application/json") -> Any:
-    """GET an API path and decode the JSON answer (for Tables and other raw views)."""
-    import json
-
+def get_text(api: client.ApiClient, path: str, accept: str = "application/json") -> str:
+    """GET an API path (``/metrics``, a Table view...) and return the answer's text."""
     method, url, headers, body, post = api.param_serialize(
         "GET", path, header_params={"Accept": accept}, auth_settings=["BearerToken"]
     )
@@ -222,7 +220,14 @@ def get_raw(api: client.ApiClient, path: str, accept: str = "application/json") 
     response.read()
     if not 200 <= response.status < 300:
         raise ApiException(status=response.status, reason=response.reason)
-    return json.loads(response.data)
+    return str(response.data.decode())
+
+
+def get_raw(api: client.ApiClient, path: str, accept: str = "application/json") -> Any:
+    """GET an API path and decode the JSON answer (for Tables and other raw views)."""
+    import json
+
+    return json.loads(get_text(api, path, accept))
 
 
 TABLE = "application/json;as=Table;v=v1;g=meta.k8s.io"

@@ -8,6 +8,7 @@ so every e2e test runs it under the shipped RBAC, never as admin.
 
 from __future__ import annotations
 
+import base64
 import copy
 from collections.abc import Sequence
 from pathlib import Path
@@ -46,6 +47,23 @@ def install_cluster_roles(api: Any) -> None:
 
 
 SHIPPED_NAME = "pet-operator"
+
+
+def service_account_kubeconfig(
+    api: Any, admin_kubeconfig: Path, namespace: str, account: str, path: Path, seconds: int = 3600
+) -> Path:
+    """A kubeconfig for the cluster of ``admin_kubeconfig`` that authenticates as the ServiceAccount
+    ``namespace/account`` with a token from the TokenRequest API, valid ``seconds``."""
+    token = client.CoreV1Api(api).create_namespaced_service_account_token(
+        account, namespace, {"spec": {"expirationSeconds": seconds}}
+    ).status.token
+    admin = yaml.safe_load(admin_kubeconfig.read_text())
+    context = next(c for c in admin["contexts"] if c["name"] == admin["current-context"])["context"]
+    cluster = next(c for c in admin["clusters"] if c["name"] == context["cluster"])["cluster"]
+    ca = cluster.get("certificate-authority-data")
+    ca_pem = base64.b64decode(ca) if ca else Path(cluster["certificate-authority"]).read_bytes()
+    return write_kubeconfig(path, cluster["server"], ca_pem, f"system:serviceaccount:{namespace}:{account}",
+                            token=token)
 
 
 class OperatorIdentity:
@@ -121,17 +139,7 @@ class OperatorIdentity:
         self, admin_kubeconfig: Path, path: Path, seconds: int = 3600, account: str = SHIPPED_NAME
     ) -> Path:
         """A kubeconfig that authenticates as the ServiceAccount (TokenRequest API)."""
-        token = client.CoreV1Api(self.api).create_namespaced_service_account_token(
-            account, self.namespace, {"spec": {"expirationSeconds": seconds}}
-        ).status.token
-        admin = yaml.safe_load(admin_kubeconfig.read_text())
-        context = next(c for c in admin["contexts"] if c["name"] == admin["current-context"])["context"]
-        cluster = next(c for c in admin["clusters"] if c["name"] == context["cluster"])["cluster"]
-        import base64
-
-        ca = cluster.get("certificate-authority-data")
-        ca_pem = base64.b64decode(ca) if ca else Path(cluster["certificate-authority"]).read_bytes()
-        return write_kubeconfig(path, cluster["server"], ca_pem, self.username(account), token=token)
+        return service_account_kubeconfig(self.api, admin_kubeconfig, self.namespace, account, path, seconds)
 
     def delete(self) -> None:
         rbac = client.RbacAuthorizationV1Api(self.api)

@@ -88,7 +88,9 @@ class LocalCluster(Cluster):
         start_timeout: float = 120.0,
         keep_workdir: bool | None = None,
         outlive_parent: bool = False,
+        audit_policy: str | None = AUDIT_POLICY,
     ) -> None:
+        """``audit_policy``: the audit policy's YAML, or None for no audit log (load runs)."""
         self._binaries = binaries
         self._requested_workdir = workdir
         self.extra_apiserver_args = extra_apiserver_args
@@ -97,6 +99,7 @@ class LocalCluster(Cluster):
             keep_workdir if keep_workdir is not None else os.environ.get("PET_HARNESS_KEEP") == "1"
         )
         self.outlive_parent = outlive_parent
+        self.audit_policy = audit_policy
         self.workdir: Path | None = None
         self._owns_workdir = False
         self.etcd: ManagedProcess | None = None
@@ -208,7 +211,8 @@ class LocalCluster(Cluster):
         ).write(pki, "apiserver")
         self._ca.client("pet-harness-admin", ["system:masters"]).write(pki, "admin")
         signing_key_pair().write(pki, "service-account")
-        (self.workdir / "audit-policy.yaml").write_text(AUDIT_POLICY)
+        if self.audit_policy is not None:
+            (self.workdir / "audit-policy.yaml").write_text(self.audit_policy)
 
     def _start_processes(self, bins: binaries_mod.ControlPlaneBinaries) -> None:
         self.etcd_client_port, self.etcd_peer_port, self.apiserver_port = free_port(), free_port(), free_port()
@@ -269,16 +273,30 @@ class LocalCluster(Cluster):
                 "--endpoint-reconciler-type=none",
                 "--allow-privileged=true",
                 "--profiling=false",
-                f"--audit-policy-file={d / 'audit-policy.yaml'}",
-                f"--audit-log-path={self.audit_log_path}",
-                "--audit-log-maxsize=0",
-                "--audit-log-format=json",
+                *self._audit_args(),
                 *self.extra_apiserver_args,
             ],
             d / "logs" / "kube-apiserver.log",
             cwd=d,
             outlive_parent=self.outlive_parent,
         )
+
+    def _audit_args(self) -> list[str]:
+        if self.audit_policy is None:
+            return []
+        d = self._dir
+        return [
+            f"--audit-policy-file={d / 'audit-policy.yaml'}",
+            f"--audit-log-path={self.audit_log_path}",
+            "--audit-log-maxsize=0",
+            "--audit-log-format=json",
+        ]
+
+    def metrics_text(self) -> str:
+        """The API server's ``/metrics`` (Prometheus text), read as admin."""
+        url = self.server_url + "/metrics"
+        with urllib.request.urlopen(url, context=self.admin_ssl_context(), timeout=30) as resp:  # noqa: S310
+            return str(resp.read().decode())
 
     def _wait(self, proc: ManagedProcess, probe: Any, deadline: float, what: str) -> None:
         last_error = "no answer yet"

@@ -1,0 +1,96 @@
+"""Samples taken during a load run: the operator's RSS and CPU, and the number of pets.
+
+RSS and CPU come from ``/proc/<pid>`` (Linux): ``VmRSS`` and the process's user + system time;
+the pet count from a one-item list call whose ``remainingItemCount`` the API server fills in.
+A sampler is a thread that stops when told or when its process is gone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+    at: float  # seconds since the sampler started
+    rss_mb: float | None
+    cpu_percent: float | None  # of one core, since the previous sample
+    pets: int | None
+
+
+def rss_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        return None
+    return None
+
+
+def cpu_seconds(pid: int) -> float | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
+
+
+class Sampler:
+    def __init__(self, pid: int | None, count_pets: Callable[[], int | None], interval: float = 1.0) -> None:
+        self.pid = pid
+        self.count_pets = count_pets
+        self.interval = interval
+        self.samples: list[Sample] = []
+        self.errors = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="load-sampler", daemon=True)
+
+    def start(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def stop(self) -> list[Sample]:
+        self._stop.set()
+        self._thread.join(30)
+        return self.samples
+
+    def _run(self) -> None:
+        started = time.monotonic()
+        last_cpu = cpu_seconds(self.pid) if self.pid else None
+        last_at = started
+        while not self._stop.wait(self.interval):
+            now = time.monotonic()
+            rss = cpu = None
+            if self.pid:
+                rss = rss_mb(self.pid)
+                used = cpu_seconds(self.pid)
+                if used is not None and last_cpu is not None and now > last_at:
+                    cpu = round(100.0 * (used - last_cpu) / (now - last_at), 1)
+                last_cpu, last_at = used, now
+            try:
+                pets = self.count_pets()
+            except Exception:  # noqa: BLE001 - a missed count is a gap in the plot, not a failure
+                self.errors += 1
+                pets = None
+            self.samples.append(Sample(round(now - started, 2), None if rss is None else round(rss, 1), cpu, pets))
+
+
+def peak(samples: list[Sample]) -> float | None:
+    values = [s.rss_mb for s in samples if s.rss_mb is not None]
+    return max(values) if values else None
+
+
+def rss_at(samples: list[Sample], pets: int) -> float | None:
+    """RSS of the first sample taken once the cluster held at least ``pets`` pets."""
+    for sample in samples:
+        if sample.pets is not None and sample.pets >= pets and sample.rss_mb is not None:
+            return sample.rss_mb
+    return None

@@ -1,0 +1,156 @@
+"""The operators a load run can measure, started the way the harness starts ours everywhere.
+
+* ``ours``: ``pet-operator`` under the shipped RBAC (a ServiceAccount token), leader election on,
+  the admission webhook served and registered with the API server (pointed straight at the
+  replica's port, as the API server reaches a Service: no proxy in between);
+* ``naive-kopf``: ``loadtests/peers/naive_kopf.py`` under ``kopf run`` with Kopf's defaults, under
+  a ServiceAccount of its own, on the CRD copy whose status keeps unknown fields;
+* ``raw``: no operator; the load client writes the status itself (``--pet-writer client``);
+  ``raw-chain`` makes our operator's whole chain of writes from the client.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pet_harness import webhooks
+from pet_harness.clusters.local import free_port
+from pet_harness.kube import CRD_DIR, install_crds
+from pet_harness.load import world
+from pet_harness.operator_process import OperatorProcess
+from pet_harness.processes import ManagedProcess
+from pet_harness.rbac import OperatorIdentity
+from pet_harness.waiting import wait_for
+
+CLAIMS_NAMESPACE = "pet-system"
+WEBHOOK_NAME = "pet-operator-load"
+KINDS = ("ours", "naive-kopf", "raw", "raw-chain")
+
+
+@dataclasses.dataclass
+class Subject:
+    """An operator under test (or none): how to start it, and what the load must know of it."""
+
+    kind: str
+    status_path: str = "status"
+    duplicates: str = "conflict"  # "reject" when a webhook refuses held ids at admission
+    writer: str = "operator"
+    process: Any = None  # OperatorProcess or ManagedProcess
+    kubeconfig: Path | None = None
+    log_path: Path | None = None
+    started_seconds: float | None = None  # start until ready
+
+    @property
+    def pid(self) -> int | None:
+        if self.process is None:
+            return None
+        inner = getattr(self.process, "process", self.process)
+        return getattr(inner, "pid", None)
+
+    def locust_args(self) -> list[str]:
+        args = ["--pet-status-path", self.status_path, "--pet-duplicates", self.duplicates,
+                "--pet-writer", self.writer, "--pet-claims-namespace", CLAIMS_NAMESPACE]
+        if self.writer != "operator" and self.kubeconfig is not None:
+            args += ["--status-kube-config", str(self.kubeconfig)]
+        return args
+
+    def stop(self, grace: float = 30) -> float | None:
+        """Stop it (SIGTERM, then SIGKILL after ``grace``); returns the seconds it took."""
+        if self.process is None:
+            return None
+        started = time.monotonic()
+        self.process.stop(grace)
+        return round(time.monotonic() - started, 2)
+
+
+def _naive_ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
+            return bool(resp.status == 200)
+    except (OSError, urllib.error.URLError):
+        return False
+
+
+def start_subject(
+    kind: str, api: Any, admin_kubeconfig: Path, namespaces: Sequence[str], workdir: Path,
+    webhook: bool = True, ready_timeout: float = 120,
+) -> Subject:
+    """Install what ``kind`` needs (RBAC, webhook) and start it, ready (its CRDs: :func:`install_crds_for`)."""
+    if kind not in KINDS:
+        raise ValueError(f"operator {kind!r} is not one of {', '.join(KINDS)}")
+    started = time.monotonic()
+    if kind in ("raw", "raw-chain"):
+        kubeconfig = world.tenant_kubeconfig(api, admin_kubeconfig, CLAIMS_NAMESPACE, namespaces,
+                                             workdir / "raw-writer.kubeconfig")
+        return Subject(kind, writer="client" if kind == "raw" else "client-chain", kubeconfig=kubeconfig)
+    if kind == "naive-kopf":
+        kubeconfig = world.naive_kubeconfig(api, admin_kubeconfig, CLAIMS_NAMESPACE, workdir / "naive.kubeconfig")
+        port = free_port()
+        argv = [sys.executable, "-m", "kopf", "run", "--standalone", f"--liveness=http://127.0.0.1:{port}/healthz"]
+        for ns in namespaces:
+            argv += ["--namespace", ns]
+        argv.append(str(world.PEERS_DIR / "naive_kopf.py"))
+        env = {"KUBECONFIG": str(kubeconfig), "PET_CLAIMS_NAMESPACE": CLAIMS_NAMESPACE, "PYTHONUNBUFFERED": "1"}
+        process = ManagedProcess("naive-kopf", argv, workdir / "naive-kopf.log", env={**os.environ, **env}).start()
+        subject = Subject(kind, status_path="status.reconcile", process=process, kubeconfig=kubeconfig,
+                          log_path=workdir / "naive-kopf.log")
+        try:
+            wait_for(lambda: process.running and _naive_ready(port), bool, ready_timeout, "the naive Kopf operator")
+        except BaseException:
+            subject.stop()
+            raise
+        subject.started_seconds = round(time.monotonic() - started, 2)
+        return subject
+    # ours
+    identity = OperatorIdentity(api, CLAIMS_NAMESPACE, "load")
+    identity.create(list(namespaces))
+    kubeconfig = identity.kubeconfig(admin_kubeconfig, workdir / "operator.kubeconfig", seconds=world.TOKEN_SECONDS)
+    args = ["--claims-namespace", CLAIMS_NAMESPACE, "--leader-elect", "--lease-namespace", CLAIMS_NAMESPACE]
+    port = 0
+    if webhook:
+        cert_dir = workdir / "webhook-certs"
+        ca = webhooks.write_serving_certificate(cert_dir)
+        port = free_port()
+        args += ["--webhook-port", str(port), "--webhook-cert-dir", str(cert_dir)]
+    else:
+        args += ["--webhook-port", "0"]
+    op = OperatorProcess(kubeconfig, workdir / "operator.log", namespaces=namespaces, extra_args=args,
+                         name="pet-operator")
+    op.webhook_port = port
+    subject = Subject(kind, duplicates="reject" if webhook else "conflict", process=op, kubeconfig=kubeconfig,
+                      log_path=workdir / "operator.log")
+    try:
+        op.start(wait_ready=True, timeout=ready_timeout)
+        if webhook:
+            webhooks.install(api, webhooks.webhook_configuration(
+                WEBHOOK_NAME, namespaces, f"https://127.0.0.1:{port}/validate-pets", ca))
+            webhooks.wait_effective(api, namespaces[0])
+    except BaseException:
+        subject.stop()
+        raise
+    subject.started_seconds = round(time.monotonic() - started, 2)
+    return subject
+
+
+def install_crds_for(kind: str, api: Any, workdir: Path) -> None:
+    """The project's CRDs, or for the naive peer their copy whose Pet status keeps unknown fields."""
+    install_crds(api, CRD_DIR if kind != "naive-kopf" else _naive_crd_dir(workdir))
+
+
+def _naive_crd_dir(workdir: Path) -> Path:
+    """A folder holding the naive CRD copies (``install_crds`` installs a folder and waits for it)."""
+    folder = workdir / "naive-crds"
+    folder.mkdir(parents=True, exist_ok=True)
+    for doc in world.naive_crds():
+        (folder / f"{doc['metadata']['name']}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    return folder
