@@ -260,6 +260,8 @@ def delete(load: LoadProcess, api: Api) -> Pet | None:
     pet = load.pick("Conflict") if load.waiting and load.rng.random() < 0.5 else None
     if pet is None:
         pet = load.pick("Active", exclude_ids=frozenset(load.waiting))
+    if pet is None and load.waiting:
+        pet = load.pick("Conflict")
     if pet is None:
         return None
     try:

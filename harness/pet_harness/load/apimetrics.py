@@ -19,8 +19,9 @@ _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 Key = tuple[str, str]  # (VERB, resource or resource/subresource)
 
 
-def parse(text: str) -> Counter[Key]:
-    """``apiserver_request_total`` summed by verb and resource[/subresource]."""
+def parse(text: str, by_code: bool = False) -> Counter[Key]:
+    """``apiserver_request_total`` summed by verb and resource[/subresource] (and, with ``by_code``,
+    with the HTTP code appended to the resource: ``pets 409``)."""
     counts: Counter[Key] = Counter()
     for line in text.splitlines():
         match = _SAMPLE.match(line)
@@ -32,6 +33,8 @@ def parse(text: str) -> Counter[Key]:
             continue  # non-resource URLs (/healthz, /metrics...)
         if labels.get("subresource"):
             resource += "/" + labels["subresource"]
+        if by_code:
+            resource += " " + labels.get("code", "")
         counts[(labels.get("verb", "").upper(), resource)] += int(float(match.group("value")))
     return counts
 

@@ -158,6 +158,9 @@ def markdown(s: Mapping[str, Any]) -> str:
               "", "| verb | resource | all clients | of which the operator |", "|---|---|---|---|"]
     for row in api["by_key"]:
         lines.append(f"| {row['verb']} | {row['resource']} | {row['count']} | {row['operator']} |")
+    if api.get("errors"):
+        lines += ["", "Answered with an error code (all clients): " + ", ".join(
+            f"{e['verb']} {e['resource']} {e['code']} x{e['count']}" for e in api["errors"])]
     rss = s["rss"]
     lines += ["", "## Operator process", ""]
     if rss.get("sampled"):

@@ -188,11 +188,12 @@ def run_one(options: LoadOptions, kind: str, out: Path, say: Callable[[str], Non
             cluster.stop()
 
 
-def _metrics(cluster: LocalCluster | None, api: Any) -> dict[tuple[str, str], int] | None:
+def _metrics(cluster: LocalCluster | None, api: Any) -> str | None:
+    """The API server's /metrics text (None when it cannot be read)."""
     try:
         if cluster is not None:
-            return dict(apimetrics.parse(cluster.metrics_text()))
-        return dict(apimetrics.parse(get_text(api, "/metrics", accept="text/plain")))
+            return cluster.metrics_text()
+        return get_text(api, "/metrics", accept="text/plain")
     except Exception:  # noqa: BLE001 - on a real cluster /metrics may be forbidden: say so in the summary
         return None
 
@@ -210,7 +211,7 @@ def _delete_run_pets(api: Any, namespaces: Sequence[str], id_base: int) -> None:
 def summarize(
     options: LoadOptions, kind: str, out: Path, plan: locust_run.LocustPlan, subject: subjects.Subject,
     cluster_note: str, started_at: str, wall: float, locust_seconds: float,
-    before: dict[tuple[str, str], int] | None, after: dict[tuple[str, str], int] | None,
+    before: str | None, after: str | None,
     samples: list[Any], verdict: Any, shutdown: float | None, namespaces: Sequence[str],
 ) -> dict[str, Any]:
     stats = locust_run.read_stats(out)
@@ -299,19 +300,22 @@ def _create_seconds(history: Sequence[dict[str, Any]]) -> float | None:
     return float(max(stamps) - min(stamps))
 
 
-def _api_part(before: dict[tuple[str, str], int] | None, after: dict[tuple[str, str], int] | None,
-              client_requests: list[tuple[str, int]], creates: int) -> dict[str, Any]:
+def _api_part(before: str | None, after: str | None, client_requests: list[tuple[str, int]],
+              creates: int) -> dict[str, Any]:
     if before is None or after is None:
-        return {"by_key": [], "operator_writes_total": None, "writes_per_pet": None,
+        return {"by_key": [], "operator_writes_total": None, "writes_per_pet": None, "errors": [],
                 "note": "the API server's /metrics could not be read"}
-    total = apimetrics.delta(before, after)
+    total = apimetrics.delta(apimetrics.parse(before), apimetrics.parse(after))
+    coded = apimetrics.delta(apimetrics.parse(before, by_code=True), apimetrics.parse(after, by_code=True))
+    errors = [{"verb": k[0], "resource": k[1].rsplit(" ", 1)[0], "code": k[1].rsplit(" ", 1)[1], "count": v}
+              for k, v in sorted(coded.items()) if k[1].rsplit(" ", 1)[1][:1] in ("4", "5")]
     operator = apimetrics.operator_writes(total, client_requests)
     keys = sorted(set(apimetrics.writes(total)) | set(operator), key=lambda k: (k[1], k[0]))
     reads = sorted(((k, v) for k, v in total.items() if k not in keys), key=lambda kv: -kv[1])
     rows = [{"verb": k[0], "resource": k[1], "count": total.get(k, 0), "operator": operator.get(k, 0)} for k in keys]
     rows += [{"verb": k[0], "resource": k[1], "count": v, "operator": "-"} for k, v in reads[:12]]
     written = sum(operator.values())
-    return {"by_key": rows, "operator_writes_total": written,
+    return {"by_key": rows, "operator_writes_total": written, "errors": errors,
             "writes_per_pet": round(written / creates, 2) if creates else None}
 
 
