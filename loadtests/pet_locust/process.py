@@ -123,25 +123,34 @@ def start(environment: Environment) -> None:
 
 
 def _sweep_and_report(environment: Environment) -> None:
-    runner = environment.runner
     while not STATE.stopped:
         gevent.sleep(1.0)
         if STATE.tracker is None:
             continue
         STATE.tracker.sweep()
-        count = STATE.tracker.outstanding
-        if isinstance(runner, WorkerRunner):
-            runner.send_message(PENDING_MESSAGE, count)
-        else:
-            PENDING["local"] = count
+        _publish_pending(environment, STATE.tracker.outstanding)
+
+
+def _publish_pending(environment: Environment, count: int) -> None:
+    if isinstance(environment.runner, WorkerRunner):
+        environment.runner.send_message(PENDING_MESSAGE, count)
+    else:
+        PENDING["local"] = count
 
 
 def stop(environment: Environment) -> None:
-    """The run is over: fail what never settled, stop the watch."""
-    if STATE.tracker is not None:
-        failed = STATE.tracker.fail_all("still not reconciled when the run ended")
+    """The run is over: give what is still pending a last chance to settle (the shapes drain before
+    this; a swarm stopped from the web UI does not), fail what never settled, stop the watch."""
+    tracker = STATE.tracker
+    if tracker is not None:
+        options = environment.parsed_options
+        deadline = time.monotonic() + min(float(options.pet_drain_seconds), float(options.pet_reconcile_timeout) + 5)
+        while tracker.outstanding and time.monotonic() < deadline:
+            gevent.sleep(0.5)
+        failed = tracker.fail_all("still not reconciled when the run ended")
         if failed:
             log.warning("%d writes never reached their predicted status", failed)
+        _publish_pending(environment, 0)
     STATE.stopped = True
     for greenlet in STATE.greenlets:
         greenlet.kill(block=False)
@@ -159,6 +168,12 @@ def register() -> None:
             def on_pending(environment: Environment, msg: Any, **_: Any) -> None:
                 PENDING[str(msg.node_id)] = int(msg.data)
             environment.runner.register_message(PENDING_MESSAGE, on_pending)
+        if environment.web_ui is not None:
+            @environment.web_ui.app.route("/pet-load")
+            def pet_load_state() -> dict[str, Any]:
+                """Writes not settled yet, for whoever ends a web-UI run (pet-harness load --web)."""
+                runner = environment.runner
+                return {"state": runner.state if runner else None, "pending": sum(PENDING.values())}
 
     events.test_start.add_listener(lambda environment, **_: start(environment))
     events.test_stop.add_listener(lambda environment, **_: stop(environment))

@@ -94,7 +94,9 @@ def options_from(args: argparse.Namespace) -> LoadOptions:
 def command(args: argparse.Namespace) -> int:
     from pet_harness import binaries
     from pet_harness.load import runner
+    from pet_harness.processes import install_signal_handlers
 
+    install_signal_handlers()  # SIGTERM/SIGHUP: every finally runs, the clusters and processes stop
     options = options_from(args)
     try:
         options.validate()

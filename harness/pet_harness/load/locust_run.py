@@ -63,6 +63,9 @@ class LocustPlan:
             "--csv", str(out / "locust"), "--csv-full-history", "--html", str(out / "locust.html"),
             "--loglevel", "WARNING", "--logfile", str(out / "locust.log"), "--exit-code-on-error", "0",
         ]
+        server = _server(self.kubeconfig)
+        if server:
+            argv += ["--host", server]  # shown by the web UI (the users take it from the kubeconfig)
         if self.shape:
             argv += ["--pet-shape", self.shape, "--pet-rate", str(self.rate), "--pet-seconds", str(self.seconds),
                      "--pet-start-rate", str(self.start_rate), "--pet-rate-step", str(self.rate_step),
@@ -94,6 +97,17 @@ class LocustPlan:
         return body + self.drain_seconds + 120
 
 
+def _server(kubeconfig: Path) -> str | None:
+    import yaml
+
+    try:
+        doc = yaml.safe_load(kubeconfig.read_text())
+        context = next(c["context"] for c in doc["contexts"] if c["name"] == doc["current-context"])
+        return str(next(c["cluster"]["server"] for c in doc["clusters"] if c["name"] == context["cluster"]))
+    except (OSError, KeyError, StopIteration, TypeError, yaml.YAMLError):
+        return None
+
+
 def _locust() -> str:
     exe = shutil.which("locust") or str(Path(sys.executable).with_name("locust"))
     return exe
@@ -115,10 +129,10 @@ def run(plan: LocustPlan, out: Path, env: dict[str, str] | None = None,
                 raise LocustError(f"Locust still running after {plan.longest_seconds():.0f}s; stopped it:\n"
                                   + _tail(proc))
             if plan.web_port and not plan.shape:
-                state = web_state(plan.web_port)
+                state, pending = web_state(plan.web_port)
                 ran = ran or state in ("spawning", "running")
-                if ran and state == "stopped":
-                    break  # the user stopped the swarm: end Locust so it writes its reports
+                if ran and state == "stopped" and pending == 0:
+                    break  # the user stopped the swarm and its writes settled: end Locust (it writes its reports)
             time.sleep(0.5)
     finally:
         proc.stop(grace=30)  # SIGTERM: Locust writes its CSV and HTML reports on the way out
@@ -127,16 +141,18 @@ def run(plan: LocustPlan, out: Path, env: dict[str, str] | None = None,
     return proc
 
 
-def web_state(port: int) -> str | None:
-    """The runner's state as Locust's web UI reports it (ready, spawning, running, stopped...)."""
+def web_state(port: int) -> tuple[str | None, int | None]:
+    """The runner's state (ready, spawning, running, stopped...) and the writes still pending, as the
+    locustfile's ``/pet-load`` route reports them."""
     import json
     import urllib.request
 
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats/requests", timeout=5) as resp:
-            return str(json.loads(resp.read()).get("state"))
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/pet-load", timeout=5) as resp:
+            data = json.loads(resp.read())
     except (OSError, ValueError):
-        return None
+        return None, None
+    return data.get("state"), data.get("pending")
 
 
 def _tail(proc: ManagedProcess, lines: int = 30) -> str:
