@@ -74,7 +74,7 @@ def test_a_short_load_of_ours_the_naive_peer_and_the_raw_ceiling(tmp_path: Path)
 
 
 def _state(port: int) -> dict[str, Any]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/pet-load", timeout=5) as resp:  # noqa: S310
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/pet-load", timeout=5) as resp:
         return dict(json.loads(resp.read()))
 
 
