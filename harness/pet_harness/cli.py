@@ -11,6 +11,8 @@
                                       at most 100 pets (--rounds, --max-pets; docs/chaos.md)
     pet-harness load                  Locust load on a fresh embedded cluster: latency, throughput, API writes,
                                       RSS of ours, the naive Kopf peer and the raw ceiling (docs/load.md)
+    pet-harness limits                a large population, restart, updates, narrowing, mass delete, failover
+                                      (docs/limits.md)
 """
 
 from __future__ import annotations
@@ -207,9 +209,11 @@ def build_parser() -> argparse.ArgumentParser:
     chaos.add_argument("--max-pets", type=_at_least_one, default=100, metavar="N",
                        help="the load creates at most N pets per experiment (default: 100; the pytest entry: 30)")
     chaos.set_defaults(func=_cmd_chaos)
+    from pet_harness.load.cli import add_limits_parser
     from pet_harness.load.cli import add_parser as add_load_parser
 
     add_load_parser(sub)
+    add_limits_parser(sub)
     return parser
 
 

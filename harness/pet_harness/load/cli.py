@@ -109,3 +109,39 @@ def command(args: argparse.Namespace) -> int:
     print((root / "summary.md").read_text())
     print(f"results: {root}")
     return 0 if all(s["verify"]["ok"] for s in summaries) else 1
+
+
+def add_limits_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "limits", help="measure one operator's limits: a large population, restart, updates, narrowing, mass "
+                       "delete, failover (results/limits/<timestamp>/; docs/limits.md)")
+    p.add_argument("--population", type=_positive(int), default=25_000, help="pets to grow to (default 25000)")
+    p.add_argument("--namespaces", type=_positive(int), default=10, help="namespaces they spread over (default 10)")
+    p.add_argument("--rate", type=_positive(float), default=60.0, help="creates per second (default 60)")
+    p.add_argument("--narrow-pets", type=_positive(int), default=5000, help="pets of the narrowed store (5000)")
+    p.add_argument("--delete-pets", type=_positive(int), default=10_000, help="pets deleted at once (10000)")
+    p.add_argument("--updaters", type=_positive(int), default=8, help="concurrent updating clients (default 8)")
+    p.add_argument("--results", default="results/limits", help="results root (default results/limits)")
+    p.set_defaults(func=limits_command)
+
+
+def limits_command(args: argparse.Namespace) -> int:
+    from pet_harness import binaries
+    from pet_harness.load import limits
+    from pet_harness.processes import install_signal_handlers
+
+    install_signal_handlers()
+    options = limits.LimitsOptions(population=args.population, namespaces=args.namespaces, rate=args.rate,
+                                   narrow_pets=args.narrow_pets, delete_pets=args.delete_pets,
+                                   updaters=args.updaters, out=Path(args.results))
+    try:
+        options.validate()
+    except ValueError as exc:
+        print(f"pet-harness: error: {exc}", file=sys.stderr)
+        return 2
+    binaries.ensure_binaries(build=True)
+    command = "pet-harness " + " ".join(sys.argv[1:]) if sys.argv[1:] else "pet-harness limits"
+    root = limits.run(options, command, say=lambda line: print(line, file=sys.stderr, flush=True))
+    print((root / "limits.md").read_text())
+    print(f"results: {root}")
+    return 0

@@ -45,7 +45,9 @@ class Subject:
     status_path: str = "status"
     duplicates: str = "conflict"  # "reject" when a webhook refuses held ids at admission
     writer: str = "operator"
-    process: Any = None  # OperatorProcess or ManagedProcess
+    process: Any = None  # OperatorProcess or ManagedProcess (ours: the first replica)
+    replicas: list[Any] = dataclasses.field(default_factory=list)  # ours: every replica, the first included
+    webhook_ca: bytes | None = None
     kubeconfig: Path | None = None
     log_path: Path | None = None
     started_seconds: float | None = None  # start until ready
@@ -65,12 +67,15 @@ class Subject:
         return args
 
     def stop(self, grace: float = 30) -> float | None:
-        """Stop it (SIGTERM, then SIGKILL after ``grace``); returns the seconds it took."""
+        """Stop it, every replica (SIGTERM, then SIGKILL after ``grace``); returns the seconds the first took."""
         if self.process is None:
             return None
         started = time.monotonic()
         self.process.stop(grace)
-        return round(time.monotonic() - started, 2)
+        took = round(time.monotonic() - started, 2)
+        for replica in self.replicas[1:]:
+            replica.stop(grace)
+        return took
 
 
 def _naive_ready(port: int) -> bool:
@@ -83,9 +88,13 @@ def _naive_ready(port: int) -> bool:
 
 def start_subject(
     kind: str, api: Any, admin_kubeconfig: Path, namespaces: Sequence[str], workdir: Path,
-    webhook: bool = True, ready_timeout: float = 120,
+    webhook: bool = True, ready_timeout: float = 120, replicas: int = 1, extra_args: Sequence[str] = (),
 ) -> Subject:
-    """Install what ``kind`` needs (RBAC, webhook) and start it, ready (its CRDs: :func:`install_crds_for`)."""
+    """Install what ``kind`` needs (RBAC, webhook) and start it, ready (its CRDs: :func:`install_crds_for`).
+
+    ``replicas`` (ours): more leader-electing replicas, each its own ServiceAccount; the first is started
+    first (and so leads), the API server calls the webhook of the last (so it keeps answering when the
+    leader is killed)."""
     if kind not in KINDS:
         raise ValueError(f"operator {kind!r} is not one of {', '.join(KINDS)}")
     started = time.monotonic()
@@ -113,33 +122,47 @@ def start_subject(
         return subject
     # ours
     identity = OperatorIdentity(api, CLAIMS_NAMESPACE, "load")
-    identity.create(list(namespaces))
-    kubeconfig = identity.kubeconfig(admin_kubeconfig, workdir / "operator.kubeconfig", seconds=world.TOKEN_SECONDS)
-    args = ["--claims-namespace", CLAIMS_NAMESPACE, "--leader-elect", "--lease-namespace", CLAIMS_NAMESPACE]
-    port = 0
+    args = ["--claims-namespace", CLAIMS_NAMESPACE, "--leader-elect", "--lease-namespace", CLAIMS_NAMESPACE,
+            *extra_args]
+    ca = b""
+    cert_dir = workdir / "webhook-certs"
     if webhook:
-        cert_dir = workdir / "webhook-certs"
         ca = webhooks.write_serving_certificate(cert_dir)
-        port = free_port()
-        args += ["--webhook-port", str(port), "--webhook-cert-dir", str(cert_dir)]
-    else:
-        args += ["--webhook-port", "0"]
-    op = OperatorProcess(kubeconfig, workdir / "operator.log", namespaces=namespaces, extra_args=args,
-                         name="pet-operator")
-    op.webhook_port = port
-    subject = Subject(kind, duplicates="reject" if webhook else "conflict", process=op, kubeconfig=kubeconfig,
-                      log_path=workdir / "operator.log")
+    subject = Subject(kind, duplicates="reject" if webhook else "conflict", log_path=workdir / "operator.log")
     try:
-        op.start(wait_ready=True, timeout=ready_timeout)
+        for index in range(replicas):
+            account = "pet-operator" if index == 0 else f"pet-operator-{index}"
+            identity.create(list(namespaces), account)
+            kubeconfig = identity.kubeconfig(admin_kubeconfig, workdir / f"operator-{index}.kubeconfig",
+                                             seconds=world.TOKEN_SECONDS, account=account)
+            port = free_port() if webhook else 0
+            hook = ["--webhook-port", str(port), "--webhook-cert-dir", str(cert_dir)] if webhook else \
+                ["--webhook-port", "0"]
+            log = workdir / ("operator.log" if index == 0 else f"operator-{index}.log")
+            op = OperatorProcess(kubeconfig, log, namespaces=namespaces, extra_args=[*args, *hook],
+                                 name=f"pet-operator-{index}", extra_env={"POD_NAME": f"pet-operator-{index}"})
+            op.webhook_port = port
+            subject.replicas.append(op)
+            if index == 0:
+                subject.process, subject.kubeconfig = op, kubeconfig
+            op.start(wait_ready=True, timeout=ready_timeout)
         if webhook:
-            webhooks.install(api, webhooks.webhook_configuration(
-                WEBHOOK_NAME, namespaces, f"https://127.0.0.1:{port}/validate-pets", ca))
-            webhooks.wait_effective(api, namespaces[0])
+            subject.webhook_ca = ca
+            point_webhook(api, subject, len(subject.replicas) - 1, namespaces)
     except BaseException:
         subject.stop()
         raise
     subject.started_seconds = round(time.monotonic() - started, 2)
     return subject
+
+
+def point_webhook(api: Any, subject: Subject, replica: int, namespaces: Sequence[str]) -> None:
+    """Make the API server call the webhook of ``replica`` (one URL, as a Service would have one), and wait
+    until it does."""
+    port = subject.replicas[replica].webhook_port
+    webhooks.install(api, webhooks.webhook_configuration(
+        WEBHOOK_NAME, namespaces, f"https://127.0.0.1:{port}/validate-pets", subject.webhook_ca))
+    webhooks.wait_effective(api, namespaces[0])
 
 
 def install_crds_for(kind: str, api: Any, workdir: Path) -> None:
