@@ -29,6 +29,10 @@ def _host_name_ok(name: str) -> bool:
     return 0 < len(name) <= 253 and all(_NAMESPACE_RE.match(label) for label in name.lower().split("."))
 
 
+#: seconds the webhook keeps serving after SIGTERM by default (endpoint removal reaching every node)
+DEFAULT_DRAIN_DELAY = 5.0
+
+
 class ConfigError(ValueError):
     """The command line or environment is wrong; the message names the value and the rule."""
 
@@ -48,6 +52,7 @@ class Config:
     webhook_configuration: str | None = None
     webhook_host_names: tuple[str, ...] = ()
     shutdown_grace: float = 20.0
+    shutdown_drain_delay: float = 5.0
     leader_elect: bool = False
     lease_name: str = "pet-operator-leader"
     lease_namespace: str = "pet-system"
@@ -104,7 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     elect.add_argument("--retry-period", type=float, default=2.0, help="seconds (default 2)")
     elect.add_argument("--leader-identity", default=None, help="default: $POD_NAME or the host name, plus a suffix")
     parser.add_argument("--shutdown-grace", type=float, default=20.0,
-                        help="seconds in-flight work may take after SIGTERM before the operator exits (default 20)")
+                        help="seconds from SIGTERM to exit, whatever is still running (default 20)")
+    parser.add_argument("--shutdown-drain-delay", type=float, default=None, metavar="SECONDS",
+                        help="after SIGTERM, keep serving the webhook this long while unready, so a Service "
+                             "stops routing here first; at most the grace (default 5, or half the grace if less)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
 
@@ -146,6 +154,11 @@ def parse_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] |
         raise ConfigError(f"--webhook-port and --health-port are both {args.health_port}: they need two ports")
     if not math.isfinite(args.shutdown_grace) or args.shutdown_grace < 0:
         raise ConfigError(f"--shutdown-grace {args.shutdown_grace} must be 0 or a positive number of seconds")
+    drain_delay = (min(DEFAULT_DRAIN_DELAY, args.shutdown_grace / 2) if args.shutdown_drain_delay is None
+                   else args.shutdown_drain_delay)
+    if not math.isfinite(drain_delay) or not 0 <= drain_delay <= args.shutdown_grace:
+        raise ConfigError(f"--shutdown-drain-delay {drain_delay} must be between 0 and --shutdown-grace "
+                          f"({args.shutdown_grace}) seconds: the drain is part of the grace")
     timings = (args.lease_duration, args.renew_deadline, args.retry_period)
     ordered = args.lease_duration > args.renew_deadline > args.retry_period > 0
     if not all(math.isfinite(t) for t in timings) or not ordered:
@@ -183,6 +196,7 @@ def parse_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] |
         webhook_configuration=args.webhook_configuration,
         webhook_host_names=host_names,
         shutdown_grace=args.shutdown_grace,
+        shutdown_drain_delay=drain_delay,
         claims_namespace=claims_namespace,
         event_level=args.event_level,
         namespaces=tuple(dict.fromkeys(namespaces)),

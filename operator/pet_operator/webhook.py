@@ -11,7 +11,6 @@ make its own CA). The path served is ``/validate-pets``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime
 import hashlib
 import ipaddress
@@ -225,14 +224,21 @@ class WebhookServer:
         await site.start()
         self._reloader = asyncio.create_task(self._reload_forever())
 
-    async def stop(self) -> None:
-        if self._reloader is not None:
+    async def stop(self, within: float = 5.0) -> bool:
+        """Stop listening, close idle connections, give in-flight reviews what is left of
+        ``within`` seconds; False if that was not enough (the rest is abandoned)."""
+        if self._reloader is not None and not self._reloader.done():
             self._reloader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reloader
-        if self._runner is not None:
-            await asyncio.shield(self._runner.cleanup())
-            self._runner = None
+            await asyncio.wait({self._reloader})  # its end, never the caller's own cancellation
+        runner, self._runner = self._runner, None
+        if runner is None:
+            return True
+        try:
+            await asyncio.wait_for(asyncio.shield(runner.cleanup()), within)
+        except TimeoutError:
+            log.warning("webhook: connections still open after %.1fs; abandoning them", within)
+            return False
+        return True
 
 
 def certificates_for(cert_dir: str | None, dns_names: Sequence[str]) -> tuple[CertificateFiles, bytes | None]:

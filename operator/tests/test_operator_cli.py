@@ -219,3 +219,26 @@ def test_console_script_without_arguments_exits_2() -> None:
     )
     assert result.returncode == 2
     assert "pet-operator: error: no namespace to serve" in result.stderr
+
+
+# --- shutdown ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("argv", "drain"), [
+    ([], 5.0),  # the default
+    (["--shutdown-grace", "4"], 2.0),  # half a short grace
+    (["--shutdown-drain-delay", "0"], 0.0),
+    (["--shutdown-grace", "3", "--shutdown-drain-delay", "3"], 3.0),
+])
+def test_shutdown_drain_delay(argv: list[str], drain: float) -> None:
+    assert parse_config(["-n", "a", *argv], NO_ENV).shutdown_drain_delay == drain
+
+
+@pytest.mark.parametrize("argv", [
+    ["--shutdown-drain-delay", "-1"],
+    ["--shutdown-drain-delay", "nan"],
+    ["--shutdown-grace", "3", "--shutdown-drain-delay", "4"],
+])
+def test_shutdown_drain_delay_outside_the_grace_is_refused(argv: list[str]) -> None:
+    with pytest.raises(ConfigError, match=r"--shutdown-drain-delay .* must be between 0 and --shutdown-grace"):
+        parse_config(["-n", "a", *argv], NO_ENV)
