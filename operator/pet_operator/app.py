@@ -170,12 +170,20 @@ def make_elector(
     return elector
 
 
-async def campaign_forever(elector: LeaderElector, shutdown: Shutdown) -> None:
-    """Lead while the Lease allows; a leader that loses it stops the process (exit 1) so that it
-    is restarted clean, as controller-runtime does."""
+async def campaign_forever(elector: LeaderElector, rec: Reconciler, shutdown: Shutdown) -> None:
+    """Lead while the Lease allows, then campaign again as a standby. The process is stopped
+    (exit 1) only when it can no longer be trusted: its event loop stood still for longer than
+    a lease (frozen, starved: its view of the cluster is stale and a write it had in flight may
+    land late), or the election itself failed unexpectedly."""
     try:
-        await elector.run()  # returns when leadership is lost
-        shutdown.request("lost the leadership", exit_code=1)
+        while True:
+            await elector.run()  # returns when leadership is lost
+            if elector.stalled:
+                shutdown.request(f"the process stood still for {elector.stalled:.1f}s, longer than the "
+                                 f"{elector.lease_duration:g}s lease: it can no longer be trusted", exit_code=1)
+                return
+            rec.forget_claims()  # another leader may change them meanwhile: read them again when leading
+            log.info("lost the leadership: campaigning again as a standby")
     except asyncio.CancelledError:
         raise
     except Exception:
@@ -230,7 +238,7 @@ async def main(
         webhook = await start_webhook(config, kube)
         background = [asyncio.create_task(initial_sync(config, kube, rec, readiness)),
                       asyncio.create_task(maintenance(config, rec, indexes, readiness))]
-        campaign = asyncio.create_task(campaign_forever(elector, shutdown)) if elector is not None else None
+        campaign = asyncio.create_task(campaign_forever(elector, rec, shutdown)) if elector is not None else None
         requested = asyncio.create_task(shutdown.requested.wait())
     log.info("serving %s; claims in %s; health on :%d", config.scope, config.claims_namespace, config.health_port)
     existing = {task for task in asyncio.all_tasks() if task is not asyncio.current_task()}

@@ -325,6 +325,10 @@ class Reconciler:
         for claim in claims:
             self._claims[claim.pet_id] = claim
 
+    def forget_claims(self) -> None:
+        """Drop the claim cache (leadership lost: another leader may change claims meanwhile)."""
+        self._claims.clear()
+
     async def _is_orphan(self, claim: Claim, pets: PetIndex) -> bool:
         """A claim whose holder is gone (only decidable in a served namespace).
 

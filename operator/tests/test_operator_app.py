@@ -288,3 +288,62 @@ async def test_main_exits_1_when_kopf_stops_on_its_own(monkeypatch: pytest.Monke
     assert await run == 1
     assert exits == []
     assert kube.closed
+
+
+# --- campaign_forever -------------------------------------------------------------------------------
+
+
+class FakeElector:
+    """run() plays one term per entry of ``terms``: the seconds it stood still (0: it simply lost)."""
+
+    lease_duration = 4.0
+
+    def __init__(self, terms: list[float | Exception]) -> None:
+        self.terms = terms
+        self.runs = 0
+        self.stalled = 0.0
+        self.done = asyncio.Event()
+
+    async def run(self) -> None:
+        if self.runs == len(self.terms):
+            self.done.set()
+            await asyncio.Event().wait()  # campaigning, never elected again
+        term = self.terms[self.runs]
+        self.runs += 1
+        if isinstance(term, Exception):
+            raise term
+        self.stalled = term
+
+
+class ForgetfulReconciler:
+    forgotten = 0
+
+    def forget_claims(self) -> None:
+        self.forgotten += 1
+
+
+def _shutdown() -> Any:
+    from pet_operator.shutdown import Deadlines, Shutdown
+
+    return Shutdown(Deadlines(grace=20))
+
+
+async def test_a_replica_that_loses_leadership_campaigns_again_and_forgets_its_claims() -> None:
+    elector, rec, stop = FakeElector([0.0, 0.0]), ForgetfulReconciler(), _shutdown()
+    task = asyncio.create_task(app.campaign_forever(elector, rec, stop))  # type: ignore[arg-type]
+    await asyncio.wait_for(elector.done.wait(), 5)
+    assert elector.runs == 2 and rec.forgotten == 2
+    assert not stop.requested.is_set()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+@pytest.mark.parametrize(("term", "why"), [(9.5, "stood still for 9.5s"), (RuntimeError("bug"), "election failed")])
+async def test_a_replica_that_can_no_longer_be_trusted_stops_with_exit_1(term: float | Exception, why: str) -> None:
+    elector, rec, stop = FakeElector([term]), ForgetfulReconciler(), _shutdown()
+    await asyncio.wait_for(app.campaign_forever(elector, rec, stop), 5)  # type: ignore[arg-type]
+    assert stop.requested.is_set()
+    assert stop.exit_code == 1
+    assert why in stop.reason
+    assert rec.forgotten == 0

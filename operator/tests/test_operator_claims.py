@@ -322,6 +322,16 @@ async def test_primed_claim_of_another_pet_still_conflicts(world: World) -> None
     assert "other/holder" in verdict.message
 
 
+async def test_forgotten_claims_are_read_again(world: World) -> None:
+    """A replica that lost the leadership forgets its claims: another leader may move them meanwhile."""
+    world.store.put(ID, NS, "rex", uid_of(NS, "rex"))
+    rec = world.replica()
+    rec.prime_claims(await world.store.list_claims())
+    rec.forget_claims()
+    await rec.sync_pet(KEY, index_of(claim_pet("rex", finalizers=(FINALIZER,))), index_of())
+    assert world.journal.ops() == ["list_claims", "create_claim", "read_claim"]
+
+
 # --- orphans met while claiming -------------------------------------------------------------------
 
 
