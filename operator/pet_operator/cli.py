@@ -104,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     elect.add_argument("--leader-elect", action="store_true", help="campaign for a coordination.k8s.io Lease")
     elect.add_argument("--lease-name", default="pet-operator-leader", help="default pet-operator-leader")
     elect.add_argument("--lease-namespace", default=None, help="default: the claims namespace")
-    elect.add_argument("--lease-duration", type=float, default=15.0, help="seconds (default 15)")
+    elect.add_argument("--lease-duration", type=float, default=15.0,
+                       help="seconds (default 15); published in the Lease rounded up to whole seconds")
     elect.add_argument("--renew-deadline", type=float, default=10.0, help="seconds (default 10)")
     elect.add_argument("--retry-period", type=float, default=2.0, help="seconds (default 2)")
     elect.add_argument("--leader-identity", default=None, help="default: $POD_NAME or the host name, plus a suffix")

@@ -20,6 +20,7 @@ import asyncio
 import dataclasses
 import datetime
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -124,7 +125,8 @@ class LeaderElector:
         now = micro_time()
         return {
             "holderIdentity": self.identity,
-            "leaseDurationSeconds": round(self.lease_duration),
+            # whole seconds, rounded up: what others wait for is never less than our renew deadline
+            "leaseDurationSeconds": math.ceil(self.lease_duration),
             "acquireTime": acquire_time or now,
             "renewTime": now,
             "leaseTransitions": transitions,

@@ -246,6 +246,16 @@ async def test_a_candidate_whose_read_hangs_keeps_campaigning() -> None:
 # --- what the Lease says, and why leadership ended ----------------------------------------------
 
 
+async def test_the_published_lease_duration_is_rounded_up_never_below_the_renew_deadline(
+    leases: FakeLeases, clock: Clock
+) -> None:
+    a = LeaderElector(leases, "pet-system", "pet-operator-leader", "a",
+                      lease_duration=15.4, renew_deadline=15.3, retry_period=2, clock=clock)
+    assert await a.try_acquire_or_renew()
+    assert leases.record is not None
+    assert leases.record.lease_duration == 16  # round() would publish 15: less than the renew deadline
+
+
 @pytest.fixture
 def fake_sleep(monkeypatch: pytest.MonkeyPatch, clock: Clock) -> None:
     """The elector's sleeps advance the fake clock instead of waiting."""
