@@ -110,3 +110,25 @@ def test_the_deployment_runs_two_leader_electing_replicas_with_valid_flags(
     pdb["metadata"]["namespace"] = ns
     created = client.PolicyV1Api(kube_api).create_namespaced_pod_disruption_budget(ns, pdb, dry_run="All")
     assert created.spec.selector.match_labels == deployment["spec"]["selector"]["matchLabels"]
+
+
+def test_the_deployment_spreads_its_replicas_over_nodes_and_zones(kube_api: Any, make_namespace: Any) -> None:
+    """Losing a node (or a zone) must not take every webhook replica: spread them, preferring
+    rather than requiring it, so that a one-node cluster still runs both."""
+    deployment = load_yaml_documents(DEPLOYMENT)[0]
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    pod_spec = deployment["spec"]["template"]["spec"]
+    spread = {c["topologyKey"]: c for c in pod_spec["topologySpreadConstraints"]}
+    assert set(spread) == {"kubernetes.io/hostname", "topology.kubernetes.io/zone"}
+    for constraint in spread.values():
+        assert constraint["maxSkew"] == 1
+        assert constraint["whenUnsatisfiable"] == "ScheduleAnyway"
+        assert constraint["labelSelector"]["matchLabels"] == selector
+    preferred = pod_spec["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert preferred[0]["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert preferred[0]["podAffinityTerm"]["labelSelector"]["matchLabels"] == selector
+    assert "requiredDuringSchedulingIgnoredDuringExecution" not in pod_spec["affinity"]["podAntiAffinity"]
+    ns = make_namespace("spread")
+    deployment["metadata"]["namespace"] = ns
+    created = client.AppsV1Api(kube_api).create_namespaced_deployment(ns, deployment, dry_run="All")
+    assert len(created.spec.template.spec.topology_spread_constraints) == 2

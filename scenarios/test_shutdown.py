@@ -88,3 +88,33 @@ def test_sigterm_exits_within_grace_when_the_api_server_stops_answering(
     assert took < GRACE + MARGIN, f"exit took {took:.1f}s with --shutdown-grace {GRACE}:\n{op.log_tail()}"
     assert "shutdown grace" in op.log_text()
     record(request, "shutdown-blackholed", {"grace_s": GRACE, "exit_s": round(took, 2), "exit_code": code})
+
+
+def test_the_webhook_keeps_serving_while_unready_for_the_drain_delay(
+    pets: PetApi, operator_factory: Any, request: Any
+) -> None:
+    """A rollout: the pod turns unready at SIGTERM, but the Service may route to it a moment
+    longer; reviews sent meanwhile are answered, not refused."""
+    import signal
+
+    from helpers import api_error
+
+    drain = 4.0
+    op = operator_factory([pets.namespace], extra_args=(
+        "--shutdown-grace", str(GRACE + drain), "--shutdown-drain-delay", str(drain)))
+    pets.create_store("shop", {"allowedTags": ["dog"]})
+    started = time.monotonic()
+    op.process.signal(signal.SIGTERM)
+    wait_for(op.readyz, lambda r: r[0] == 503, 5, "the replica to turn unready")
+    op.wait_log("Kopf has stopped", timeout=GRACE)  # past the point where, without a drain, it would close
+    exc = api_error(lambda: pets.create_pet("cat", {"id": 1420, "name": "cat", "store": "shop", "tags": ["cat"]}))
+    answered_after = time.monotonic() - started
+    assert exc.status == 422, exc.body  # the webhook answered: not a refused connection (500)
+    assert "'cat'" in exc.body
+    code = op.process.wait(GRACE + drain + 30)
+    took = time.monotonic() - started
+    assert code == 0, op.log_tail()
+    assert took < GRACE + drain + MARGIN, f"exit took {took:.1f}s:\n{op.log_tail()}"
+    assert "drain delay" in op.log_text()
+    record(request, "shutdown-drain", {"drain_s": drain, "review_answered_after_s": round(answered_after, 2),
+                                       "exit_s": round(took, 2)})

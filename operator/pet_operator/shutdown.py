@@ -193,6 +193,8 @@ class Shutdown:
                 log.warning("shutdown grace: Kopf did not finish its in-flight work within %.1fs; abandoning it",
                             d.kopf)
                 stopper.kopf.cancel()
+            else:
+                log.info("Kopf has stopped, %.1fs after the signal", self.elapsed())
         if stopper.stop_campaign is not None:
             await self._bounded("the leader election loop", stopper.stop_campaign(),
                                 self.left(d.grace - d.closing))
