@@ -132,3 +132,33 @@ def test_the_deployment_spreads_its_replicas_over_nodes_and_zones(kube_api: Any,
     deployment["metadata"]["namespace"] = ns
     created = client.AppsV1Api(kube_api).create_namespaced_deployment(ns, deployment, dry_run="All")
     assert len(created.spec.template.spec.topology_spread_constraints) == 2
+
+
+def test_the_webhook_listens_on_the_pods_own_address(kube_api: Any) -> None:
+    from pet_operator.cli import parse_config
+
+    container = load_yaml_documents(DEPLOYMENT)[0]["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    config = parse_config(container["args"], {"POD_NAME": "pet-operator-abc-1", "POD_NAMESPACE": "pet-system",
+                                              "POD_IP": "10.244.1.7"})
+    assert config.webhook_bind_addresses == ("10.244.1.7",)
+
+
+def test_the_network_policy_admits_only_the_webhook_port_of_the_operator_pods(
+    kube_api: Any, make_namespace: Any
+) -> None:
+    policy = load_yaml_documents(REPO_ROOT / "deploy" / "operator" / "networkpolicy.yaml")[0]
+    deployment = load_yaml_documents(DEPLOYMENT)[0]
+    template = deployment["spec"]["template"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= template["metadata"]["labels"].items()
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    ports = [port for rule in policy["spec"]["ingress"] for port in rule["ports"]]
+    named = {p["name"]: p["containerPort"] for p in template["spec"]["containers"][0]["ports"]}
+    assert [(p["protocol"], named[p["port"]]) for p in ports] == [("TCP", 9443)]
+    for rule in policy["spec"]["ingress"]:
+        assert rule["from"] and all(set(peer) == {"ipBlock"} for peer in rule["from"])  # addresses, not pods
+    ns = make_namespace("netpol")
+    policy["metadata"]["namespace"] = ns
+    created = client.NetworkingV1Api(kube_api).create_namespaced_network_policy(ns, policy, dry_run="All")
+    assert created.spec.ingress[0].ports[0].port == "webhook"

@@ -126,11 +126,25 @@ def review_pet(
             )
     if operation == "CREATE" and claim is not None and claim.holder != f"{namespace}/{name}":
         problems.append(
-            f"spec.id {spec.get('id')} is already held by pet {claim.holder}; ids are unique across all namespaces"
+            f"spec.id {spec.get('id')} is already held by {holder_for(namespace, claim)}; "
+            "ids are unique across all namespaces"
         )
     if not problems:
         return ALLOW
     return Decision(False, "; ".join(problems), 422)
+
+
+def holder_for(namespace: str, claim: Claim) -> str:
+    """The holder as the requester may see it: named in its own namespace only. A denial must not
+    tell someone who creates pets in one namespace what exists in another."""
+    holder_namespace, _ = claim.holder_key
+    if holder_namespace == namespace:
+        return f"pet {claim.holder}"
+    return "a pet in another namespace"
+
+
+def not_served(namespace: str) -> Decision:
+    return Decision(False, f"namespace {namespace!r} is not served by this pet-operator", 403)
 
 
 def review_response(uid: str, decision: Decision) -> dict[str, Any]:

@@ -120,10 +120,13 @@ async def start_webhook(config: Config, kube: Kube) -> WebhookServer | None:
     if not config.webhook_port:
         return None
     certificates, ca_pem = certificates_for(config.webhook_cert_dir, config.webhook_host_names)
-    server = WebhookServer(config.webhook_port, certificates, kube.read_store, kube.read_claim)
+    server = WebhookServer(
+        config.webhook_port, certificates, kube.read_store, kube.read_claim,
+        host=config.webhook_bind_addresses, served=None if config.all_namespaces else frozenset(config.namespaces),
+    )
     await server.start()
-    log.info("admission webhook on :%d%s (%s certificate)", config.webhook_port, PATH,
-             "mounted" if config.webhook_cert_dir else "self-signed")
+    log.info("admission webhook on %s port %d, path %s (%s certificate)", ", ".join(config.webhook_bind_addresses),
+             config.webhook_port, PATH, "mounted" if config.webhook_cert_dir else "self-signed")
     if ca_pem is not None and config.webhook_configuration:
         try:
             await kube.publish_ca_bundle(config.webhook_configuration, ca_pem)

@@ -51,6 +51,7 @@ class Config:
     webhook_cert_dir: str | None = None
     webhook_configuration: str | None = None
     webhook_host_names: tuple[str, ...] = ()
+    webhook_bind_addresses: tuple[str, ...] = ("127.0.0.1",)
     shutdown_grace: float = 20.0
     shutdown_drain_delay: float = 5.0
     leader_elect: bool = False
@@ -93,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     hook = parser.add_argument_group("admission webhook (TLS)")
     hook.add_argument("--webhook-port", type=int, default=9443, help="HTTPS port of /validate-pets; 0 turns it off")
+    hook.add_argument("--webhook-bind-address", action="append", default=[], metavar="IP",
+                      help="address to listen on, repeatable (IPv4 or IPv6; 0.0.0.0 or :: for every interface "
+                           "of that family); default: $POD_IP, else 127.0.0.1")
     hook.add_argument("--webhook-cert-dir", default=None, metavar="DIR",
                       help="folder with tls.crt and tls.key (re-read on change); default: self-signed at start")
     hook.add_argument("--webhook-configuration", default=None, metavar="NAME",
@@ -184,7 +188,18 @@ def parse_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] |
                     f"--webhook-host-name {name!r} is neither a DNS name (ASCII labels of letters, digits and "
                     "'-', 1 to 63 characters each, separated by single dots) nor an IP address"
                 )
+    bind_addresses = tuple(dict.fromkeys(args.webhook_bind_address)) or (env.get("POD_IP") or "127.0.0.1",)
+    for address in bind_addresses:
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            source = "--webhook-bind-address" if args.webhook_bind_address else "$POD_IP"
+            raise ConfigError(
+                f"{source} {address!r} is not an IP address (give the pod's own address, e.g. from $POD_IP; "
+                "0.0.0.0 or :: listen on every interface of that family)"
+            ) from None
     return Config(
+        webhook_bind_addresses=bind_addresses,
         leader_elect=bool(args.leader_elect),
         lease_name=args.lease_name,
         lease_namespace=lease_namespace,

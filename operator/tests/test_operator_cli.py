@@ -242,3 +242,27 @@ def test_shutdown_drain_delay(argv: list[str], drain: float) -> None:
 def test_shutdown_drain_delay_outside_the_grace_is_refused(argv: list[str]) -> None:
     with pytest.raises(ConfigError, match=r"--shutdown-drain-delay .* must be between 0 and --shutdown-grace"):
         parse_config(["-n", "a", *argv], NO_ENV)
+
+
+# --- webhook exposure ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("argv", "env", "addresses"), [
+    ([], {}, ("127.0.0.1",)),  # run by hand: loopback only, never every interface silently
+    ([], {"POD_IP": "10.1.2.3"}, ("10.1.2.3",)),  # in a pod: its own address (the Service routes there)
+    ([], {"POD_IP": "fd00::12"}, ("fd00::12",)),
+    (["--webhook-bind-address", "::"], {"POD_IP": "10.1.2.3"}, ("::",)),
+    (["--webhook-bind-address", "0.0.0.0", "--webhook-bind-address", "::"], {}, ("0.0.0.0", "::")),  # noqa: S104 - explicit opt-in
+])
+def test_webhook_bind_addresses(argv: list[str], env: dict[str, str], addresses: tuple[str, ...]) -> None:
+    assert parse_config(["-n", "a", *argv], env).webhook_bind_addresses == addresses
+
+
+@pytest.mark.parametrize(("argv", "env", "named"), [
+    (["--webhook-bind-address", "localhost"], {}, "--webhook-bind-address 'localhost'"),
+    ([], {"POD_IP": "pod-1"}, "$POD_IP 'pod-1'"),
+])
+def test_webhook_bind_address_must_be_an_ip(argv: list[str], env: dict[str, str], named: str) -> None:
+    with pytest.raises(ConfigError, match=r"is not an IP address") as caught:
+        parse_config(["-n", "a", *argv], env)
+    assert named in str(caught.value)

@@ -447,12 +447,31 @@ async def test_create_with_disallowed_tags_is_denied_over_tls(served: Served) ->
     )
 
 
-async def test_create_with_a_held_id_is_denied_naming_the_holder(served: Served) -> None:
+async def test_create_with_a_held_id_is_denied_naming_a_holder_only_in_its_own_namespace(served: Served) -> None:
     served.lookups.claims[7] = Claim(7, "other-ns/fido", "uid-fido", "3")
     response = await respond(served, review("CREATE", pet(store=None), uid="u-id"))
     assert (response["uid"], response["allowed"], response["status"]["code"]) == ("u-id", False, 422)
-    assert "other-ns/fido" in response["status"]["message"]
+    assert "a pet in another namespace" in response["status"]["message"]
+    assert "fido" not in response["status"]["message"]
     assert served.lookups.calls == [("claim", 7)]  # no store named: none read
+    served.lookups.claims[7] = Claim(7, f"{NS}/fido", "uid-fido", "3")
+    response = await respond(served, review("CREATE", pet(store=None), uid="u-id"))
+    assert f"pet {NS}/fido" in response["status"]["message"]
+
+
+async def test_a_review_for_a_namespace_not_served_is_refused_before_any_lookup(tmp_path: Path) -> None:
+    """A forged review (the configuration sends only served namespaces) learns nothing: no store's
+    allowedTags, no claim holder."""
+    async with serving_files(tmp_path / "certs") as s:
+        s.server.served = frozenset({NS})
+        s.lookups.stores[("elsewhere", "shop")] = StoreView("shop", ("secret-tag",))
+        s.lookups.claims[7] = Claim(7, "elsewhere/fido", "uid-fido", "3")
+        body = review("CREATE", pet(tags=["x"]))
+        body["request"]["namespace"] = "elsewhere"
+        response = await respond(s, body)
+        assert (response["allowed"], response["status"]["code"]) == (False, 403)
+        assert response["status"]["message"] == "namespace 'elsewhere' is not served by this pet-operator"
+        assert s.lookups.calls == []
 
 
 async def test_create_of_a_recreated_pet_with_its_own_stale_claim_is_allowed(served: Served) -> None:
@@ -807,5 +826,6 @@ def test_defaults() -> None:
         return None
 
     server = WebhookServer(9443, certificates=None, stores=none, claims=none)  # type: ignore[arg-type]
-    assert (server.host, server.port, server.reload_interval) == ("0.0.0.0", 9443, 5.0)  # noqa: S104
+    assert (server.hosts, server.port, server.reload_interval) == (("127.0.0.1",), 9443, 5.0)
+    assert (server.first_request_timeout, server.keepalive_timeout, server.served) == (10.0, 120.0, None)
     assert PATH == "/validate-pets"
