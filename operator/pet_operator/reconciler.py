@@ -61,8 +61,8 @@ class PetSnapshot:
 
     @property
     def pet_id(self) -> int | None:
-        value = self.spec.get("id")
-        return value if isinstance(value, int) and not isinstance(value, bool) else None
+        """The id to claim; None if the pet has none the operator can use (it is then Invalid)."""
+        return model.usable_id(self.spec.get("id"))
 
     @property
     def store(self) -> str | None:
