@@ -32,18 +32,31 @@ def test_the_operator_authenticates_as_its_service_account(
     wait_phase(pets, "rex", "Active")  # and it works under exactly those rights
 
 
-@pytest.mark.parametrize("what", ["secrets", "pets-elsewhere", "create-pets", "configmaps-cluster-wide"])
+@pytest.mark.parametrize("what", ["secrets", "pets-elsewhere", "create-pets", "configmaps-cluster-wide",
+                                  "patch-leases", "watch-leases", "patch-webhook-configuration"])
 def test_the_operator_is_forbidden_what_it_does_not_need(
-    pets: PetApi, pet_operator: Any, make_namespace: Any, what: str
+    pets: PetApi, pet_operator: Any, make_namespace: Any, claims_namespace: str, kube_api: Any, what: str
 ) -> None:
     elsewhere = make_namespace("elsewhere")
+    client.CoordinationV1Api(kube_api).create_namespaced_lease(
+        claims_namespace, {"metadata": {"name": "some-lease"}, "spec": {"holderIdentity": "x"}})
     with _operator_api(pet_operator) as api:
         core = client.CoreV1Api(api)
+        leases = client.CoordinationV1Api(api)
+        admission = client.AdmissionregistrationV1Api(api)
         calls = {
             "secrets": lambda: core.list_namespaced_secret(pets.namespace),
             "pets-elsewhere": lambda: PetApi(api, elsewhere).list_pets(),
             "create-pets": lambda: PetApi(api, pets.namespace).create_pet("x", {"id": 902, "name": "x"}),
             "configmaps-cluster-wide": lambda: core.list_config_map_for_all_namespaces(),
+            # claims and the leader Lease are created, read, listed, replaced and deleted: never patched or watched
+            "patch-leases": lambda: leases.patch_namespaced_lease(
+                "some-lease", claims_namespace, {"spec": {"holderIdentity": "y"}}),
+            "watch-leases": lambda: leases.list_namespaced_lease(claims_namespace, watch=True, timeout_seconds=1),
+            # with mounted certificates (cert-manager injects the CA) the operator may not touch its own
+            # webhook configuration, so it can never weaken its failurePolicy
+            "patch-webhook-configuration": lambda: admission.patch_validating_webhook_configuration(
+                "pet-operator", [{"op": "replace", "path": "/webhooks/0/failurePolicy", "value": "Ignore"}]),
         }
         with pytest.raises(ApiException) as caught:
             calls[what]()

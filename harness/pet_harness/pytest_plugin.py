@@ -201,7 +201,9 @@ def operator_factory(
         else:
             port = 0
             args += ["--webhook-port", "0"]
-        identity.create(None if all_namespaces else served, service_account)
+        # the optional CA-publishing right, only for replicas that publish a self-signed CA
+        identity.create(None if all_namespaces else served, service_account,
+                        publish_ca="--webhook-configuration" in extra_args)
         kubeconfig = identity.kubeconfig(pet_cluster.kubeconfig_path, log_dir / f"operator-{len(started)}.kubeconfig",
                                          account=service_account)
         _wait_authorized(kubeconfig, served or [claims_namespace])
