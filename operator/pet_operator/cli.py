@@ -198,6 +198,12 @@ def parse_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] |
                 f"{source} {address!r} is not an IP address (give the pod's own address, e.g. from $POD_IP; "
                 "0.0.0.0 or :: listen on every interface of that family)"
             ) from None
+    if args.all_namespaces is False and claims_namespace in namespaces:
+        raise ConfigError(
+            f"claims namespace {claims_namespace!r} is also a served namespace: whoever may write pets there "
+            "could usually write Leases too, and so forge or delete id claims for every namespace; keep the "
+            "claims in the operator's own namespace, which serves no pets"
+        )
     return Config(
         webhook_bind_addresses=bind_addresses,
         leader_elect=bool(args.leader_elect),
