@@ -61,17 +61,23 @@ def test_adding_a_forbidden_tag_by_update_is_rejected_but_other_updates_of_an_in
     wait_for(pets.list_pets, lambda items: items == [], 20, "the pet to be deleted")
 
 
-def test_a_create_with_an_id_held_elsewhere_is_rejected_naming_the_holder(
+def test_a_create_with_an_id_held_elsewhere_is_rejected_naming_the_holder_only_in_its_namespace(
     pets: PetApi, make_namespace: Any, operator_factory: Any
 ) -> None:
+    """The denial tells the requester what it may read anyway: a holder in the same namespace by
+    name, one in another namespace only as such."""
     other = pets.in_namespace(make_namespace("other"))
     operator_factory([pets.namespace, other.namespace])
     pets.create_pet("holder", {"id": 807, "name": "holder"})
     wait_phase(pets, "holder", "Active")
     exc = api_error(lambda: other.create_pet("copycat", {"id": 807, "name": "copycat"}))
     assert exc.status == 422
-    assert f"already held by pet {pets.namespace}/holder" in exc.body
+    assert "already held by a pet in another namespace" in exc.body
+    assert pets.namespace not in exc.body and "holder" not in exc.body
     assert other.list_pets() == []
+    exc = api_error(lambda: pets.create_pet("twin", {"id": 807, "name": "twin"}))
+    assert exc.status == 422
+    assert f"already held by pet {pets.namespace}/holder" in exc.body
 
 
 def test_pets_of_unserved_namespaces_are_not_reviewed(
@@ -139,6 +145,48 @@ def test_self_signed_certificate_is_published_into_the_webhook_configuration(
         webhooks.uninstall(kube_api, name)
 
 
+def _post_review(port: int, body: bytes) -> tuple[int, dict[str, Any]]:
+    """POST straight to a replica's webhook port, as anyone who can reach it could."""
+    import http.client
+    import json
+
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=10)
+    try:
+        conn.request("POST", "/validate-pets", body=body, headers={"Content-Type": "application/json"})
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        conn.close()
+
+
+def test_a_forged_review_for_a_namespace_not_served_reveals_nothing(
+    pets: PetApi, make_namespace: Any, pet_operator: Any
+) -> None:
+    """Reviews for namespaces the operator does not serve are refused before anything is read:
+    no claim holder, no store's allowedTags, whatever the forger asks."""
+    import json
+
+    pets.create_store("shop", {"allowedTags": ["secret-tag"]})
+    pets.create_pet("holder", {"id": 812, "name": "holder", "store": "shop", "tags": ["secret-tag"]})
+    wait_phase(pets, "holder", "Active")
+    unserved = make_namespace("unserved")
+    for namespace, spec in ((unserved, {"id": 812, "name": "x"}),
+                            (unserved, {"id": 813, "name": "x", "store": "shop", "tags": ["other"]})):
+        review = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+            "uid": "forged", "operation": "CREATE", "namespace": namespace, "name": "x",
+            "object": {"apiVersion": "petstore.example.com/v1", "kind": "Pet",
+                       "metadata": {"name": "x", "namespace": namespace}, "spec": spec}}}
+        status, answer = _post_review(pet_operator.webhook_port, json.dumps(review).encode())
+        assert status == 200
+        response = answer["response"]
+        assert (response["allowed"], response["status"]["code"]) == (False, 403)
+        assert response["status"]["message"] == f"namespace '{namespace}' is not served by this pet-operator"
+    assert "secret-tag" not in json.dumps(answer)
+
+
 @pytest.mark.parametrize("bad", [b"not a review", b"{}"])
 def test_malformed_reviews_get_a_400(pet_operator: Any, bad: bytes) -> None:
     import http.client
@@ -163,3 +211,18 @@ def test_moving_a_pet_to_a_store_that_forbids_its_tags_is_rejected(pets: PetApi,
     assert "'dog'" in exc.body
     assert "PetStore 'cats'" in exc.body
     assert pets.get_pet("rex")["spec"]["store"] == "dogs"
+
+
+def test_a_pet_with_a_large_escaped_annotation_can_be_updated_and_deleted(pets: PetApi, pet_operator: Any) -> None:
+    """The API server writes '<' as six bytes (\\u003c) in a review, and an UPDATE carries the old
+    and the new object: 120 KB of '<' make a 1.4 MB review, above aiohttp's default 1 MiB limit."""
+    pets.create_store("shop", {"allowedTags": ["dog", "cat"]})
+    pets.create_pet("rex", {"id": 811, "name": "Rex", "store": "shop", "tags": ["dog"]})
+    pets.patch_pet("rex", {"metadata": {"annotations": {"note": "<" * 120_000}}})  # not reviewed (spec alone)
+    wait_phase(pets, "rex", "Active")
+    pets.patch_pet("rex", {"spec": {"tags": ["dog", "cat"]}})  # reviewed: old and new, each 720 KB
+    exc = api_error(lambda: pets.patch_pet("rex", {"spec": {"tags": ["dog", "wolf"]}}))
+    assert exc.status == 422 and "'wolf'" in exc.body  # decided by the webhook, not refused for its size
+    wait_phase(pets, "rex", "Active")
+    pets.delete_pet("rex")
+    wait_for(pets.list_pets, lambda items: items == [], 30, "the pet (and its finalizer) to go")

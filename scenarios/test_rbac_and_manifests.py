@@ -32,18 +32,31 @@ def test_the_operator_authenticates_as_its_service_account(
     wait_phase(pets, "rex", "Active")  # and it works under exactly those rights
 
 
-@pytest.mark.parametrize("what", ["secrets", "pets-elsewhere", "create-pets", "configmaps-cluster-wide"])
+@pytest.mark.parametrize("what", ["secrets", "pets-elsewhere", "create-pets", "configmaps-cluster-wide",
+                                  "patch-leases", "watch-leases", "patch-webhook-configuration"])
 def test_the_operator_is_forbidden_what_it_does_not_need(
-    pets: PetApi, pet_operator: Any, make_namespace: Any, what: str
+    pets: PetApi, pet_operator: Any, make_namespace: Any, claims_namespace: str, kube_api: Any, what: str
 ) -> None:
     elsewhere = make_namespace("elsewhere")
+    client.CoordinationV1Api(kube_api).create_namespaced_lease(
+        claims_namespace, {"metadata": {"name": "some-lease"}, "spec": {"holderIdentity": "x"}})
     with _operator_api(pet_operator) as api:
         core = client.CoreV1Api(api)
+        leases = client.CoordinationV1Api(api)
+        admission = client.AdmissionregistrationV1Api(api)
         calls = {
             "secrets": lambda: core.list_namespaced_secret(pets.namespace),
             "pets-elsewhere": lambda: PetApi(api, elsewhere).list_pets(),
             "create-pets": lambda: PetApi(api, pets.namespace).create_pet("x", {"id": 902, "name": "x"}),
             "configmaps-cluster-wide": lambda: core.list_config_map_for_all_namespaces(),
+            # claims and the leader Lease are created, read, listed, replaced and deleted: never patched or watched
+            "patch-leases": lambda: leases.patch_namespaced_lease(
+                "some-lease", claims_namespace, {"spec": {"holderIdentity": "y"}}),
+            "watch-leases": lambda: leases.list_namespaced_lease(claims_namespace, watch=True, timeout_seconds=1),
+            # with mounted certificates (cert-manager injects the CA) the operator may not touch its own
+            # webhook configuration, so it can never weaken its failurePolicy
+            "patch-webhook-configuration": lambda: admission.patch_validating_webhook_configuration(
+                "pet-operator", [{"op": "replace", "path": "/webhooks/0/failurePolicy", "value": "Ignore"}]),
         }
         with pytest.raises(ApiException) as caught:
             calls[what]()
@@ -110,3 +123,55 @@ def test_the_deployment_runs_two_leader_electing_replicas_with_valid_flags(
     pdb["metadata"]["namespace"] = ns
     created = client.PolicyV1Api(kube_api).create_namespaced_pod_disruption_budget(ns, pdb, dry_run="All")
     assert created.spec.selector.match_labels == deployment["spec"]["selector"]["matchLabels"]
+
+
+def test_the_deployment_spreads_its_replicas_over_nodes_and_zones(kube_api: Any, make_namespace: Any) -> None:
+    """Losing a node (or a zone) must not take every webhook replica: spread them, preferring
+    rather than requiring it, so that a one-node cluster still runs both."""
+    deployment = load_yaml_documents(DEPLOYMENT)[0]
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    pod_spec = deployment["spec"]["template"]["spec"]
+    spread = {c["topologyKey"]: c for c in pod_spec["topologySpreadConstraints"]}
+    assert set(spread) == {"kubernetes.io/hostname", "topology.kubernetes.io/zone"}
+    for constraint in spread.values():
+        assert constraint["maxSkew"] == 1
+        assert constraint["whenUnsatisfiable"] == "ScheduleAnyway"
+        assert constraint["labelSelector"]["matchLabels"] == selector
+    preferred = pod_spec["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert preferred[0]["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert preferred[0]["podAffinityTerm"]["labelSelector"]["matchLabels"] == selector
+    assert "requiredDuringSchedulingIgnoredDuringExecution" not in pod_spec["affinity"]["podAntiAffinity"]
+    ns = make_namespace("spread")
+    deployment["metadata"]["namespace"] = ns
+    created = client.AppsV1Api(kube_api).create_namespaced_deployment(ns, deployment, dry_run="All")
+    assert len(created.spec.template.spec.topology_spread_constraints) == 2
+
+
+def test_the_webhook_listens_on_the_pods_own_address(kube_api: Any) -> None:
+    from pet_operator.cli import parse_config
+
+    container = load_yaml_documents(DEPLOYMENT)[0]["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    config = parse_config(container["args"], {"POD_NAME": "pet-operator-abc-1", "POD_NAMESPACE": "pet-system",
+                                              "POD_IP": "10.244.1.7"})
+    assert config.webhook_bind_addresses == ("10.244.1.7",)
+
+
+def test_the_network_policy_admits_only_the_webhook_port_of_the_operator_pods(
+    kube_api: Any, make_namespace: Any
+) -> None:
+    policy = load_yaml_documents(REPO_ROOT / "deploy" / "operator" / "networkpolicy.yaml")[0]
+    deployment = load_yaml_documents(DEPLOYMENT)[0]
+    template = deployment["spec"]["template"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= template["metadata"]["labels"].items()
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    ports = [port for rule in policy["spec"]["ingress"] for port in rule["ports"]]
+    named = {p["name"]: p["containerPort"] for p in template["spec"]["containers"][0]["ports"]}
+    assert [(p["protocol"], named[p["port"]]) for p in ports] == [("TCP", 9443)]
+    for rule in policy["spec"]["ingress"]:
+        assert rule["from"] and all(set(peer) == {"ipBlock"} for peer in rule["from"])  # addresses, not pods
+    ns = make_namespace("netpol")
+    policy["metadata"]["namespace"] = ns
+    created = client.NetworkingV1Api(kube_api).create_namespaced_network_policy(ns, policy, dry_run="All")
+    assert created.spec.ingress[0].ports[0].port == "webhook"

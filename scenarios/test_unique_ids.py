@@ -177,10 +177,18 @@ def test_strip_finalizers_when_the_operator_is_gone_for_good(
     import subprocess
     import sys
 
-    op = operator_factory([pets.namespace], webhook=False)
+    op = operator_factory([pets.namespace])  # its webhook stays configured (failurePolicy Fail) once it is gone
     pets.create_pet("rex", {"id": 510, "name": "Rex"})
+    pets.create_pet("fido", {"id": 511, "name": "Fido"})
     wait_phase(pets, "rex", "Active")
+    wait_phase(pets, "fido", "Active")
     op.stop()
+    # no replica answers: a spec change is refused, metadata-only updates are not reviewed at all
+    with pytest.raises(ApiException) as refused:
+        pets.patch_pet("fido", {"spec": {"category": "dog"}})
+    assert refused.value.status == 500 and "failed calling webhook" in refused.value.body
+    pets.patch_pet("fido", {"metadata": {"labels": {"kept": "yes"}}})
+    pets.delete_pet("fido")
     pets.delete_pet("rex")
     assert pets.get_pet("rex")["metadata"]["deletionTimestamp"]
     done = subprocess.run(
@@ -189,6 +197,6 @@ def test_strip_finalizers_when_the_operator_is_gone_for_good(
         capture_output=True, text=True, timeout=60,
     )
     assert done.returncode == 0, done.stderr
-    assert "from 1 pets; deleted 1 id claims" in done.stdout
+    assert "from 2 pets; deleted 2 id claims" in done.stdout
     wait_for(pets.list_pets, lambda items: items == [], 20, "the pet to go")
     assert claims(kube_api, claims_namespace) == {}

@@ -186,9 +186,12 @@ def operator_factory(
         namespaces: tuple[str, ...] | list[str] = (), all_namespaces: bool = False,
         extra_args: tuple[str, ...] = (), wait_ready: bool = True, env: dict[str, str] | None = None,
         webhook: bool = True, service_account: str = "pet-operator", via_proxy: bool = False,
+        direct_webhook: bool = False,
     ) -> OperatorProcess:
         served = list(namespaces) or [ns for ns in (env or {}).get("KOPF_NAMESPACE", "").split(",") if ns]
-        args = ["--claims-namespace", claims_namespace]
+        # no webhook drain on SIGTERM: nothing routes by readiness here, and every test stops its
+        # operators (tests of the drain give --shutdown-drain-delay in extra_args, which wins)
+        args = ["--claims-namespace", claims_namespace, "--shutdown-drain-delay", "0"]
         if webhook and served:
             if "dir" not in hook:
                 hook["dir"] = log_dir / "webhook-certs"
@@ -198,7 +201,9 @@ def operator_factory(
         else:
             port = 0
             args += ["--webhook-port", "0"]
-        identity.create(None if all_namespaces else served, service_account)
+        # the optional CA-publishing right, only for replicas that publish a self-signed CA
+        identity.create(None if all_namespaces else served, service_account,
+                        publish_ca="--webhook-configuration" in extra_args)
         kubeconfig = identity.kubeconfig(pet_cluster.kubeconfig_path, log_dir / f"operator-{len(started)}.kubeconfig",
                                          account=service_account)
         _wait_authorized(kubeconfig, served or [claims_namespace])
@@ -218,13 +223,15 @@ def operator_factory(
         op.start(wait_ready=wait_ready)
         if port and "front" in hook:
             hook["front"].add_target("127.0.0.1", port)  # one more replica behind the "Service"
-        elif port:
-            # every webhook replica sits behind one proxy, as pods behind a Service
-            hook["front"] = FaultProxy("127.0.0.1", port).start()
-            proxies.append(hook["front"])
+        elif port and "name" not in hook:
+            if direct_webhook:  # the API server calls this replica itself, as with `cluster up` by hand
+                url = f"https://127.0.0.1:{port}/validate-pets"
+            else:  # every webhook replica sits behind one proxy, as pods behind a Service
+                hook["front"] = FaultProxy("127.0.0.1", port).start()
+                proxies.append(hook["front"])
+                url = f"https://127.0.0.1:{hook['front'].port}/validate-pets"
             hook["name"] = f"pet-operator-{served[0]}"[:253]
-            webhooks.install(kube_api, webhooks.webhook_configuration(
-                hook["name"], served, f"https://127.0.0.1:{hook['front'].port}/validate-pets", hook["ca"]))
+            webhooks.install(kube_api, webhooks.webhook_configuration(hook["name"], served, url, hook["ca"]))
             webhooks.wait_effective(kube_api, served[0])
         op.webhook_front = hook.get("front") if port else None
         return op

@@ -93,9 +93,10 @@ class OperatorIdentity:
     def username(self, account: str = SHIPPED_NAME) -> str:
         return f"system:serviceaccount:{self.namespace}:{account}"
 
-    def create(self, served: Sequence[str] | None, account: str = SHIPPED_NAME) -> None:
+    def create(self, served: Sequence[str] | None, account: str = SHIPPED_NAME, publish_ca: bool = False) -> None:
         """ServiceAccount ``account``, claims binding, cluster binding, and the pet bindings for
-        ``served`` (None: all namespaces, through a ClusterRoleBinding)."""
+        ``served`` (None: all namespaces, through a ClusterRoleBinding); with ``publish_ca`` also
+        the optional binding that lets it write a self-signed CA into its webhook configuration."""
         core = client.CoreV1Api(self.api)
         rbac = client.RbacAuthorizationV1Api(self.api)
         install_cluster_roles(self.api)
@@ -108,7 +109,8 @@ class OperatorIdentity:
             if exc.status != 409:
                 raise
         mode = "all-namespaces-mode.yaml" if served is None else "namespaced-mode.yaml"
-        for doc in _docs(mode):
+        docs = _docs(mode) + (_docs("webhook-ca-publisher.yaml") if publish_ca else [])
+        for doc in docs:
             doc = self._subject(doc, account)
             kind, role = doc["kind"], doc["roleRef"]["name"]
             if kind == "ClusterRoleBinding":

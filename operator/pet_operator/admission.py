@@ -7,6 +7,7 @@ turns their verdict into an AdmissionReview response.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,6 +23,64 @@ class Decision:
 
 
 ALLOW = Decision(True)
+
+
+class BadReview(ValueError):
+    """The body is not an AdmissionReview the webhook can decide on; the message says what is wrong."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"expected an AdmissionReview with a request: {detail}")
+
+
+def _expect(value: Any, kinds: type | tuple[type, ...], path: str, what: str, optional: bool = True) -> None:
+    if value is None and optional:
+        return
+    if not isinstance(value, kinds) or isinstance(value, bool):
+        raise BadReview(f"{path} must be {what}, not {type(value).__name__}")
+
+
+def _check_object(obj: Any, path: str) -> None:
+    _expect(obj, dict, path, "an object")
+    if obj is None:
+        return
+    meta = obj.get("metadata")
+    _expect(meta, dict, f"{path}.metadata", "an object")
+    if meta is not None:
+        _expect(meta.get("name"), str, f"{path}.metadata.name", "a string")
+    spec = obj.get("spec")
+    _expect(spec, dict, f"{path}.spec", "an object")
+    if spec is None:
+        return
+    tags = spec.get("tags")
+    _expect(tags, list, f"{path}.spec.tags", "a list of strings")
+    if tags is not None and not all(isinstance(tag, str) for tag in tags):
+        raise BadReview(f"{path}.spec.tags must be a list of strings")
+    _expect(spec.get("store"), str, f"{path}.spec.store", "a string")
+
+
+def parse_review(data: bytes) -> tuple[str, dict[str, Any]]:
+    """The uid and request of an AdmissionReview body, every field the webhook reads checked for
+    its type (:class:`BadReview` otherwise): a malformed body is the sender's error (400), never
+    the webhook's (500)."""
+    try:
+        review = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise BadReview(f"the body is not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    except RecursionError:
+        raise BadReview("the body is nested too deeply") from None
+    except ValueError as exc:
+        raise BadReview(f"the body is not JSON ({exc})") from None
+    if not isinstance(review, dict) or not isinstance(review.get("request"), dict):
+        raise BadReview("no request object")
+    req: dict[str, Any] = review["request"]
+    uid = req.get("uid")
+    if not isinstance(uid, str) or not uid:
+        raise BadReview("request.uid must be a non-empty string")
+    for key in ("operation", "namespace", "name"):
+        _expect(req.get(key), str, f"request.{key}", "a string")
+    _check_object(req.get("object"), "request.object")
+    _check_object(req.get("oldObject"), "request.oldObject")
+    return uid, req
 
 
 def tags_changed(old_spec: Mapping[str, Any] | None, new_spec: Mapping[str, Any]) -> bool:
@@ -67,11 +126,25 @@ def review_pet(
             )
     if operation == "CREATE" and claim is not None and claim.holder != f"{namespace}/{name}":
         problems.append(
-            f"spec.id {spec.get('id')} is already held by pet {claim.holder}; ids are unique across all namespaces"
+            f"spec.id {spec.get('id')} is already held by {holder_for(namespace, claim)}; "
+            "ids are unique across all namespaces"
         )
     if not problems:
         return ALLOW
     return Decision(False, "; ".join(problems), 422)
+
+
+def holder_for(namespace: str, claim: Claim) -> str:
+    """The holder as the requester may see it: named in its own namespace only. A denial must not
+    tell someone who creates pets in one namespace what exists in another."""
+    holder_namespace, _ = claim.holder_key
+    if holder_namespace == namespace:
+        return f"pet {claim.holder}"
+    return "a pet in another namespace"
+
+
+def not_served(namespace: str) -> Decision:
+    return Decision(False, f"namespace {namespace!r} is not served by this pet-operator", 403)
 
 
 def review_response(uid: str, decision: Decision) -> dict[str, Any]:

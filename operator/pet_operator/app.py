@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Callable
 
 import kopf
 
@@ -18,17 +19,27 @@ from pet_operator.health import HealthServer
 from pet_operator.kube import Kube, load_credentials
 from pet_operator.leader import LeaderElector
 from pet_operator.reconciler import Reconciler
+from pet_operator.shutdown import (
+    Deadlines,
+    NotKopfs,
+    Shutdown,
+    Stopper,
+    Watchdog,
+    flush_logs,
+    install_task_factory,
+    own_tasks,
+)
 from pet_operator.webhook import PATH, WebhookServer, certificates_for
 
 log = logging.getLogger("pet_operator")
 
 
-def make_settings(shutdown_grace: float = 20.0) -> kopf.OperatorSettings:
+def make_settings(exit_timeout: float = 20.0) -> kopf.OperatorSettings:
     settings = kopf.OperatorSettings()
     # On SIGTERM Kopf stops watching (no new work) and gives each object's worker this long
-    # to finish what it is doing; every handler is idempotent, so a cut-off one is redone
-    # by whichever replica reconciles next.
-    settings.queueing.exit_timeout = shutdown_grace
+    # to finish what it is doing (the shutdown grace less a reserve, see shutdown.py); every
+    # handler is idempotent, so a cut-off one is redone by whichever replica reconciles next.
+    settings.queueing.exit_timeout = exit_timeout
     # No Kopf peering: several replicas are coordinated by a Lease (leader election), not by
     # Kopf's freeze-on-peer protocol.
     settings.peering.standalone = True
@@ -109,10 +120,13 @@ async def start_webhook(config: Config, kube: Kube) -> WebhookServer | None:
     if not config.webhook_port:
         return None
     certificates, ca_pem = certificates_for(config.webhook_cert_dir, config.webhook_host_names)
-    server = WebhookServer(config.webhook_port, certificates, kube.read_store, kube.read_claim)
+    server = WebhookServer(
+        config.webhook_port, certificates, kube.read_store, kube.read_claim,
+        host=config.webhook_bind_addresses, served=None if config.all_namespaces else frozenset(config.namespaces),
+    )
     await server.start()
-    log.info("admission webhook on :%d%s (%s certificate)", config.webhook_port, PATH,
-             "mounted" if config.webhook_cert_dir else "self-signed")
+    log.info("admission webhook on %s port %d, path %s (%s certificate)", ", ".join(config.webhook_bind_addresses),
+             config.webhook_port, PATH, "mounted" if config.webhook_cert_dir else "self-signed")
     if ca_pem is not None and config.webhook_configuration:
         try:
             await kube.publish_ca_bundle(config.webhook_configuration, ca_pem)
@@ -159,7 +173,42 @@ def make_elector(
     return elector
 
 
-async def main(config: Config) -> int:
+async def campaign_forever(elector: LeaderElector, rec: Reconciler, shutdown: Shutdown) -> None:
+    """Lead while the Lease allows, then campaign again as a standby. The process is stopped
+    (exit 1) only when it can no longer be trusted: its event loop stood still for longer than
+    a lease (frozen, starved: its view of the cluster is stale and a write it had in flight may
+    land late), or the election itself failed unexpectedly."""
+    try:
+        while True:
+            await elector.run()  # returns when leadership is lost
+            if elector.stalled:
+                shutdown.request(f"the process stood still for {elector.stalled:.1f}s, longer than the "
+                                 f"{elector.lease_duration:g}s lease: it can no longer be trusted", exit_code=1)
+                return
+            rec.forget_claims()  # another leader may change them meanwhile: read them again when leading
+            log.info("lost the leadership: campaigning again as a standby")
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("leader election failed")
+        shutdown.request("leader election failed", exit_code=1)
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+async def main(
+    config: Config, exit_now: Callable[[int], None] = os._exit, stop_signals: tuple[signal.Signals, ...] = STOP_SIGNALS,
+) -> int:
+    """Run until asked to stop (``stop_signals``) or until the process can no longer be trusted;
+    returns the exit code. A shutdown cut short by its grace ends the process with ``exit_now``."""
+    install_task_factory(asyncio.get_running_loop())
     if config.kubeconfig:
         os.environ["KUBECONFIG"] = config.kubeconfig  # Kopf's login reads it too
     await load_credentials(config.kubeconfig)
@@ -177,78 +226,68 @@ async def main(config: Config) -> int:
     indexes = handlers.Indexes()
     handlers.register(registry, rec, indexes)
     readiness = Readiness()
-    exit_code = 0
+    deadlines = Deadlines(config.shutdown_grace, config.shutdown_drain_delay if config.webhook_port else 0.0)
+    watchdog = Watchdog(config.shutdown_grace + 1.0, exit_now)
+    shutdown = Shutdown(deadlines, on_request=watchdog.arm)
     stop_flag = asyncio.Event()
     elector: LeaderElector | None = None
     if config.leader_elect:
         elector = make_elector(config, kube, recorder, rec, indexes, readiness)
         rec.may_write = elector.is_leader
-
-        async def lost_leadership() -> None:
-            nonlocal exit_code
-            exit_code = 1  # restart clean, as controller-runtime does; the new leader takes over
-            readiness.stopping = True
-            stop_flag.set()
-
-        elector.on_stopped_leading = lost_leadership
-    health = HealthServer(config.health_port, readiness.check,
-                          leader=elector.status if elector is not None else None)
-    await health.start()
-    webhook = await start_webhook(config, kube)
+    with own_tasks():  # Kopf's shutdown must leave these (and their connections) alone
+        health = HealthServer(config.health_port, readiness.check,
+                              leader=elector.status if elector is not None else None)
+        await health.start()
+        webhook = await start_webhook(config, kube)
+        background = [asyncio.create_task(initial_sync(config, kube, rec, readiness)),
+                      asyncio.create_task(maintenance(config, rec, indexes, readiness))]
+        campaign = asyncio.create_task(campaign_forever(elector, rec, shutdown)) if elector is not None else None
+        requested = asyncio.create_task(shutdown.requested.wait())
     log.info("serving %s; claims in %s; health on :%d", config.scope, config.claims_namespace, config.health_port)
-    background = [asyncio.create_task(initial_sync(config, kube, rec, readiness))]
-    background.append(asyncio.create_task(maintenance(config, rec, indexes, readiness)))
-    if elector is not None:
-        background.append(asyncio.create_task(elector.run()))
-
-    async def graceful_stop(sig: signal.Signals) -> None:
-        """Unready at once, close the webhook and our own tasks, then let Kopf drain its workers.
-
-        Kopf waits up to 5 s for tasks it did not start (the webhook's keep-alive connections
-        from the API server would be such); closing them first makes shutdown prompt.
-        """
-        log.info("%s received: stopping (grace %.0fs)", sig.name, config.shutdown_grace)
-        readiness.stopping = True
-        for task in background:
-            task.cancel()
-        if webhook is not None:
-            await webhook.stop()
-        stop_flag.set()
-
-    async def take_over_signals() -> None:
-        await readiness.started.wait()  # Kopf has installed its own handlers by now: replace them
-        loop = asyncio.get_running_loop()
-
-        def on_signal(sig: signal.Signals) -> None:
-            background.append(asyncio.create_task(graceful_stop(sig)))
-
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, on_signal, sig)
-
+    existing = {task for task in asyncio.all_tasks() if task is not asyncio.current_task()}
+    existing.add(asyncio.current_task())  # type: ignore[arg-type]
+    kopf_tasks = await kopf.spawn_tasks(
+        registry=registry,
+        settings=make_settings(max(0.0, deadlines.kopf - 0.5)),
+        standalone=True,
+        clusterwide=config.all_namespaces,
+        namespaces=list(config.namespaces),
+        ready_flag=readiness.started,
+        stop_flag=stop_flag,
+    )
     if threading.current_thread() is threading.main_thread():
-        background.append(asyncio.create_task(take_over_signals()))
-    try:
-        await kopf.operator(
-            registry=registry,
-            settings=make_settings(config.shutdown_grace),
-            standalone=True,
-            clusterwide=config.all_namespaces,
-            namespaces=list(config.namespaces),
-            ready_flag=readiness.started,
-            stop_flag=stop_flag,
-        )
-    finally:
-        readiness.stopping = True
-        for task in background:
-            task.cancel()
-        if elector is not None:
-            await elector.release()  # a successor takes over at its next retry
-        if webhook is not None:
-            await webhook.stop()
-        await health.stop()
-        await kube.close()
+        loop = asyncio.get_running_loop()
+        for sig in stop_signals:  # in place of Kopf's own handlers
+            loop.add_signal_handler(sig, shutdown.request, f"{sig.name} received")
+    kopf_task = asyncio.create_task(kopf.run_tasks(kopf_tasks, ignored=NotKopfs(existing)))
+    await asyncio.wait({kopf_task, requested}, return_when=asyncio.FIRST_COMPLETED)
+    if not shutdown.requested.is_set():
+        failure = None if kopf_task.cancelled() else kopf_task.exception()
+        if failure is not None:
+            log.error("Kopf stopped: %r", failure)
+        shutdown.request("Kopf stopped on its own", exit_code=1)
+    requested.cancel()
+
+    async def release() -> bool:
+        return await elector.release() if elector is not None else False
+
+    stopper = Stopper(
+        unready=lambda: setattr(readiness, "stopping", True),
+        stop_kopf=stop_flag.set,
+        kopf=kopf_task,
+        background=background,
+        stop_campaign=(lambda: _cancel(campaign)) if campaign is not None else None,
+        release_lease=release if elector is not None else None,
+        webhook_stop=webhook.stop if webhook is not None else None,
+        closers=(health.stop, kube.close),
+    )
+    code = await shutdown.run(stopper)
     log.info("stopped after %d status writes (%d refused while not leading)", rec.writes, rec.fenced)
-    return exit_code
+    if shutdown.abandoned:
+        flush_logs()
+        exit_now(code)  # what is left may not even stop when cancelled: do not wait for it
+    watchdog.disarm()
+    return code
 
 
 def run(config: Config) -> int:

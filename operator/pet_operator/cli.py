@@ -29,6 +29,10 @@ def _host_name_ok(name: str) -> bool:
     return 0 < len(name) <= 253 and all(_NAMESPACE_RE.match(label) for label in name.lower().split("."))
 
 
+#: seconds the webhook keeps serving after SIGTERM by default (endpoint removal reaching every node)
+DEFAULT_DRAIN_DELAY = 5.0
+
+
 class ConfigError(ValueError):
     """The command line or environment is wrong; the message names the value and the rule."""
 
@@ -47,7 +51,9 @@ class Config:
     webhook_cert_dir: str | None = None
     webhook_configuration: str | None = None
     webhook_host_names: tuple[str, ...] = ()
+    webhook_bind_addresses: tuple[str, ...] = ("127.0.0.1",)
     shutdown_grace: float = 20.0
+    shutdown_drain_delay: float = 5.0
     leader_elect: bool = False
     lease_name: str = "pet-operator-leader"
     lease_namespace: str = "pet-system"
@@ -88,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     hook = parser.add_argument_group("admission webhook (TLS)")
     hook.add_argument("--webhook-port", type=int, default=9443, help="HTTPS port of /validate-pets; 0 turns it off")
+    hook.add_argument("--webhook-bind-address", action="append", default=[], metavar="IP",
+                      help="address to listen on, repeatable (IPv4 or IPv6; 0.0.0.0 or :: for every interface "
+                           "of that family); default: $POD_IP, else 127.0.0.1")
     hook.add_argument("--webhook-cert-dir", default=None, metavar="DIR",
                       help="folder with tls.crt and tls.key (re-read on change); default: self-signed at start")
     hook.add_argument("--webhook-configuration", default=None, metavar="NAME",
@@ -99,12 +108,16 @@ def build_parser() -> argparse.ArgumentParser:
     elect.add_argument("--leader-elect", action="store_true", help="campaign for a coordination.k8s.io Lease")
     elect.add_argument("--lease-name", default="pet-operator-leader", help="default pet-operator-leader")
     elect.add_argument("--lease-namespace", default=None, help="default: the claims namespace")
-    elect.add_argument("--lease-duration", type=float, default=15.0, help="seconds (default 15)")
+    elect.add_argument("--lease-duration", type=float, default=15.0,
+                       help="seconds (default 15); published in the Lease rounded up to whole seconds")
     elect.add_argument("--renew-deadline", type=float, default=10.0, help="seconds (default 10)")
     elect.add_argument("--retry-period", type=float, default=2.0, help="seconds (default 2)")
     elect.add_argument("--leader-identity", default=None, help="default: $POD_NAME or the host name, plus a suffix")
     parser.add_argument("--shutdown-grace", type=float, default=20.0,
-                        help="seconds in-flight work may take after SIGTERM before the operator exits (default 20)")
+                        help="seconds from SIGTERM to exit, whatever is still running (default 20)")
+    parser.add_argument("--shutdown-drain-delay", type=float, default=None, metavar="SECONDS",
+                        help="after SIGTERM, keep serving the webhook this long while unready, so a Service "
+                             "stops routing here first; at most the grace (default 5, or half the grace if less)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
 
@@ -146,6 +159,11 @@ def parse_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] |
         raise ConfigError(f"--webhook-port and --health-port are both {args.health_port}: they need two ports")
     if not math.isfinite(args.shutdown_grace) or args.shutdown_grace < 0:
         raise ConfigError(f"--shutdown-grace {args.shutdown_grace} must be 0 or a positive number of seconds")
+    drain_delay = (min(DEFAULT_DRAIN_DELAY, args.shutdown_grace / 2) if args.shutdown_drain_delay is None
+                   else args.shutdown_drain_delay)
+    if not math.isfinite(drain_delay) or not 0 <= drain_delay <= args.shutdown_grace:
+        raise ConfigError(f"--shutdown-drain-delay {drain_delay} must be between 0 and --shutdown-grace "
+                          f"({args.shutdown_grace}) seconds: the drain is part of the grace")
     timings = (args.lease_duration, args.renew_deadline, args.retry_period)
     ordered = args.lease_duration > args.renew_deadline > args.retry_period > 0
     if not all(math.isfinite(t) for t in timings) or not ordered:
@@ -170,7 +188,24 @@ def parse_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] |
                     f"--webhook-host-name {name!r} is neither a DNS name (ASCII labels of letters, digits and "
                     "'-', 1 to 63 characters each, separated by single dots) nor an IP address"
                 )
+    bind_addresses = tuple(dict.fromkeys(args.webhook_bind_address)) or (env.get("POD_IP") or "127.0.0.1",)
+    for address in bind_addresses:
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            source = "--webhook-bind-address" if args.webhook_bind_address else "$POD_IP"
+            raise ConfigError(
+                f"{source} {address!r} is not an IP address (give the pod's own address, e.g. from $POD_IP; "
+                "0.0.0.0 or :: listen on every interface of that family)"
+            ) from None
+    if args.all_namespaces is False and claims_namespace in namespaces:
+        raise ConfigError(
+            f"claims namespace {claims_namespace!r} is also a served namespace: whoever may write pets there "
+            "could usually write Leases too, and so forge or delete id claims for every namespace; keep the "
+            "claims in the operator's own namespace, which serves no pets"
+        )
     return Config(
+        webhook_bind_addresses=bind_addresses,
         leader_elect=bool(args.leader_elect),
         lease_name=args.lease_name,
         lease_namespace=lease_namespace,
@@ -183,6 +218,7 @@ def parse_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] |
         webhook_configuration=args.webhook_configuration,
         webhook_host_names=host_names,
         shutdown_grace=args.shutdown_grace,
+        shutdown_drain_delay=drain_delay,
         claims_namespace=claims_namespace,
         event_level=args.event_level,
         namespaces=tuple(dict.fromkeys(namespaces)),

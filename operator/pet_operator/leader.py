@@ -20,6 +20,7 @@ import asyncio
 import dataclasses
 import datetime
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -95,6 +96,9 @@ class LeaderElector:
         self._absent_since: float | None = None  # when a Lease we had seen was found missing
         self.holder = ""  # the holder we last saw
         self.transitions = 0
+        #: seconds since the last renewal when leadership was last lost, if that was a whole lease
+        #: duration or more: the process stood still (frozen, starved) instead of failing to renew
+        self.stalled = 0.0
 
     # --- state ------------------------------------------------------------------------------
 
@@ -121,7 +125,8 @@ class LeaderElector:
         now = micro_time()
         return {
             "holderIdentity": self.identity,
-            "leaseDurationSeconds": round(self.lease_duration),
+            # whole seconds, rounded up: what others wait for is never less than our renew deadline
+            "leaseDurationSeconds": math.ceil(self.lease_duration),
             "acquireTime": acquire_time or now,
             "renewTime": now,
             "leaseTransitions": transitions,
@@ -225,8 +230,16 @@ class LeaderElector:
             log.warning("leader election: no answer about the lease within %.1fs", timeout)
             return False
 
+    def _step_down(self, why: str) -> None:
+        self._leading = False
+        since = self.clock() - self._renewed_at if self._renewed_at is not None else 0.0
+        self.stalled = since if since >= self.lease_duration else 0.0
+        log.error("%s; stopping leadership", why)
+
     async def run(self) -> None:
-        """Campaign, lead, and return when leadership is lost (the caller decides what then)."""
+        """Campaign, lead, and return when leadership is lost (the caller decides what then:
+        :attr:`stalled` tells a process that stood still from one that could not renew)."""
+        self.stalled = 0.0
         while not self._leading:
             try:
                 acquired = await self._attempt()
@@ -249,12 +262,10 @@ class LeaderElector:
             if renewed:
                 continue
             if not self.is_leader():
-                self._leading = False
-                log.error("lost the leader lease (no renewal for %.0fs); stopping leadership", self.renew_deadline)
+                self._step_down(f"lost the leader lease (no renewal for {self.renew_deadline:.0f}s)")
                 await self._call(self.on_stopped_leading)
                 return
             if self._observed is not None and self._observed.holder not in ("", self.identity):
-                self._leading = False
-                log.error("the leader lease was taken by %s; stopping leadership", self._observed.holder)
+                self._step_down(f"the leader lease was taken by {self._observed.holder}")
                 await self._call(self.on_stopped_leading)
                 return

@@ -17,6 +17,19 @@ PETS = "pets"
 PETSTORES = "petstores"
 
 
+#: The largest id the contract allows (2^53 - 1: exact in every JSON implementation).
+MAX_ID = 9007199254740991
+
+
+def usable_id(value: Any) -> int | None:
+    """``value`` as a pet id if it is one the operator can claim: an integer (not a bool) in
+    1..MAX_ID. The CRD schema says so too, but the operator does not rely on it (an older or
+    edited CRD, a pet stored before the schema had the rule)."""
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_ID:
+        return value
+    return None
+
+
 class Phase(enum.StrEnum):
     PENDING = "Pending"
     ACTIVE = "Active"
@@ -29,6 +42,7 @@ class Reason(enum.StrEnum):
     STORE_NOT_FOUND = "StoreNotFound"
     TAGS_NOT_ALLOWED = "TagsNotAllowed"
     DUPLICATE_ID = "DuplicateId"
+    INVALID_ID = "InvalidId"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,7 +120,8 @@ def evaluate_pet(
 ) -> Verdict:
     """Decide a Pet's phase from its spec, its store (None: not found) and its id claim.
 
-    Precedence when several things are wrong: an id held elsewhere (``Conflict``) first,
+    Precedence when several things are wrong: an id the operator cannot use (``Invalid``,
+    ``InvalidId``: never ``Active`` without an id) first; then an id held elsewhere (``Conflict``),
     since nothing else matters until the id is this pet's; then a missing store
     (``Pending``), which fixes itself; then tags the store does not allow (``Invalid``).
     """
@@ -139,7 +154,13 @@ def evaluate_pet(
         else:
             tags_cond = Condition("TagsValid", "True", "NoStore", "The pet names no store, so any tag is allowed.")
 
-    if claim.status == "False":
+    if usable_id(spec.get("id")) is None:
+        # fail closed: without an id the pet cannot hold one, whatever the claim says
+        phase, reason = Phase.INVALID, Reason.INVALID_ID.value
+        message = (f"spec.id {spec.get('id')!r} is not an integer from 1 to {MAX_ID}, so no id can be held; "
+                   "delete the pet and create it again with a valid id.")
+        id_cond = Condition("IdClaimed", "False", reason, message)
+    elif claim.status == "False":
         phase, reason = Phase.CONFLICT, Reason.DUPLICATE_ID.value
         message = f"{claim.message} Change spec.id (delete and recreate the pet) or delete the holder."
     elif claim.status == "Unknown" and claim.reason == "Claiming":

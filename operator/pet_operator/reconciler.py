@@ -61,8 +61,8 @@ class PetSnapshot:
 
     @property
     def pet_id(self) -> int | None:
-        value = self.spec.get("id")
-        return value if isinstance(value, int) and not isinstance(value, bool) else None
+        """The id to claim; None if the pet has none the operator can use (it is then Invalid)."""
+        return model.usable_id(self.spec.get("id"))
 
     @property
     def store(self) -> str | None:
@@ -324,6 +324,10 @@ class Reconciler:
         """Fill the claim cache from a listing (at start-up), sparing a read per pet."""
         for claim in claims:
             self._claims[claim.pet_id] = claim
+
+    def forget_claims(self) -> None:
+        """Drop the claim cache (leadership lost: another leader may change claims meanwhile)."""
+        self._claims.clear()
 
     async def _is_orphan(self, claim: Claim, pets: PetIndex) -> bool:
         """A claim whose holder is gone (only decidable in a served namespace).

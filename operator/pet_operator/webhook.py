@@ -11,7 +11,6 @@ make its own CA). The path served is ``/validate-pets``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime
 import hashlib
 import ipaddress
@@ -32,11 +31,31 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from pet_operator import admission
 from pet_operator.claims import Claim
+from pet_operator.connections import BoundedSite
 from pet_operator.model import StoreView
 
 log = logging.getLogger(__name__)
 
 PATH = "/validate-pets"
+
+#: The largest body the API server accepts for a write (its MaxRequestBodyBytes, 3 MiB).
+MAX_OBJECT_BYTES = 3 * 1024 * 1024
+#: Go's encoding/json writes '<', '>', '&' (and control characters) as \u00XX: six bytes for one.
+GO_JSON_ESCAPE_FACTOR = 6
+#: The review around the objects: uid, kinds, userInfo, options; generous.
+REVIEW_ENVELOPE_BYTES = 256 * 1024
+#: An UPDATE review carries the new and the old object, each possibly all escapes: 36.25 MiB.
+#: aiohttp's default (1 MiB) refused a pet with 120 KB of '<' in an annotation (1.4 MB reviews).
+MAX_REVIEW_BYTES = 2 * MAX_OBJECT_BYTES * GO_JSON_ESCAPE_FACTOR + REVIEW_ENVELOPE_BYTES
+
+#: A new connection completes its TLS handshake, and then its first request's headers, within this.
+FIRST_REQUEST_TIMEOUT = 10.0
+#: A request's body arrives within this (the API server gives up on a review after at most 30 s).
+BODY_TIMEOUT = 30.0
+#: An idle keep-alive connection is closed after this; above the 90 s after which the API server's
+#: client (Go's default transport) closes its own idle connections, so that it is normally the
+#: client that closes, never the server just as the client sends a review on the connection.
+KEEPALIVE_TIMEOUT = 120.0
 StoreLookup = Callable[[str, str], Awaitable[StoreView | None]]
 ClaimLookup = Callable[[int], Awaitable[Claim | None]]
 
@@ -153,27 +172,39 @@ class WebhookServer:
         stores: StoreLookup,
         claims: ClaimLookup,
         reload_interval: float = 5.0,
-        host: str = "0.0.0.0",  # noqa: S104 - a Service routes to the pod's address
+        host: str | Sequence[str] = "127.0.0.1",
+        served: frozenset[str] | None = None,
+        first_request_timeout: float = FIRST_REQUEST_TIMEOUT,
+        keepalive_timeout: float = KEEPALIVE_TIMEOUT,
     ) -> None:
+        """``host``: the address(es) to listen on (in a pod, its own: ``$POD_IP``);
+        ``served``: the namespaces served (None: all), reviews for others are refused."""
         self.port = port
-        self.host = host
+        self.hosts = (host,) if isinstance(host, str) else tuple(host)
+        self.host = self.hosts[0]
+        self.served = served
+        self.first_request_timeout = first_request_timeout
+        self.keepalive_timeout = keepalive_timeout
         self.certificates = certificates
         self.stores = stores
         self.claims = claims
         self.reload_interval = reload_interval
+        self.max_body = MAX_REVIEW_BYTES  # larger bodies get 413
+        self.body_timeout = BODY_TIMEOUT  # slower bodies get 408
         self._runner: web.AppRunner | None = None
         self._reloader: asyncio.Task[None] | None = None
         self.reviews = 0
 
     async def _review(self, request: web.Request) -> web.Response:
+        try:  # over max_body: 413 from aiohttp
+            data = await asyncio.wait_for(request.read(), self.body_timeout)
+        except TimeoutError:
+            return web.json_response({"error": f"the body did not arrive within {self.body_timeout:.0f}s"},
+                                     status=408)
         try:
-            review: dict[str, Any] = await request.json()
-            req = review["request"]
-            if not isinstance(req.get("uid"), str) or not req["uid"]:
-                raise ValueError("no uid")
-            uid = str(req["uid"])
-        except (ValueError, KeyError, TypeError, AttributeError):
-            return web.json_response({"error": "expected an AdmissionReview with a request"}, status=400)
+            uid, req = admission.parse_review(data)
+        except admission.BadReview as exc:
+            return web.json_response({"error": str(exc)[:500]}, status=400)
         self.reviews += 1
         try:
             decision = await self.decide(req)
@@ -192,6 +223,10 @@ class WebhookServer:
         namespace = str(req.get("namespace", ""))
         new = req.get("object")
         old = req.get("oldObject")
+        if self.served is not None and namespace not in self.served:
+            # the configuration's namespaceSelector sends only served namespaces: this is forged or
+            # misconfigured; deciding would read stores and claims with the operator's rights
+            return admission.not_served(namespace)
         if operation not in ("CREATE", "UPDATE") or not isinstance(new, dict):
             return admission.ALLOW
         if (new.get("metadata") or {}).get("deletionTimestamp"):
@@ -216,23 +251,38 @@ class WebhookServer:
             self.certificates.reload()
 
     async def start(self) -> None:
-        app = web.Application()
+        app = web.Application(client_max_size=self.max_body)
         app.router.add_post(PATH, self._review)
         # reviews take milliseconds; on shutdown, in-flight ones get 3 s, idle keep-alives none
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=3.0)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=3.0,
+                                     keepalive_timeout=self.keepalive_timeout)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.certificates.context)
-        await site.start()
+        try:
+            for host in self.hosts:
+                site = BoundedSite(self._runner, host, self.port, ssl_context=self.certificates.context,
+                                   first_request=self.first_request_timeout)
+                await site.start()
+        except BaseException:
+            await self._runner.cleanup()
+            self._runner = None
+            raise
         self._reloader = asyncio.create_task(self._reload_forever())
 
-    async def stop(self) -> None:
-        if self._reloader is not None:
+    async def stop(self, within: float = 5.0) -> bool:
+        """Stop listening, close idle connections, give in-flight reviews what is left of
+        ``within`` seconds; False if that was not enough (the rest is abandoned)."""
+        if self._reloader is not None and not self._reloader.done():
             self._reloader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reloader
-        if self._runner is not None:
-            await asyncio.shield(self._runner.cleanup())
-            self._runner = None
+            await asyncio.wait({self._reloader})  # its end, never the caller's own cancellation
+        runner, self._runner = self._runner, None
+        if runner is None:
+            return True
+        try:
+            await asyncio.wait_for(asyncio.shield(runner.cleanup()), within)
+        except TimeoutError:
+            log.warning("webhook: connections still open after %.1fs; abandoning them", within)
+            return False
+        return True
 
 
 def certificates_for(cert_dir: str | None, dns_names: Sequence[str]) -> tuple[CertificateFiles, bytes | None]:

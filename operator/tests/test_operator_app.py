@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from collections.abc import Callable
 from typing import Any
 
@@ -13,6 +15,7 @@ from operator_fakes import FakeWriter
 from pet_operator import app, model
 from pet_operator.cli import Config
 from pet_operator.reconciler import Reconciler
+from pet_operator.shutdown import NotKopfs
 
 REAL_SLEEP = asyncio.sleep
 
@@ -209,35 +212,138 @@ class FakeAppKube(FakeWriter):
         return []
 
 
-@pytest.mark.parametrize(
-    ("cfg", "clusterwide", "namespaces"),
-    [(config("default", "pets"), False, ["default", "pets"]), (config(all_namespaces=True), True, [])],
-    ids=["namespaced", "cluster-wide"],
-)
-async def test_main_wires_kopf_with_the_configured_scope(
-    cfg: Config, clusterwide: bool, namespaces: list[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    kube = FakeAppKube()
-    seen: dict[str, Any] = {}
+class FakeKopf:
+    """spawn_tasks records its arguments; run_tasks plays Kopf's run until its stop flag is set.
+
+    ``then`` decides what happens once Kopf runs: "signal" sends the process SIGUSR1 (the test's
+    stop signal), "exit" returns at once as if Kopf had stopped on its own."""
+
+    def __init__(self, then: str = "signal") -> None:
+        self.then = then
+        self.spawned: dict[str, Any] = {}
+        self.ignored: Any = None
+        self.stop_flag_seen = False
+
+    async def spawn_tasks(self, **kwargs: Any) -> list[Any]:
+        self.spawned.update(kwargs)
+        kwargs["ready_flag"].set()
+        return []
+
+    async def run_tasks(self, tasks: Any, ignored: Any = ()) -> None:
+        self.ignored = ignored
+        if self.then == "exit":
+            return
+        os.kill(os.getpid(), signal.SIGUSR1)
+        await self.spawned["stop_flag"].wait()
+        self.stop_flag_seen = True
+
+
+def _run_main(cfg: Config, fake: FakeKopf, kube: FakeAppKube, monkeypatch: pytest.MonkeyPatch) -> Any:
     credentials: list[str | None] = []
 
     async def fake_load_credentials(kubeconfig: str | None) -> None:
         credentials.append(kubeconfig)
 
-    async def fake_operator(**kwargs: Any) -> None:
-        seen.update(kwargs)
-        kwargs["ready_flag"].set()
-
-    cfg = Config(**{**cfg.__dict__, "health_port": 0})  # any free port
     monkeypatch.setattr(app, "load_credentials", fake_load_credentials)
     monkeypatch.setattr(app, "Kube", lambda claims_namespace: kube)
-    monkeypatch.setattr(kopf, "operator", fake_operator)
-    assert await app.main(cfg) == 0
+    monkeypatch.setattr(kopf, "spawn_tasks", fake.spawn_tasks)
+    monkeypatch.setattr(kopf, "run_tasks", fake.run_tasks)
+    exits: list[int] = []
+    cfg = Config(**{**cfg.__dict__, "health_port": 0})  # any free port
+    code = app.main(cfg, exit_now=exits.append, stop_signals=(signal.SIGUSR1,))
+    return code, credentials, exits
+
+
+@pytest.mark.parametrize(
+    ("cfg", "clusterwide", "namespaces"),
+    [(config("default", "pets"), False, ["default", "pets"]), (config(all_namespaces=True), True, [])],
+    ids=["namespaced", "cluster-wide"],
+)
+async def test_main_wires_kopf_with_the_configured_scope_and_stops_on_the_signal(
+    cfg: Config, clusterwide: bool, namespaces: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kube = FakeAppKube()
+    fake = FakeKopf()
+    run, credentials, exits = _run_main(cfg, fake, kube, monkeypatch)
+    assert await run == 0
+    assert exits == []
+    assert fake.stop_flag_seen
     assert credentials == [None]
+    seen = fake.spawned
     assert seen["clusterwide"] is clusterwide
     assert seen["namespaces"] == namespaces
     assert seen["standalone"] is True
     assert seen["settings"].persistence.progress_storage.prefix == model.GROUP
+    # grace 20 s: 2 s kept for the Lease and the servers, Kopf's workers cut half a second before that
+    assert seen["settings"].queueing.exit_timeout == 17.5
     registry = seen["registry"]
     assert {h.id for h in registry._watching.get_all_handlers()} == {"pet_event", "store_event"}
+    assert isinstance(fake.ignored, NotKopfs)
     assert kube.closed
+
+
+async def test_main_exits_1_when_kopf_stops_on_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    kube = FakeAppKube()
+    run, _, exits = _run_main(config("default"), FakeKopf(then="exit"), kube, monkeypatch)
+    assert await run == 1
+    assert exits == []
+    assert kube.closed
+
+
+# --- campaign_forever -------------------------------------------------------------------------------
+
+
+class FakeElector:
+    """run() plays one term per entry of ``terms``: the seconds it stood still (0: it simply lost)."""
+
+    lease_duration = 4.0
+
+    def __init__(self, terms: list[float | Exception]) -> None:
+        self.terms = terms
+        self.runs = 0
+        self.stalled = 0.0
+        self.done = asyncio.Event()
+
+    async def run(self) -> None:
+        if self.runs == len(self.terms):
+            self.done.set()
+            await asyncio.Event().wait()  # campaigning, never elected again
+        term = self.terms[self.runs]
+        self.runs += 1
+        if isinstance(term, Exception):
+            raise term
+        self.stalled = term
+
+
+class ForgetfulReconciler:
+    forgotten = 0
+
+    def forget_claims(self) -> None:
+        self.forgotten += 1
+
+
+def _shutdown() -> Any:
+    from pet_operator.shutdown import Deadlines, Shutdown
+
+    return Shutdown(Deadlines(grace=20))
+
+
+async def test_a_replica_that_loses_leadership_campaigns_again_and_forgets_its_claims() -> None:
+    elector, rec, stop = FakeElector([0.0, 0.0]), ForgetfulReconciler(), _shutdown()
+    task = asyncio.create_task(app.campaign_forever(elector, rec, stop))  # type: ignore[arg-type]
+    await asyncio.wait_for(elector.done.wait(), 5)
+    assert elector.runs == 2 and rec.forgotten == 2
+    assert not stop.requested.is_set()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+@pytest.mark.parametrize(("term", "why"), [(9.5, "stood still for 9.5s"), (RuntimeError("bug"), "election failed")])
+async def test_a_replica_that_can_no_longer_be_trusted_stops_with_exit_1(term: float | Exception, why: str) -> None:
+    elector, rec, stop = FakeElector([term]), ForgetfulReconciler(), _shutdown()
+    await asyncio.wait_for(app.campaign_forever(elector, rec, stop), 5)  # type: ignore[arg-type]
+    assert stop.requested.is_set()
+    assert stop.exit_code == 1
+    assert why in stop.reason
+    assert rec.forgotten == 0

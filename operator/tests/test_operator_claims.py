@@ -246,7 +246,18 @@ async def test_pet_without_an_integer_id_claims_nothing(world: World) -> None:
     snap = dataclasses.replace(claim_pet("rex"), spec={"id": "7", "name": "rex"})
     await world.replica().sync_pet(KEY, index_of(snap), index_of())
     assert world.journal == []
-    assert condition(status_of(world.writer, NS, "rex"), "IdClaimed")["reason"] == "NoId"
+    status = status_of(world.writer, NS, "rex")
+    assert (status["phase"], status["reason"]) == ("Invalid", "InvalidId")  # never Active without an id
+    assert condition(status, "IdClaimed")["reason"] == "InvalidId"
+
+
+@pytest.mark.parametrize("bad", [0, -1, 9007199254740992], ids=["zero", "negative", "too-large"])
+async def test_pet_with_an_integer_id_out_of_range_claims_nothing(world: World, bad: int) -> None:
+    snap = dataclasses.replace(claim_pet("rex"), spec={"id": bad, "name": "rex"})
+    assert snap.pet_id is None
+    await world.replica().sync_pet(KEY, index_of(snap), index_of())
+    assert world.journal == []
+    assert status_of(world.writer, NS, "rex")["phase"] == "Invalid"
 
 
 # --- duplicates ----------------------------------------------------------------------------------
@@ -320,6 +331,16 @@ async def test_primed_claim_of_another_pet_still_conflicts(world: World) -> None
     assert verdict is not None
     assert verdict.phase is model.Phase.CONFLICT
     assert "other/holder" in verdict.message
+
+
+async def test_forgotten_claims_are_read_again(world: World) -> None:
+    """A replica that lost the leadership forgets its claims: another leader may move them meanwhile."""
+    world.store.put(ID, NS, "rex", uid_of(NS, "rex"))
+    rec = world.replica()
+    rec.prime_claims(await world.store.list_claims())
+    rec.forget_claims()
+    await rec.sync_pet(KEY, index_of(claim_pet("rex", finalizers=(FINALIZER,))), index_of())
+    assert world.journal.ops() == ["list_claims", "create_claim", "read_claim"]
 
 
 # --- orphans met while claiming -------------------------------------------------------------------

@@ -15,10 +15,10 @@ NO_ENV: dict[str, str] = {}
 
 
 def test_namespace_flags() -> None:
-    config = parse_config(["--namespace", "default", "-n", "pet-system"], NO_ENV)
-    assert config.namespaces == ("default", "pet-system")
+    config = parse_config(["--namespace", "default", "-n", "pets"], NO_ENV)
+    assert config.namespaces == ("default", "pets")
     assert config.all_namespaces is False
-    assert config.scope == "namespaces default, pet-system"
+    assert config.scope == "namespaces default, pets"
 
 
 def test_defaults() -> None:
@@ -66,8 +66,8 @@ def test_empty_kubeconfig_means_none() -> None:
 
 
 def test_kopf_namespace_env_comma_separated_with_spaces() -> None:
-    config = parse_config([], {"KOPF_NAMESPACE": " default , pet-system,,  other "})
-    assert config.namespaces == ("default", "pet-system", "other")
+    config = parse_config([], {"KOPF_NAMESPACE": " default , pets,,  other "})
+    assert config.namespaces == ("default", "pets", "other")
 
 
 def test_namespace_flag_wins_over_env() -> None:
@@ -219,3 +219,69 @@ def test_console_script_without_arguments_exits_2() -> None:
     )
     assert result.returncode == 2
     assert "pet-operator: error: no namespace to serve" in result.stderr
+
+
+# --- shutdown ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("argv", "drain"), [
+    ([], 5.0),  # the default
+    (["--shutdown-grace", "4"], 2.0),  # half a short grace
+    (["--shutdown-drain-delay", "0"], 0.0),
+    (["--shutdown-grace", "3", "--shutdown-drain-delay", "3"], 3.0),
+])
+def test_shutdown_drain_delay(argv: list[str], drain: float) -> None:
+    assert parse_config(["-n", "a", *argv], NO_ENV).shutdown_drain_delay == drain
+
+
+@pytest.mark.parametrize("argv", [
+    ["--shutdown-drain-delay", "-1"],
+    ["--shutdown-drain-delay", "nan"],
+    ["--shutdown-grace", "3", "--shutdown-drain-delay", "4"],
+])
+def test_shutdown_drain_delay_outside_the_grace_is_refused(argv: list[str]) -> None:
+    with pytest.raises(ConfigError, match=r"--shutdown-drain-delay .* must be between 0 and --shutdown-grace"):
+        parse_config(["-n", "a", *argv], NO_ENV)
+
+
+# --- webhook exposure ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("argv", "env", "addresses"), [
+    ([], {}, ("127.0.0.1",)),  # run by hand: loopback only, never every interface silently
+    ([], {"POD_IP": "10.1.2.3"}, ("10.1.2.3",)),  # in a pod: its own address (the Service routes there)
+    ([], {"POD_IP": "fd00::12"}, ("fd00::12",)),
+    (["--webhook-bind-address", "::"], {"POD_IP": "10.1.2.3"}, ("::",)),
+    (["--webhook-bind-address", "0.0.0.0", "--webhook-bind-address", "::"], {}, ("0.0.0.0", "::")),  # noqa: S104 - explicit opt-in
+])
+def test_webhook_bind_addresses(argv: list[str], env: dict[str, str], addresses: tuple[str, ...]) -> None:
+    assert parse_config(["-n", "a", *argv], env).webhook_bind_addresses == addresses
+
+
+@pytest.mark.parametrize(("argv", "env", "named"), [
+    (["--webhook-bind-address", "localhost"], {}, "--webhook-bind-address 'localhost'"),
+    ([], {"POD_IP": "pod-1"}, "$POD_IP 'pod-1'"),
+])
+def test_webhook_bind_address_must_be_an_ip(argv: list[str], env: dict[str, str], named: str) -> None:
+    with pytest.raises(ConfigError, match=r"is not an IP address") as caught:
+        parse_config(["-n", "a", *argv], env)
+    assert named in str(caught.value)
+
+
+@pytest.mark.parametrize(("argv", "env"), [
+    (["-n", "default", "-n", "pet-system"], {}),  # the default claims namespace
+    (["-n", "shop", "--claims-namespace", "shop"], {}),
+    ([], {"KOPF_NAMESPACE": "shop", "POD_NAMESPACE": "shop"}),
+])
+def test_a_claims_namespace_that_is_also_served_is_refused(argv: list[str], env: dict[str, str]) -> None:
+    with pytest.raises(ConfigError, match=r"claims namespace '[a-z-]+' is also a served namespace"):
+        parse_config(argv, env)
+
+
+def test_all_namespaces_keeps_its_claims_in_the_operators_namespace() -> None:
+    assert parse_config(["-A"], NO_ENV).claims_namespace == "pet-system"
+
+
+def test_main_refuses_a_served_claims_namespace_with_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["-n", "shop", "--claims-namespace", "shop"]) == 2
+    assert "claims namespace 'shop' is also a served namespace" in capsys.readouterr().err

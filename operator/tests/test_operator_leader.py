@@ -241,3 +241,62 @@ async def test_a_candidate_whose_read_hangs_keeps_campaigning() -> None:
     with contextlib.suppress(asyncio.CancelledError):
         await run
 
+
+
+# --- what the Lease says, and why leadership ended ----------------------------------------------
+
+
+async def test_the_published_lease_duration_is_rounded_up_never_below_the_renew_deadline(
+    leases: FakeLeases, clock: Clock
+) -> None:
+    a = LeaderElector(leases, "pet-system", "pet-operator-leader", "a",
+                      lease_duration=15.4, renew_deadline=15.3, retry_period=2, clock=clock)
+    assert await a.try_acquire_or_renew()
+    assert leases.record is not None
+    assert leases.record.lease_duration == 16  # round() would publish 15: less than the renew deadline
+
+
+@pytest.fixture
+def fake_sleep(monkeypatch: pytest.MonkeyPatch, clock: Clock) -> None:
+    """The elector's sleeps advance the fake clock instead of waiting."""
+    real_sleep = asyncio.sleep
+
+    async def sleep(delay: float) -> None:
+        clock.now += delay
+        await real_sleep(0)
+
+    monkeypatch.setattr("pet_operator.leader.asyncio.sleep", sleep)
+
+
+@pytest.mark.usefixtures("fake_sleep")
+async def test_a_leader_that_cannot_renew_steps_down_without_having_stood_still(
+    leases: FakeLeases, clock: Clock
+) -> None:
+    a = elector(leases, clock, "a")
+    stopped: list[bool] = []
+    a.on_stopped_leading = lambda: stopped.append(a.is_leader())
+    started = asyncio.Event()
+    a.on_started_leading = started.set
+    run = asyncio.create_task(a.run())
+    await asyncio.wait_for(started.wait(), timeout=10)
+    leases.fail = True
+    await asyncio.wait_for(run, timeout=10)
+    assert stopped == [False]
+    assert a.stalled == 0.0  # it ran on time and could not renew: it may campaign again
+
+
+@pytest.mark.usefixtures("fake_sleep")
+async def test_a_leader_that_stood_still_longer_than_its_lease_says_so(leases: FakeLeases, clock: Clock) -> None:
+    a = elector(leases, clock, "a")
+    started = asyncio.Event()
+    a.on_started_leading = started.set
+    run = asyncio.create_task(a.run())
+    await asyncio.wait_for(started.wait(), timeout=10)
+    clock.now += 20  # frozen for 20 s (SIGSTOP, a starved machine); meanwhile b took the Lease
+    b = elector(leases, clock, "b")
+    b._observed_at = clock.now - 16
+    b._observed = leases.record
+    assert await b.try_acquire_or_renew()
+    await asyncio.wait_for(run, timeout=10)
+    assert a.stalled >= 20
+    assert not a.is_leader()

@@ -70,7 +70,7 @@ def test_pet_without_store_is_active_with_any_tags() -> None:
 
 
 def test_pet_in_existing_store_with_allowed_tags_is_active() -> None:
-    verdict = evaluate_pet("rex", {"store": "shop", "tags": ["a"]}, StoreView("shop", ("a", "b")))
+    verdict = evaluate_pet("rex", {"id": 1, "store": "shop", "tags": ["a"]}, StoreView("shop", ("a", "b")))
     assert verdict.phase is Phase.ACTIVE
     tags = conditions_of(verdict)["TagsValid"]
     assert (tags.status, tags.reason) == ("True", "TagsAllowed")
@@ -78,13 +78,13 @@ def test_pet_in_existing_store_with_allowed_tags_is_active() -> None:
 
 
 def test_store_without_allowed_tags_allows_any_tag() -> None:
-    verdict = evaluate_pet("rex", {"store": "shop", "tags": ["whatever", "else"]}, StoreView("shop", None))
+    verdict = evaluate_pet("rex", {"id": 1, "store": "shop", "tags": ["whatever", "else"]}, StoreView("shop", None))
     assert verdict.phase is Phase.ACTIVE
     assert conditions_of(verdict)["TagsValid"].status == "True"
 
 
 def test_store_with_empty_allowed_tags_allows_no_tag() -> None:
-    verdict = evaluate_pet("rex", {"store": "shop", "tags": ["a"]}, StoreView("shop", ()))
+    verdict = evaluate_pet("rex", {"id": 1, "store": "shop", "tags": ["a"]}, StoreView("shop", ()))
     assert verdict.phase is Phase.INVALID
     assert verdict.reason == "TagsNotAllowed"
     assert "'a'" in verdict.message
@@ -92,12 +92,12 @@ def test_store_with_empty_allowed_tags_allows_no_tag() -> None:
 
 
 def test_store_with_empty_allowed_tags_keeps_a_pet_without_tags_active() -> None:
-    assert evaluate_pet("rex", {"store": "shop"}, StoreView("shop", ())).phase is Phase.ACTIVE
-    assert evaluate_pet("rex", {"store": "shop", "tags": []}, StoreView("shop", ())).phase is Phase.ACTIVE
+    assert evaluate_pet("rex", {"id": 1, "store": "shop"}, StoreView("shop", ())).phase is Phase.ACTIVE
+    assert evaluate_pet("rex", {"id": 1, "store": "shop", "tags": []}, StoreView("shop", ())).phase is Phase.ACTIVE
 
 
 def test_missing_store_is_pending_and_names_the_store() -> None:
-    verdict = evaluate_pet("rex", {"store": "nowhere", "tags": ["a"]}, None)
+    verdict = evaluate_pet("rex", {"id": 1, "store": "nowhere", "tags": ["a"]}, None)
     assert verdict.phase is Phase.PENDING
     assert verdict.reason == "StoreNotFound"
     assert "'nowhere'" in verdict.message
@@ -111,7 +111,7 @@ def test_missing_store_is_pending_and_names_the_store() -> None:
 
 def test_disallowed_tags_are_invalid_and_message_names_offenders_and_allowed_set() -> None:
     verdict = evaluate_pet(
-        "rex", {"store": "shop", "tags": ["b", "bad", "a", "worse"]}, StoreView("shop", ("b", "a"))
+        "rex", {"id": 1, "store": "shop", "tags": ["b", "bad", "a", "worse"]}, StoreView("shop", ("b", "a"))
     )
     assert verdict.phase is Phase.INVALID
     assert verdict.reason == "TagsNotAllowed"
@@ -126,7 +126,7 @@ def test_disallowed_tags_are_invalid_and_message_names_offenders_and_allowed_set
 
 
 def test_id_held_elsewhere_is_conflict_naming_the_holder() -> None:
-    verdict = evaluate_pet("rex", {"store": "shop"}, StoreView("shop", None), HELD)
+    verdict = evaluate_pet("rex", {"id": 1, "store": "shop"}, StoreView("shop", None), HELD)
     assert verdict.phase is Phase.CONFLICT
     assert verdict.reason == "DuplicateId"
     assert "other-ns/rex" in verdict.message
@@ -136,36 +136,40 @@ def test_id_held_elsewhere_is_conflict_naming_the_holder() -> None:
 
 
 def test_unenforced_claim_is_reported_unknown_never_faked_as_held() -> None:
-    verdict = evaluate_pet("rex", {}, None)
+    verdict = evaluate_pet("rex", {"id": 1}, None)
     conds = conditions_of(verdict)
     assert conds["IdClaimed"].status == "Unknown"
     assert conds["IdClaimed"].reason == model.ID_CLAIM_NOT_ENFORCED.reason
 
 
 def test_claimed_id_is_passed_through_to_the_condition() -> None:
-    verdict = evaluate_pet("rex", {}, None, CLAIMED)
+    verdict = evaluate_pet("rex", {"id": 1}, None, CLAIMED)
     assert verdict.phase is Phase.ACTIVE
     assert conditions_of(verdict)["IdClaimed"] == Condition("IdClaimed", "True", "Claimed", CLAIMED.message)
 
 
-# --- evaluate_pet: precedence Conflict > Pending > Invalid > Active -----------------------
+# --- evaluate_pet: precedence (InvalidId >) Conflict > Pending > Invalid > Active -----------------------
 
 
 @pytest.mark.parametrize(
     ("claim", "spec", "store", "phase"),
     [
         # everything wrong at once: the id wins
-        (HELD, {"store": "gone", "tags": ["bad"]}, None, Phase.CONFLICT),
+        (HELD, {"id": 1, "store": "gone", "tags": ["bad"]}, None, Phase.CONFLICT),
         # id and tags wrong: still the id
-        (HELD, {"store": "shop", "tags": ["bad"]}, StoreView("shop", ("ok",)), Phase.CONFLICT),
+        (HELD, {"id": 1, "store": "shop", "tags": ["bad"]}, StoreView("shop", ("ok",)), Phase.CONFLICT),
         # store missing beats tags (which cannot even be checked)
-        (CLAIMED, {"store": "gone", "tags": ["bad"]}, None, Phase.PENDING),
+        (CLAIMED, {"id": 1, "store": "gone", "tags": ["bad"]}, None, Phase.PENDING),
         # tags are the only problem
-        (CLAIMED, {"store": "shop", "tags": ["bad"]}, StoreView("shop", ("ok",)), Phase.INVALID),
+        (CLAIMED, {"id": 1, "store": "shop", "tags": ["bad"]}, StoreView("shop", ("ok",)), Phase.INVALID),
         # nothing wrong
-        (CLAIMED, {"store": "shop", "tags": ["ok"]}, StoreView("shop", ("ok",)), Phase.ACTIVE),
+        (CLAIMED, {"id": 1, "store": "shop", "tags": ["ok"]}, StoreView("shop", ("ok",)), Phase.ACTIVE),
+        # no usable id: before all, whatever the claim says
+        (HELD, {"id": "1", "store": "gone", "tags": ["bad"]}, None, Phase.INVALID),
+        (CLAIMED, {"id": 0, "store": "shop", "tags": ["ok"]}, StoreView("shop", ("ok",)), Phase.INVALID),
     ],
-    ids=["conflict-over-all", "conflict-over-invalid", "pending-over-invalid", "invalid", "active"],
+    ids=["conflict-over-all", "conflict-over-invalid", "pending-over-invalid", "invalid", "active",
+         "invalid-id-over-all", "invalid-id-even-if-claimed"],
 )
 def test_phase_precedence(
     claim: IdClaim, spec: dict[str, object], store: StoreView | None, phase: Phase
@@ -179,7 +183,7 @@ def test_phase_precedence(
 
 
 def test_conflict_still_reports_tag_problems_in_the_tags_condition() -> None:
-    verdict = evaluate_pet("rex", {"store": "shop", "tags": ["bad"]}, StoreView("shop", ("ok",)), HELD)
+    verdict = evaluate_pet("rex", {"id": 1, "store": "shop", "tags": ["bad"]}, StoreView("shop", ("ok",)), HELD)
     assert verdict.phase is Phase.CONFLICT
     assert conditions_of(verdict)["TagsValid"].status == "False"
 
@@ -188,7 +192,7 @@ def test_conflict_still_reports_tag_problems_in_the_tags_condition() -> None:
 
 
 def test_pet_status_first_write_stamps_now_everywhere() -> None:
-    verdict = evaluate_pet("rex", {}, None)
+    verdict = evaluate_pet("rex", {"id": 1}, None)
     status = pet_status(None, verdict, 3, T0)
     assert status["phase"] == "Active"
     assert status["reason"] == "Reconciled"
@@ -210,7 +214,7 @@ def test_pet_status_first_write_stamps_now_everywhere() -> None:
 
 
 def test_pet_status_keeps_transition_time_while_phase_holds() -> None:
-    verdict = evaluate_pet("rex", {}, None)
+    verdict = evaluate_pet("rex", {"id": 1}, None)
     first = pet_status(None, verdict, 1, T0)
     second = pet_status(first, verdict, 2, T1)
     assert second["lastTransitionTime"] == T0
@@ -221,8 +225,8 @@ def test_pet_status_keeps_transition_time_while_phase_holds() -> None:
 
 
 def test_pet_status_moves_transition_time_when_phase_changes() -> None:
-    pending = pet_status(None, evaluate_pet("rex", {"store": "shop"}, None), 1, T0)
-    active = pet_status(pending, evaluate_pet("rex", {"store": "shop"}, StoreView("shop", None)), 1, T1)
+    pending = pet_status(None, evaluate_pet("rex", {"id": 1, "store": "shop"}, None), 1, T0)
+    active = pet_status(pending, evaluate_pet("rex", {"id": 1, "store": "shop"}, StoreView("shop", None)), 1, T1)
     assert pending["phase"] == "Pending"
     assert active["phase"] == "Active"
     assert active["lastTransitionTime"] == T1
@@ -234,21 +238,21 @@ def test_pet_status_moves_transition_time_when_phase_changes() -> None:
 
 def test_pet_status_transition_time_follows_the_phase_not_the_reason() -> None:
     current = {"phase": "Active", "reason": "SomeOlderReason", "lastTransitionTime": T0}
-    status = pet_status(current, evaluate_pet("rex", {}, None), 1, T1)
+    status = pet_status(current, evaluate_pet("rex", {"id": 1}, None), 1, T1)
     assert status["reason"] == "Reconciled"
     assert status["lastTransitionTime"] == T0
 
 
 def test_pet_status_stamps_now_when_current_lacks_a_transition_time() -> None:
-    verdict = evaluate_pet("rex", {}, None)
+    verdict = evaluate_pet("rex", {"id": 1}, None)
     status = pet_status({"phase": "Active"}, verdict, 1, T1)
     assert status["lastTransitionTime"] == T1
 
 
 def test_pet_status_phase_change_between_not_ready_phases_moves_phase_time_only() -> None:
-    pending = pet_status(None, evaluate_pet("rex", {"store": "shop", "tags": ["x"]}, None), 1, T0)
+    pending = pet_status(None, evaluate_pet("rex", {"id": 1, "store": "shop", "tags": ["x"]}, None), 1, T0)
     invalid = pet_status(
-        pending, evaluate_pet("rex", {"store": "shop", "tags": ["x"]}, StoreView("shop", ())), 1, T1
+        pending, evaluate_pet("rex", {"id": 1, "store": "shop", "tags": ["x"]}, StoreView("shop", ())), 1, T1
     )
     assert invalid["phase"] == "Invalid"
     assert invalid["lastTransitionTime"] == T1
@@ -319,7 +323,7 @@ def test_status_differs() -> None:
 
 
 def test_status_differs_compares_conditions_deeply() -> None:
-    verdict = evaluate_pet("rex", {}, None)
+    verdict = evaluate_pet("rex", {"id": 1}, None)
     status = pet_status(None, verdict, 1, T0)
     same = pet_status(status, verdict, 1, T1)
     assert not status_differs(status, same)
@@ -354,3 +358,24 @@ def test_store_status_keeps_ready_transition_time_when_counts_change() -> None:
     assert second["conditions"][0]["lastTransitionTime"] == T0
     assert status_differs(first, second)
     assert not status_differs(second, store_status(second, iter(["Active", "Active"]), 1, T1))
+
+
+# --- ids the operator cannot use -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [None, "7", 7.0, True, 0, -3, 9007199254740992, [7]],
+                         ids=["missing", "string", "float", "bool", "zero", "negative", "too-large", "list"])
+def test_a_pet_without_a_usable_id_is_invalid_never_active(bad: object) -> None:
+    spec: dict[str, object] = {"name": "rex"} if bad is None else {"id": bad, "name": "rex"}
+    verdict = model.evaluate_pet("rex", spec, None)
+    assert verdict.phase is model.Phase.INVALID
+    assert verdict.reason == "InvalidId"
+    assert "1 to 9007199254740991" in verdict.message
+    ready = next(c for c in verdict.conditions if c.type == "Ready")
+    assert ready.status == "False"
+
+
+@pytest.mark.parametrize("good", [1, 9007199254740991])
+def test_the_id_bounds_are_usable(good: int) -> None:
+    assert model.usable_id(good) == good
+    assert model.evaluate_pet("rex", {"id": good, "name": "rex"}, None).phase is model.Phase.ACTIVE

@@ -447,12 +447,31 @@ async def test_create_with_disallowed_tags_is_denied_over_tls(served: Served) ->
     )
 
 
-async def test_create_with_a_held_id_is_denied_naming_the_holder(served: Served) -> None:
+async def test_create_with_a_held_id_is_denied_naming_a_holder_only_in_its_own_namespace(served: Served) -> None:
     served.lookups.claims[7] = Claim(7, "other-ns/fido", "uid-fido", "3")
     response = await respond(served, review("CREATE", pet(store=None), uid="u-id"))
     assert (response["uid"], response["allowed"], response["status"]["code"]) == ("u-id", False, 422)
-    assert "other-ns/fido" in response["status"]["message"]
+    assert "a pet in another namespace" in response["status"]["message"]
+    assert "fido" not in response["status"]["message"]
     assert served.lookups.calls == [("claim", 7)]  # no store named: none read
+    served.lookups.claims[7] = Claim(7, f"{NS}/fido", "uid-fido", "3")
+    response = await respond(served, review("CREATE", pet(store=None), uid="u-id"))
+    assert f"pet {NS}/fido" in response["status"]["message"]
+
+
+async def test_a_review_for_a_namespace_not_served_is_refused_before_any_lookup(tmp_path: Path) -> None:
+    """A forged review (the configuration sends only served namespaces) learns nothing: no store's
+    allowedTags, no claim holder."""
+    async with serving_files(tmp_path / "certs") as s:
+        s.server.served = frozenset({NS})
+        s.lookups.stores[("elsewhere", "shop")] = StoreView("shop", ("secret-tag",))
+        s.lookups.claims[7] = Claim(7, "elsewhere/fido", "uid-fido", "3")
+        body = review("CREATE", pet(tags=["x"]))
+        body["request"]["namespace"] = "elsewhere"
+        response = await respond(s, body)
+        assert (response["allowed"], response["status"]["code"]) == (False, 403)
+        assert response["status"]["message"] == "namespace 'elsewhere' is not served by this pet-operator"
+        assert s.lookups.calls == []
 
 
 async def test_create_of_a_recreated_pet_with_its_own_stale_claim_is_allowed(served: Served) -> None:
@@ -525,8 +544,90 @@ async def test_delete_and_connect_pass_without_lookups(served: Served, operation
 async def test_malformed_bodies_get_400(served: Served, body: bytes) -> None:
     status, answer = await post(served, body)
     assert status == 400
-    assert answer == {"error": "expected an AdmissionReview with a request"}
+    assert answer["error"].startswith("expected an AdmissionReview with a request")
     assert served.server.reviews == 0
+    assert served.lookups.calls == []
+
+
+def _shaped(path: str, value: Any) -> bytes:
+    """A CREATE review with the value at ``path`` (dotted, under request) replaced."""
+    body = review("CREATE", pet(tags=["cat"]))
+    *parents, last = path.split(".")
+    node: Any = body["request"]
+    for key in parents:
+        node = node[key]
+    node[last] = value
+    return json.dumps(body).encode()
+
+
+@pytest.mark.parametrize(("path", "value", "named"), [
+    ("uid", 7, "request.uid"),
+    ("operation", ["CREATE"], "request.operation"),
+    ("namespace", {"a": 1}, "request.namespace"),
+    ("name", 3, "request.name"),
+    ("object", [], "request.object"),
+    ("oldObject", "x", "request.oldObject"),
+    ("object.metadata", "x", "request.object.metadata"),
+    ("object.metadata.name", ["rex"], "request.object.metadata.name"),
+    ("object.spec", [1, 2], "request.object.spec"),
+    ("object.spec.tags", "cat", "request.object.spec.tags"),
+    ("object.spec.tags", ["cat", 3], "request.object.spec.tags"),
+    ("object.spec.store", {"name": "shop"}, "request.object.spec.store"),
+])
+async def test_reviews_of_the_wrong_shape_get_400_naming_the_field(
+    served: Served, path: str, value: Any, named: str
+) -> None:
+    served.lookups.stores[(NS, "shop")] = StoreView("shop", ("cat",))
+    status, answer = await post(served, _shaped(path, value))
+    assert status == 400, answer
+    assert named in answer["error"]
+    assert served.lookups.calls == []
+
+
+async def test_a_deeply_nested_body_gets_400_not_500(served: Served) -> None:
+    depth = 100_000
+    body = b'{"request": ' + b"[" * depth + b"]" * depth + b"}"
+    status, answer = await post(served, body)
+    assert status == 400
+    assert "nested" in answer["error"]
+
+
+def test_the_body_limit_is_what_the_api_server_can_send() -> None:
+    from pet_operator import webhook
+
+    # two objects of the API server's largest request, every byte escaped by Go to six, plus the envelope
+    assert webhook.MAX_REVIEW_BYTES == 2 * 3 * 1024 * 1024 * 6 + webhook.REVIEW_ENVELOPE_BYTES
+    assert webhook.MAX_REVIEW_BYTES > 36 * 1024 * 1024
+
+
+async def test_an_update_of_a_pet_with_a_large_escaped_annotation_is_reviewed(served: Served) -> None:
+    """120 KB of '<' arrive as 720 KB per object (Go writes \\u003c), 1.4 MB for old and new:
+    beyond aiohttp's default 1 MiB, well within the API server's limits."""
+    served.lookups.stores[(NS, "shop")] = StoreView("shop", ("cat",))
+    old, new = pet(tags=["cat"]), pet(tags=["cat", "dog"])
+    for obj in (old, new):
+        obj["metadata"]["annotations"] = {"note": "<" * 120_000}
+    data = json.dumps(review("UPDATE", new, old)).replace("<", "\\u003c").encode()
+    assert len(data) > 1024 * 1024
+    status, answer = await post(served, data)
+    assert status == 200
+    assert answer["response"]["allowed"] is False  # decided: 'dog' is not allowed
+    assert "'dog'" in answer["response"]["status"]["message"]
+
+
+async def test_a_body_over_the_limit_gets_413(served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
+    served.server.max_body = 64 * 1024  # the real limit is 36 MiB: the same rule on a small scale
+    await served.server.stop()
+    await served.server.start()
+    assert served.server._runner is not None
+    served.port = served.server._runner.addresses[0][1]
+    data = json.dumps(review("CREATE", pet(tags=["cat"]))).encode() + b" " * 70 * 1024
+    connector = aiohttp.TCPConnector(ssl=client_context(served.ca))
+    async with (
+        aiohttp.ClientSession(connector=connector) as session,
+        session.post(served.url, data=data, headers={"Content-Type": "application/json"}) as response,
+    ):
+        assert response.status == 413
     assert served.lookups.calls == []
 
 
@@ -725,5 +826,6 @@ def test_defaults() -> None:
         return None
 
     server = WebhookServer(9443, certificates=None, stores=none, claims=none)  # type: ignore[arg-type]
-    assert (server.host, server.port, server.reload_interval) == ("0.0.0.0", 9443, 5.0)  # noqa: S104
+    assert (server.hosts, server.port, server.reload_interval) == (("127.0.0.1",), 9443, 5.0)
+    assert (server.first_request_timeout, server.keepalive_timeout, server.served) == (10.0, 120.0, None)
     assert PATH == "/validate-pets"
