@@ -54,7 +54,19 @@ def make_settings(exit_timeout: float = 20.0) -> kopf.OperatorSettings:
     settings.watching.server_timeout = 120
     settings.watching.reconnect_backoff = 1.0
     settings.networking.request_timeout = 60
+    # Kopf runs one worker task per object that has events; without a limit, a relist of N
+    # objects (start-up, a new leader, a watch that expired) starts N workers at once, each
+    # holding its object's event and its API calls: memory and the API client's connection
+    # pool grow with N and queue where nobody sees it. With a limit, the watcher stops
+    # reading its stream while every worker is busy (back-pressure on the API server's
+    # watch), and an idle worker gives its place up after half a second instead of five.
+    settings.queueing.worker_limit = WORKER_LIMIT
+    settings.queueing.idle_timeout = 0.5
     return settings
+
+
+#: Objects Kopf works on at once (each pet's reconciliation is a few API calls).
+WORKER_LIMIT = 64
 
 
 class Readiness:
@@ -224,7 +236,7 @@ async def main(
         log.warning("cannot list id claims in namespace %s: %s", config.claims_namespace, exc)
     registry = kopf.OperatorRegistry()
     indexes = handlers.Indexes()
-    handlers.register(registry, rec, indexes)
+    counts = handlers.register(registry, rec, indexes)
     readiness = Readiness()
     deadlines = Deadlines(config.shutdown_grace, config.shutdown_drain_delay if config.webhook_port else 0.0)
     watchdog = Watchdog(config.shutdown_grace + 1.0, exit_now)
@@ -279,7 +291,7 @@ async def main(
         stop_campaign=(lambda: _cancel(campaign)) if campaign is not None else None,
         release_lease=release if elector is not None else None,
         webhook_stop=webhook.stop if webhook is not None else None,
-        closers=(health.stop, kube.close),
+        closers=(counts.close, health.stop, kube.close),
     )
     code = await shutdown.run(stopper)
     log.info("stopped after %d status writes (%d refused while not leading)", rec.writes, rec.fenced)

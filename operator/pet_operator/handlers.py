@@ -20,6 +20,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from pet_operator import model
 from pet_operator.reconciler import Key, PetIndex, PetsByStore, PetSnapshot, Reconciler, StoreIndex, StoreSnapshot
+from pet_operator.store_counts import StoreCounts
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +61,25 @@ class Indexes:
     by_store: PetsByStore | None = None
 
 
-def register(registry: kopf.OperatorRegistry, rec: Reconciler, indexes: Indexes) -> None:
-    """Register the operator's indexes and handlers on ``registry``."""
+STORE_FANOUT = 16  # pets of one store reconciled at once after the store changed
+
+
+async def bounded_gather(calls: list[Awaitable[Any]], limit: int) -> None:
+    """Await ``calls`` with at most ``limit`` running at once (each is already retry-wrapped)."""
+    gate = asyncio.Semaphore(limit)
+
+    async def one(call: Awaitable[Any]) -> None:
+        async with gate:
+            await call
+
+    await asyncio.gather(*(one(c) for c in calls))
+
+
+def register(registry: kopf.OperatorRegistry, rec: Reconciler, indexes: Indexes,
+             counts: StoreCounts | None = None) -> StoreCounts:
+    """Register the operator's indexes and handlers on ``registry``; returns the store counter the
+    handlers request counts from (``counts``, or a new one)."""
+    counts = counts if counts is not None else StoreCounts(rec, with_retries)
     @kopf.on.login(id="login", registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
         # In a pod: the mounted service-account token; elsewhere: KUBECONFIG or ~/.kube/config.
@@ -111,11 +129,7 @@ def register(registry: kopf.OperatorRegistry, rec: Reconciler, indexes: Indexes)
         if previous:
             stores_to_count.add(previous)
         for name in stores_to_count:
-            skey: Key = (key[0], name)
-            await with_retries(
-                f"count pets of store {skey[0]}/{skey[1]}",
-                lambda skey=skey: rec.sync_store(skey, pet_index, store_index, pets_by_store),  # type: ignore[misc]
-            )
+            counts.request((key[0], name), pet_index, store_index, pets_by_store)
 
     @kopf.on.event(*stores_resource, id="store_event", registry=registry)  # type: ignore[arg-type]
     async def store_event(
@@ -126,16 +140,15 @@ def register(registry: kopf.OperatorRegistry, rec: Reconciler, indexes: Indexes)
         skey: Key = (meta.get("namespace", ""), meta.get("name", ""))
         snap = None if type == "DELETED" else StoreSnapshot.from_body(body)
         if rec.store_changed(snap, skey):
-            for pet_key in list(pets_by_store.get(skey, ())):
-                await with_retries(
-                    f"reconcile pet {pet_key[0]}/{pet_key[1]}",
-                    lambda pet_key=pet_key: rec.sync_pet(pet_key, pet_index, store_index),  # type: ignore[misc]
-                )
+            # every pet of the store, several at a time: a narrowed store with thousands of pets must
+            # not wait for one status write after another
+            def sync(pet_key: Key) -> Awaitable[None]:
+                return with_retries(f"reconcile pet {pet_key[0]}/{pet_key[1]}",
+                                    lambda: rec.sync_pet(pet_key, pet_index, store_index))
+
+            await bounded_gather([sync(k) for k in list(pets_by_store.get(skey, ()))], STORE_FANOUT)
         if snap is not None:
-            await with_retries(
-                f"count pets of store {skey[0]}/{skey[1]}",
-                lambda: rec.sync_store(skey, pet_index, store_index, pets_by_store),
-            )
+            counts.request(skey, pet_index, store_index, pets_by_store)
 
 
     @kopf.on.startup(id="capture_indexes", registry=registry)  # type: ignore[arg-type]
@@ -145,6 +158,8 @@ def register(registry: kopf.OperatorRegistry, rec: Reconciler, indexes: Indexes)
     ) -> None:
         # The index objects are live: they fill as the watch streams run.
         indexes.pets, indexes.stores, indexes.by_store = pet_index, store_index, pets_by_store
+
+    return counts
 
 
 async def resync_forever(rec: Reconciler, indexes: Indexes, period: float) -> None:

@@ -285,3 +285,19 @@ def test_all_namespaces_keeps_its_claims_in_the_operators_namespace() -> None:
 def test_main_refuses_a_served_claims_namespace_with_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["-n", "shop", "--claims-namespace", "shop"]) == 2
     assert "claims namespace 'shop' is also a served namespace" in capsys.readouterr().err
+
+
+def test_kopfs_per_object_success_lines_only_at_debug() -> None:
+    import logging
+
+    from pet_operator.cli import configure_logging
+
+    kopf_objects = logging.getLogger("kopf.objects")
+    try:
+        configure_logging("INFO")
+        assert not kopf_objects.isEnabledFor(logging.INFO)
+        assert kopf_objects.isEnabledFor(logging.WARNING)
+        configure_logging("DEBUG")
+        assert kopf_objects.isEnabledFor(logging.DEBUG)
+    finally:
+        kopf_objects.setLevel(logging.NOTSET)

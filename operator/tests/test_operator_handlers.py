@@ -28,6 +28,7 @@ from operator_fakes import (
 
 from pet_operator import handlers, model
 from pet_operator.reconciler import Reconciler
+from pet_operator.store_counts import StoreCounts
 
 LOGGER = "pet_operator.handlers"
 
@@ -188,9 +189,15 @@ def indexes() -> handlers.Indexes:
 
 
 @pytest.fixture
-def registry(rec: Reconciler, indexes: handlers.Indexes) -> kopf.OperatorRegistry:
+def counts(rec: Reconciler) -> StoreCounts:
+    """Store counts with no window: a test awaits ``counts.idle()`` to see them written."""
+    return StoreCounts(rec, handlers.with_retries, window=0)
+
+
+@pytest.fixture
+def registry(rec: Reconciler, indexes: handlers.Indexes, counts: StoreCounts) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
-    handlers.register(registry, rec, indexes)
+    assert handlers.register(registry, rec, indexes, counts) is counts
     return registry
 
 
@@ -317,7 +324,7 @@ async def test_capture_indexes_keeps_the_live_index_objects(
 
 
 async def test_pet_event_reconciles_pet_and_counts_its_store(
-    registry: kopf.OperatorRegistry, writer: FakeWriter, delays: list[float]
+    registry: kopf.OperatorRegistry, writer: FakeWriter, counts: StoreCounts, delays: list[float]
 ) -> None:
     p = pet("rex", store="shop")
     await handler_fn(registry, "_watching", "pet_event")(
@@ -327,13 +334,15 @@ async def test_pet_event_reconciles_pet_and_counts_its_store(
         store_index=index_of(store("shop")),
         pets_by_store=by_store_of(p),
     )
+    assert [c.plural for c in writer.calls] == ["pets"]  # the count comes after its window
+    await counts.idle()
     assert [(c.plural, c.name) for c in writer.calls] == [("pets", "rex"), ("petstores", "shop")]
     assert writer.calls[0].status["phase"] == "Active"
     assert (writer.calls[1].status["petCount"], writer.calls[1].status["activeCount"]) == (1, 1)
 
 
 async def test_pet_event_recounts_old_and_new_store_when_a_pet_moves(
-    registry: kopf.OperatorRegistry, rec: Reconciler, writer: FakeWriter, delays: list[float]
+    registry: kopf.OperatorRegistry, rec: Reconciler, writer: FakeWriter, counts: StoreCounts, delays: list[float]
 ) -> None:
     counted = {"petCount": 1, "activeCount": 1}
     old, new = pet("rex", store="a", status={"phase": "Active"}), pet("rex", store="b", rv="2")
@@ -346,13 +355,14 @@ async def test_pet_event_recounts_old_and_new_store_when_a_pet_moves(
         store_index=index_of(store("a", status=counted), store("b")),
         pets_by_store=by_store_of(new),
     )
+    await counts.idle()
     stores = {c.name: (c.status["petCount"], c.status["activeCount"]) for c in writer.of("petstores")}
     assert stores == {"a": (0, 0), "b": (1, 1)}
     assert rec.moved_from((NS, "rex")) is None  # consumed by the handler
 
 
 async def test_pet_event_deleted_forgets_the_pet_and_recounts(
-    registry: kopf.OperatorRegistry, rec: Reconciler, writer: FakeWriter, delays: list[float]
+    registry: kopf.OperatorRegistry, rec: Reconciler, writer: FakeWriter, counts: StoreCounts, delays: list[float]
 ) -> None:
     gone = pet("rex", store="shop")
     rec.observe_pet(gone)
@@ -363,13 +373,14 @@ async def test_pet_event_deleted_forgets_the_pet_and_recounts(
         store_index=index_of(store("shop", status={"petCount": 1, "activeCount": 1})),
         pets_by_store=by_store_of(),
     )
+    await counts.idle()
     assert gone.uid not in rec.observed
     assert [(c.plural, c.name) for c in writer.calls] == [("petstores", "shop")]  # no write to the pet
     assert writer.calls[0].status["petCount"] == 0
 
 
 async def test_store_event_with_new_spec_reconciles_its_pets(
-    registry: kopf.OperatorRegistry, rec: Reconciler, writer: FakeWriter, delays: list[float]
+    registry: kopf.OperatorRegistry, rec: Reconciler, writer: FakeWriter, counts: StoreCounts, delays: list[float]
 ) -> None:
     p = pet("rex", store="shop", tags=["cute"], status={"phase": "Active"})
     narrowed = store("shop", allowed=["big"], generation=2)
@@ -380,6 +391,7 @@ async def test_store_event_with_new_spec_reconciles_its_pets(
         store_index=index_of(narrowed),
         pets_by_store=by_store_of(p),
     )
+    await counts.idle()
     pet_call, store_call = writer.calls
     assert (pet_call.name, pet_call.status["phase"], pet_call.status["reason"]) == (
         "rex",
