@@ -175,9 +175,16 @@ async def resync_forever(rec: Reconciler, indexes: Indexes, period: float) -> No
             log.exception("resync pass failed; the next one runs in %.0fs", period)
 
 
+YIELD_EVERY = 100  # a resync lets the event loop turn this often (Lease renewals, the webhook)
+
+
 async def resync_once(rec: Reconciler, pets: PetIndex, stores: StoreIndex, by_store: PetsByStore) -> None:
     await with_retries("collect orphaned id claims", lambda: rec.collect_orphans(pets, stores))
-    for key in list(pets.keys()):
+    for number, key in enumerate(list(pets.keys())):
+        if number % YIELD_EVERY == YIELD_EVERY - 1:
+            # pets whose status is right need no I/O, so nothing else would run during the pass: at
+            # tens of thousands of pets the leader could miss its renew deadline
+            await asyncio.sleep(0)
         await with_retries(
             f"resync pet {key[0]}/{key[1]}",
             lambda key=key: rec.sync_pet(key, pets, stores),  # type: ignore[misc]

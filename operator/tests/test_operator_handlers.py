@@ -536,3 +536,25 @@ async def test_resync_forever_survives_a_failing_pass(
         await handlers.resync_forever(rec, indexes, 30.0)
     assert periods == [30.0, 30.0, 30.0]
     assert writer.calls[-1].status["phase"] == "Active"
+
+
+async def test_resync_once_lets_the_event_loop_turn_during_a_long_pass(rec: Reconciler, writer: FakeWriter) -> None:
+    many = [pet(f"p{i}", status={"phase": "Active"}) for i in range(1000)]
+    pets = index_of(*many)
+    await handlers.resync_once(rec, pets, index_of(), by_store_of())  # the first pass writes every status
+    turns = 0
+    stop = asyncio.Event()
+
+    async def ticker() -> None:
+        nonlocal turns
+        while not stop.is_set():
+            turns += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(ticker())
+    writes = len(writer.calls)
+    await handlers.resync_once(rec, pets, index_of(), by_store_of())  # nothing to write: no I/O at all
+    stop.set()
+    await task
+    assert len(writer.calls) == writes
+    assert turns >= 1000 // handlers.YIELD_EVERY - 1
