@@ -9,6 +9,7 @@ created with ``count: 1``, every repeat patches ``count`` and ``lastTimestamp``.
 
 from __future__ import annotations
 
+import collections
 import datetime
 import hashlib
 import logging
@@ -52,14 +53,17 @@ def _now() -> str:
 
 
 class EventRecorder:
-    def __init__(self, api: EventApi, min_level: str = "Normal", instance: str | None = None) -> None:
+    def __init__(self, api: EventApi, min_level: str = "Normal", instance: str | None = None,
+                 max_cached: int = 10_000) -> None:
         if min_level not in LEVELS:
             raise ValueError(f"event level {min_level!r} is not one of {', '.join(LEVELS)}")
         self.api = api
         self.min_level = min_level
         self.instance = instance or os.environ.get("POD_NAME") or socket.gethostname()
-        # (namespace, event name) -> (count, resourceVersion) we last wrote or read
-        self._counts: dict[tuple[str, str], tuple[int, str]] = {}
+        # (namespace, event name) -> (count, resourceVersion) we last wrote or read; bounded, oldest
+        # first out: an event whose count was forgotten is created (409), read and counted on as usual
+        self._counts: collections.OrderedDict[tuple[str, str], tuple[int, str]] = collections.OrderedDict()
+        self.max_cached = max_cached
         self.posted = 0
 
     def wants(self, type_: str) -> bool:
@@ -101,7 +105,7 @@ class EventRecorder:
             }
             created = await self.api.create_event(namespace, body)
             if created is not None:
-                self._counts[key] = _version_of(created)
+                self._remember(key, _version_of(created))
                 self.posted += 1
                 return
             cached = await self._read(key)
@@ -127,10 +131,16 @@ class EventRecorder:
                     raise
                 cached = await self._read(key)
                 continue
-            self._counts[key] = _version_of(updated)
+            self._remember(key, _version_of(updated))
             self.posted += 1
             return
         raise RuntimeError(f"event {namespace}/{name}: its count kept changing under us (5 conflicts)")
+
+    def _remember(self, key: tuple[str, str], value: tuple[int, str]) -> None:
+        self._counts[key] = value
+        self._counts.move_to_end(key)
+        while len(self._counts) > self.max_cached:
+            self._counts.popitem(last=False)
 
     async def _read(self, key: tuple[str, str]) -> tuple[int, str] | None:
         existing = await self.api.read_event(*key)

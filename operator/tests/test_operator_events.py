@@ -131,6 +131,19 @@ async def test_restarted_recorder_continues_the_count_from_the_stored_event(api:
     assert after.posted == 2
 
 
+async def test_the_count_cache_is_bounded_and_a_forgotten_count_is_read_again(api: FakeEventApi) -> None:
+    recorder = EventRecorder(api, max_cached=2)
+    messages = [f"Id {i} is held by pet a/b." for i in range(3)]
+    for message in messages:
+        await recorder.post(REF, "Warning", "DuplicateId", message)
+    assert len(recorder._counts) == 2  # the oldest went out
+    api.calls.clear()
+    await recorder.post(REF, "Warning", "DuplicateId", messages[0])  # forgotten: found again
+    await recorder.post(REF, "Warning", "DuplicateId", messages[2])  # still cached
+    assert api.ops() == ["create", "read", "patch", "patch"]
+    assert [p["count"] for p in api.patches()] == [2, 2]
+
+
 async def test_two_recorders_never_lose_each_others_increments(api: FakeEventApi) -> None:
     """After a leader change two recorders (old and new leader) each cached a count: the patch
     carries the resourceVersion it was based on, so a stale one is refused (409), re-read and
