@@ -132,6 +132,11 @@ def utc_now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _age(snap: PetSnapshot) -> tuple[str, str, str]:
+    """Oldest first: creation time, then namespace and name (creation times have 1 s resolution)."""
+    return (snap.created, snap.namespace, snap.name)
+
+
 def _first(values: Collection[Any] | None) -> Any:
     if not values:
         return None
@@ -202,6 +207,9 @@ class Reconciler:
         self._store_written: dict[Key, _Written] = {}
         self._pet_store: dict[Key, str | None] = {}
         self._moved_from: dict[Key, str] = {}
+        # pets by id, from the watch: who waits for an id, without a pass over every pet
+        self._ids: dict[Key, int] = {}
+        self._by_id: dict[int, set[Key]] = {}
         self.writes = 0  # status writes made, for metrics and tests
         self.observed: set[str] = set()  # uids seen on the watch streams, for readiness
 
@@ -221,6 +229,44 @@ class Reconciler:
             if previous:
                 self._moved_from[key] = previous
         self._pet_store[key] = snap.store
+        self._index_id(key, snap.pet_id)
+
+    def _index_id(self, key: Key, pet_id: int | None) -> None:
+        old = self._ids.get(key)
+        if old == pet_id:
+            return
+        if old is not None:
+            keys = self._by_id.get(old)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._by_id[old]
+        if pet_id is None:
+            self._ids.pop(key, None)
+        else:
+            self._ids[key] = pet_id
+            self._by_id.setdefault(pet_id, set()).add(key)
+
+    def pets_with_id(self, pet_id: int, pets: PetIndex) -> list[PetSnapshot]:
+        """The live pets seen with this id, oldest first (the order the contract promotes in)."""
+        found: list[PetSnapshot] = []
+        for key in self._by_id.get(pet_id, ()):
+            snap: PetSnapshot | None = _first(pets.get(key))
+            if snap is not None and snap.pet_id == pet_id and not snap.deleting:
+                found.append(snap)
+        return sorted(found, key=_age)
+
+    def _heir(self, snap: PetSnapshot, pets: PetIndex) -> PetSnapshot | None:
+        """The oldest pet waiting for ``snap``'s id that is older than ``snap`` and already carries
+        our finalizer (so a delete of it releases the id), or None: a free id goes to it first."""
+        if snap.pet_id is None:
+            return None
+        for other in self.pets_with_id(snap.pet_id, pets):
+            if _age(other) >= _age(snap):
+                return None
+            if other.uid != snap.uid and (FINALIZER in other.finalizers or other.uid in self._finalized):
+                return other
+        return None
 
     def moved_from(self, key: Key) -> str | None:
         """The store a pet named before its latest change, once, if it changed stores."""
@@ -235,6 +281,7 @@ class Reconciler:
         if lock is not None and not lock.locked():
             del self._pet_locks[(namespace, name)]
         self._moved_from.pop((namespace, name), None)
+        self._index_id((namespace, name), None)
         return self._pet_store.pop((namespace, name), None)
 
     def _newest_version(self, snap: PetSnapshot) -> str:
@@ -370,7 +417,17 @@ class Reconciler:
             return claim_outcome(pet_id, snap.namespace, snap.name, snap.uid, cached)
         for _ in range(3):
             self.fence()
-            claim = await self.claims.create_claim(pet_id, snap.namespace, snap.name, snap.uid)
+            # A free id goes to the oldest pet waiting for it, whichever pet's sync finds it free
+            # (the contract's order; a younger twin racing a release must not win it).
+            heir = self._heir(snap, pets)
+            claimant = heir or snap
+            claim = await self.claims.create_claim(pet_id, claimant.namespace, claimant.name, claimant.uid)
+            if claim is not None and heir is not None:
+                log.info(
+                    "id %d was free: claimed for %s, the oldest pet waiting for it (not %s/%s)",
+                    pet_id, claim.holder, snap.namespace, snap.name,
+                )
+                self._to_promote.add(pet_id)  # the heir's status follows once this pet's lock is free
             if claim is None:
                 claim = await self.claims.read_claim(pet_id)
             if claim is None:
@@ -410,12 +467,7 @@ class Reconciler:
 
     async def promote_waiting(self, pet_id: int, pets: PetIndex, stores: StoreIndex) -> None:
         """After a release, let the oldest pet waiting for the id take it; the rest stay Conflict."""
-        waiting: list[PetSnapshot] = []
-        for values in list(pets.values()):
-            snap: PetSnapshot | None = _first(values)
-            if snap is not None and snap.pet_id == pet_id and not snap.deleting:
-                waiting.append(snap)
-        for snap in sorted(waiting, key=lambda s: (s.created, s.namespace, s.name)):
+        for snap in self.pets_with_id(pet_id, pets):
             await self.sync_pet((snap.namespace, snap.name), pets, stores)
 
     async def collect_orphans(self, pets: PetIndex, stores: StoreIndex) -> int:

@@ -168,6 +168,13 @@ def index_of(*snaps: PetSnapshot | StoreSnapshot) -> CountingIndex:
     return CountingIndex({(s.namespace, s.name): [s] for s in snaps})
 
 
+def seen(rec: Any, *snaps: PetSnapshot) -> CountingIndex:
+    """The index of these pets, each first observed by ``rec`` as the watch would show it."""
+    for snap in snaps:
+        rec.observe_pet(snap)
+    return index_of(*snaps)
+
+
 def by_store_of(*pets: PetSnapshot) -> CountingIndex:
     data: dict[tuple[str, str], list[tuple[str, str]]] = {}
     for p in pets:

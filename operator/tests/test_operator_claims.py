@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from claim_fakes import FakeClaimStore, FakeFinalizers, FinalizerCall, Journal, api_error, claim_pet, not_found
 from kubernetes_asyncio.client.exceptions import ApiException
-from operator_fakes import NS, Clock, CountingIndex, FakeWriter, index_of, uid_of
+from operator_fakes import NS, Clock, CountingIndex, FakeWriter, index_of, seen, uid_of
 
 from pet_operator import model
 from pet_operator.claims import (
@@ -439,7 +439,7 @@ async def test_delete_promotes_the_oldest_waiting_duplicate(world: World) -> Non
     # neither the index order nor the keys put the oldest first: only creationTimestamp does
     younger = claim_pet("a-young", namespace=OTHER, created="2024-01-03T00:00:00Z", finalizers=(FINALIZER,))
     older = claim_pet("z-old", namespace=OTHER, created="2024-01-02T00:00:00Z", finalizers=(FINALIZER,))
-    pets = index_of(holder, younger, older)
+    pets = seen(rec, holder, younger, older)
     for snap in (holder, younger, older):
         await rec.sync_pet((snap.namespace, snap.name), pets, index_of())
     assert status_of(world.writer, OTHER, "z-old")["phase"] == "Conflict"
@@ -523,11 +523,50 @@ async def test_finalizer_removal_on_a_pet_already_gone_is_ignored(world: World) 
     assert world.store.claims == {}
 
 
+async def test_a_free_id_found_by_a_younger_twin_goes_to_the_oldest_waiting_pet(world: World) -> None:
+    # the holder was released; the younger twin's sync runs before the promotion does
+    rec = world.replica()
+    older = claim_pet("z-old", namespace=OTHER, created="2024-01-02T00:00:00Z", finalizers=(FINALIZER,))
+    younger = claim_pet("a-young", namespace=OTHER, created="2024-01-03T00:00:00Z", finalizers=(FINALIZER,))
+    pets = seen(rec, younger, older)
+
+    await rec.sync_pet((OTHER, "a-young"), pets, index_of())
+
+    assert world.store.holder(ID) == "other/z-old"
+    assert status_of(world.writer, OTHER, "z-old")["phase"] == "Active"
+    young_status = status_of(world.writer, OTHER, "a-young")
+    assert young_status["phase"] == "Conflict"
+    assert "other/z-old" in young_status["message"]
+
+
+async def test_an_older_pet_without_our_finalizer_yet_is_not_given_the_id(world: World) -> None:
+    # a delete of it would not release the id: it takes its turn when its own sync runs
+    rec = world.replica()
+    older = claim_pet("z-old", namespace=OTHER, created="2024-01-02T00:00:00Z")
+    younger = claim_pet("a-young", namespace=OTHER, created="2024-01-03T00:00:00Z", finalizers=(FINALIZER,))
+    pets = seen(rec, younger, older)
+
+    await rec.sync_pet((OTHER, "a-young"), pets, index_of())
+
+    assert world.store.holder(ID) == "other/a-young"
+
+
+async def test_a_forgotten_pet_is_no_longer_waiting_for_its_id(world: World) -> None:
+    rec = world.replica()
+    waiter = claim_pet("waiter", namespace=OTHER, finalizers=(FINALIZER,))
+    pets = seen(rec, waiter)
+    assert [s.name for s in rec.pets_with_id(ID, pets)] == ["waiter"]
+    rec.observe_pet(dataclasses.replace(waiter, spec={**waiter.spec, "id": ID + 1}))
+    assert rec.pets_with_id(ID, pets) == []
+    rec.forget_pet(OTHER, "waiter", waiter.uid)
+    assert rec.pets_with_id(ID + 1, index_of(dataclasses.replace(waiter, spec={**waiter.spec, "id": ID + 1}))) == []
+
+
 async def test_waiting_pet_is_promoted_even_if_the_finalizer_removal_is_retried(world: World) -> None:
     rec = world.replica()
     holder = claim_pet("holder", finalizers=(FINALIZER,))
     waiter = claim_pet("waiter", namespace=OTHER, finalizers=(FINALIZER,))
-    pets = index_of(holder, waiter)
+    pets = seen(rec, holder, waiter)
     await rec.sync_pet((NS, "holder"), pets, index_of())
     await rec.sync_pet((OTHER, "waiter"), pets, index_of())
     pets.data[(NS, "holder")] = [deleting(holder)]
@@ -551,7 +590,8 @@ async def test_deleting_pet_without_an_id_only_loses_its_finalizer(world: World)
 
 async def test_promote_waiting_goes_oldest_first_and_skips_other_ids_and_deleting_pets(world: World) -> None:
     rec = world.replica()
-    pets = index_of(
+    pets = seen(
+        rec,
         claim_pet("leaving", created="2023-01-01T00:00:00Z", deleting=True, finalizers=(FINALIZER,)),
         claim_pet("other-id", pet_id=8, created="2023-01-01T00:00:00Z"),
         claim_pet("newest", created="2024-03-01T00:00:00Z"),
@@ -561,9 +601,8 @@ async def test_promote_waiting_goes_oldest_first_and_skips_other_ids_and_deletin
     await rec.promote_waiting(ID, pets, index_of())
 
     assert world.store.holder(ID) == "default/oldest"
-    assert [entry[2] for entry in world.journal if entry[0] == "create_claim"] == [
-        "default/oldest", "default/middle", "default/newest",
-    ]
+    # the younger ones ask on the oldest's behalf (it carries our finalizer by then): refused, it holds
+    assert [entry[2] for entry in world.journal if entry[0] == "create_claim"] == ["default/oldest"] * 3
     assert {c.name for c in world.writer.calls} == {"oldest", "middle", "newest"}
     assert status_of(world.writer, NS, "oldest")["phase"] == "Active"
     assert status_of(world.writer, NS, "middle")["phase"] == "Conflict"
@@ -579,7 +618,8 @@ async def test_collect_orphans_counts_and_deletes_only_orphans(world: World) -> 
     world.store.put(2, NS, "ghost", "uid-ghost")  # holder gone
     world.store.put(3, OTHER, "phoenix", "uid-first-life")  # holder recreated: another uid
     world.store.put(4, UNSERVED, "stranger", "uid-stranger")  # cannot tell: not served
-    pets = index_of(
+    pets = seen(
+        rec,
         claim_pet("keeper", pet_id=1, finalizers=(FINALIZER,)),
         claim_pet("phoenix", namespace=OTHER, pet_id=30, uid="uid-second-life", finalizers=(FINALIZER,)),
         claim_pet("waiter", pet_id=2, finalizers=(FINALIZER,)),  # waiting for id 2
