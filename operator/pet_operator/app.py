@@ -165,6 +165,14 @@ def make_elector(
             await recorder.post(ref, "Normal", "LeaderElected", f"{config.leader_identity} became the leader")
         except Exception as exc:  # noqa: BLE001 - an event is a courtesy
             log.warning("could not post the leadership event: %s", exc)
+        # The claim cache is the last leader's picture, or empty (a standby since start-up, or
+        # cleared when leadership was lost): read every claim in one paged listing, not one
+        # create-then-read per pet in the catch-up below.
+        try:
+            rec.forget_claims()
+            rec.prime_claims(await kube.list_claims())
+        except Exception as exc:  # noqa: BLE001 - claims are then read one by one
+            log.warning("cannot list id claims in namespace %s: %s", config.claims_namespace, exc)
         await readiness.synced_event.wait()
         if indexes.pets is not None and indexes.stores is not None and indexes.by_store is not None:
             await handlers.resync_once(rec, indexes.pets, indexes.stores, indexes.by_store)  # catch up

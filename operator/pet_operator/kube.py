@@ -20,6 +20,7 @@ from pet_operator.model import GROUP, VERSION, StoreView
 log = logging.getLogger(__name__)
 
 MERGE_PATCH = "application/merge-patch+json"
+LIST_PAGE = 500  # objects per page when listing claims
 
 
 class NotFound(Exception):
@@ -154,11 +155,21 @@ class Kube:
         return True
 
     async def list_claims(self) -> list[Claim]:
-        leases = await self._coordination.list_namespaced_lease(
-            self.claims_namespace, label_selector=f"{CLAIM_LABEL}=true"
-        )
-        claims = [claim_from_body(self._lease_dict(lease)) for lease in leases.items]
-        return [c for c in claims if c is not None]
+        """Every claim, listed in pages of ``LIST_PAGE`` (a large population is never one response)."""
+        found: list[Claim] = []
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"label_selector": f"{CLAIM_LABEL}=true", "limit": LIST_PAGE}
+            if token:
+                kwargs["_continue"] = token
+            leases = await self._coordination.list_namespaced_lease(self.claims_namespace, **kwargs)
+            for lease in leases.items:
+                claim = claim_from_body(self._lease_dict(lease))
+                if claim is not None:
+                    found.append(claim)
+            token = getattr(leases.metadata, "_continue", None) if leases.metadata is not None else None
+            if not token:
+                return found
 
     # --- events ----------------------------------------------------------------------------
 

@@ -347,3 +347,44 @@ async def test_a_replica_that_can_no_longer_be_trusted_stops_with_exit_1(term: f
     assert stop.exit_code == 1
     assert why in stop.reason
     assert rec.forgotten == 0
+
+
+# --- leadership ----------------------------------------------------------------------------------
+
+
+class ClaimListingKube(FakeAppKube):
+    def __init__(self, claims: list[Any]) -> None:
+        super().__init__()
+        self.claims = claims
+        self.listings = 0
+
+    async def list_claims(self) -> list[Any]:
+        self.listings += 1
+        return list(self.claims)
+
+
+class SilentRecorder:
+    async def post(self, *args: Any) -> None:
+        return None
+
+
+async def test_a_new_leader_reads_every_claim_before_it_catches_up() -> None:
+    # a standby primed at start-up (or cleared when it lost the lead) must not create-then-read
+    # a claim per pet when it takes over: one paged listing fills its cache
+    from pet_operator.claims import Claim
+
+    fresh = Claim(7, "default/rex", "uid-rex", "11")
+    kube = ClaimListingKube([fresh])
+    rec = Reconciler(FakeWriter())
+    rec.prime_claims([Claim(8, "default/stale", "uid-stale", "3")])
+    readiness = app.Readiness()
+    elector = app.make_elector(config("default"), kube, SilentRecorder(), rec, app.handlers.Indexes(), readiness)  # type: ignore[arg-type]
+
+    assert elector.on_started_leading is not None
+    elector.on_started_leading()
+    readiness.synced_event.set()
+    for _ in range(5):
+        await REAL_SLEEP(0)
+
+    assert kube.listings == 1
+    assert rec._claims == {7: fresh}
