@@ -42,6 +42,7 @@ from pet_harness.kube import PetApi, api_client, create_namespace, delete_namesp
 from pet_harness.operator_process import OperatorProcess
 from pet_harness.processes import install_signal_handlers
 from pet_harness.rbac import OperatorIdentity
+from pet_harness.reaper import reap_when_gone
 from pet_harness.waiting import wait_for
 
 _OPERATORS = pytest.StashKey[list[OperatorProcess]]()
@@ -178,6 +179,7 @@ def operator_factory(
     started: list[OperatorProcess] = []
     request.node.stash[_OPERATORS] = started
     log_dir = Path(tempfile.mkdtemp(prefix="pet-operator-logs-"))
+    reaper = reap_when_gone(log_dir)  # removed even if this worker is killed before its teardown
     hook: dict[str, Any] = {}
     identity = OperatorIdentity(kube_api, claims_namespace, claims_namespace)
     proxies: list[FaultProxy] = []
@@ -260,6 +262,7 @@ def operator_factory(
         for op in started:
             op.keep_log_in_memory()  # reports attach it after the folder is gone
         shutil.rmtree(log_dir, ignore_errors=True)
+        reaper.stop()
         if problems:
             pytest.fail("\n".join(problems), pytrace=False)
 

@@ -27,6 +27,7 @@ from pet_harness import binaries as binaries_mod
 from pet_harness.clusters.base import Cluster, ClusterError, write_kubeconfig
 from pet_harness.pki import CertificateAuthority, signing_key_pair
 from pet_harness.processes import ManagedProcess, pid_alive
+from pet_harness.reaper import Reaper, reap_when_gone
 
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 
@@ -102,6 +103,7 @@ class LocalCluster(Cluster):
         self.audit_policy = audit_policy
         self.workdir: Path | None = None
         self._owns_workdir = False
+        self._reaper: Reaper | None = None
         self.etcd: ManagedProcess | None = None
         self.apiserver: ManagedProcess | None = None
         self.etcd_client_port = 0
@@ -178,6 +180,9 @@ class LocalCluster(Cluster):
         self._stop_processes()
         if self.workdir is not None and self._owns_workdir and not self.keep_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
+        if self._reaper is not None:
+            self._reaper.stop()
+            self._reaper = None
         self.workdir = None
         self._kubeconfig = None
 
@@ -197,6 +202,8 @@ class LocalCluster(Cluster):
             sweep_stale_workdirs()
             self.workdir = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX))
             self._owns_workdir = True
+            if not self.keep_workdir and not self.outlive_parent:
+                self._reaper = reap_when_gone(self.workdir)  # removed even if this process is killed
         (self.workdir / "owner.pid").write_text(str(os.getpid()))
         pki = self.workdir / "pki"
         pki.mkdir(exist_ok=True)
