@@ -133,7 +133,7 @@ async def start_webhook(config: Config, kube: Kube) -> WebhookServer | None:
         return None
     certificates, ca_pem = certificates_for(config.webhook_cert_dir, config.webhook_host_names)
     server = WebhookServer(
-        config.webhook_port, certificates, kube.read_store, kube.read_claim,
+        config.webhook_port, certificates, kube.read_store, kube.read_claim_cached,
         host=config.webhook_bind_addresses, served=None if config.all_namespaces else frozenset(config.namespaces),
     )
     await server.start()
@@ -231,8 +231,7 @@ async def main(
     install_task_factory(asyncio.get_running_loop())
     if config.kubeconfig:
         os.environ["KUBECONFIG"] = config.kubeconfig  # Kopf's login reads it too
-    await load_credentials(config.kubeconfig)
-    kube = Kube(claims_namespace=config.claims_namespace)
+    kube = Kube(load_credentials(config.kubeconfig), claims_namespace=config.claims_namespace)
     recorder = EventRecorder(kube, config.event_level)
     rec = Reconciler(
         kube, on_phase_change=recorder.phase_changed, claims=kube, finalizers=kube,

@@ -258,6 +258,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"pet-operator: error: {exc}", file=sys.stderr)
         return 2
+    from pet_operator import rest
+
+    try:
+        rest.load(config.kubeconfig)  # a kubeconfig the operator cannot use is said now, not as a traceback
+    except rest.ConfigError as exc:
+        print(f"pet-operator: error: {exc}", file=sys.stderr)
+        return 2
     configure_logging(config.log_level)
     from pet_operator.app import run  # imported late: kopf is heavy and --help should be quick
 

@@ -18,10 +18,9 @@ import socket
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from kubernetes_asyncio.client.exceptions import ApiException
-
 from pet_operator import model
 from pet_operator.reconciler import PetSnapshot
+from pet_operator.rest import ApiError
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +39,7 @@ class EventApi(Protocol):
 
     async def patch_event(self, namespace: str, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
         """Merge-patch; a ``metadata.resourceVersion`` in the patch is a precondition (409 if stale),
-        404 if gone, both as ``ApiException``."""
+        404 if gone, both as ``ApiError``."""
 
 
 def event_name(object_name: str, uid: str, type_: str, reason: str, message: str) -> str:
@@ -123,7 +122,7 @@ class EventRecorder:
                 patch["metadata"] = {"resourceVersion": version}
             try:
                 updated = await self.api.patch_event(namespace, name, patch)
-            except ApiException as exc:
+            except ApiError as exc:
                 if exc.status == 404:
                     cached = None
                     continue

@@ -16,10 +16,10 @@ from typing import Any
 
 import aiohttp
 import kopf
-from kubernetes_asyncio.client.exceptions import ApiException
 
 from pet_operator import model
 from pet_operator.reconciler import Key, PetIndex, PetsByStore, PetSnapshot, Reconciler, StoreIndex, StoreSnapshot
+from pet_operator.rest import ApiError
 from pet_operator.store_counts import StoreCounts
 
 log = logging.getLogger(__name__)
@@ -37,8 +37,8 @@ async def with_retries(what: str, call: Callable[[], Awaitable[Any]]) -> None:
         try:
             await call()
             return
-        except ApiException as exc:
-            if exc.status is not None and exc.status < 500 and exc.status not in (409, 429):
+        except ApiError as exc:
+            if exc.status < 500 and exc.status not in (409, 429):
                 log.error("%s failed for good: %s %s", what, exc.status, exc.reason)
                 return
             error: str = f"{exc.status} {exc.reason}"

@@ -1,55 +1,85 @@
-"""The operator's own API calls (status patches), made with kubernetes_asyncio.
+"""The operator's own API calls (status patches, claims, Events, Leases), over :mod:`rest`.
 
 Kopf watches and runs handlers; every write the operator decides on goes through this
-module, so that it is explicit which subresource is written and how.
+module, so that it is explicit which subresource is written and how. Every call is bounded
+in time (:class:`Timeouts`); an error status is a :class:`rest.ApiError` with the server's message.
 """
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import logging
 from collections.abc import Mapping
 from typing import Any
 
-from kubernetes_asyncio import client, config
-from kubernetes_asyncio.client.exceptions import ApiException
-
+from pet_operator import rest
 from pet_operator.claims import CLAIM_LABEL, Claim, claim_body, claim_from_body, claim_name
 from pet_operator.leader import LeaseRecord
 from pet_operator.model import GROUP, VERSION, StoreView
+from pet_operator.rest import JSON_PATCH, MERGE_PATCH, ApiError
 
 log = logging.getLogger(__name__)
 
-MERGE_PATCH = "application/merge-patch+json"
 LIST_PAGE = 500  # objects per page when listing claims
+COORDINATION = ("apis", "coordination.k8s.io", "v1")
+CUSTOM = ("apis", GROUP, VERSION)
+ADMISSION = ("apis", "admissionregistration.k8s.io", "v1")
 
 
 class NotFound(Exception):
     """The object is gone (deleted while we worked on it)."""
 
 
-async def load_credentials(kubeconfig: str | None) -> None:
-    """Configure kubernetes_asyncio from a kubeconfig, else from the in-cluster service account."""
-    if kubeconfig:
-        await config.load_kube_config(config_file=kubeconfig)
-        return
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        await config.load_kube_config()
+@dataclasses.dataclass(frozen=True)
+class Timeouts:
+    """Seconds each kind of call may take in all before it is given up (TimeoutError)."""
+
+    read: float = 10.0
+    write: float = 10.0
+    list: float = 30.0
+
+
+def load_credentials(kubeconfig: str | None) -> rest.Credentials:
+    """From ``kubeconfig`` if given; else the pod's service account; else ``$KUBECONFIG`` or ``~/.kube/config``."""
+    return rest.load(kubeconfig)
 
 
 class Kube:
     """A small typed facade over the calls the operator makes."""
 
-    def __init__(self, claims_namespace: str = "pet-system") -> None:
-        self._api_client = client.ApiClient()
-        self._custom = client.CustomObjectsApi(self._api_client)
-        self._coordination = client.CoordinationV1Api(self._api_client)
-        self._core = client.CoreV1Api(self._api_client)
+    def __init__(
+        self, credentials: rest.Credentials, claims_namespace: str = "pet-system", timeouts: Timeouts = Timeouts(),
+    ) -> None:
+        self.rest = rest.RestClient(credentials)
         self.claims_namespace = claims_namespace
+        self.timeouts = timeouts
 
     async def close(self) -> None:
-        await self._api_client.close()
+        await self.rest.close()
+
+    async def _get(self, path: str, params: Mapping[str, str] | None = None) -> dict[str, Any] | None:
+        """The object at ``path``; None if there is none (404)."""
+        try:
+            return await self.rest.request("GET", path, timeout=self.timeouts.read, params=params)
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def _write(
+        self, method: str, path: str, body: Any, content_type: str = rest.JSON, gone: str | None = None,
+    ) -> dict[str, Any]:
+        """A write; a 404 becomes NotFound(``gone``) when ``gone`` names what would be gone."""
+        try:
+            return await self.rest.request(method, path, timeout=self.timeouts.write, body=body,
+                                           content_type=content_type)
+        except ApiError as exc:
+            if exc.status == 404 and gone is not None:
+                raise NotFound(gone) from exc
+            raise
+
+    # --- pets and stores ---------------------------------------------------------------------
 
     async def patch_status(
         self, plural: str, namespace: str, name: str, status: Mapping[str, Any],
@@ -64,200 +94,161 @@ class Kube:
         body: dict[str, Any] = {"status": dict(status)}
         if resource_version:
             body["metadata"] = {"resourceVersion": resource_version}
-        try:
-            result: dict[str, Any] = await self._custom.patch_namespaced_custom_object_status(
-                GROUP, VERSION, namespace, plural, name, body, _content_type=MERGE_PATCH,
-            )
-        except ApiException as exc:
-            if exc.status == 404:
-                raise NotFound(f"{plural} {namespace}/{name}") from exc
-            raise
-        return result
+        path = rest.path_of(*CUSTOM, "namespaces", namespace, plural, name, "status")
+        return await self._write("PATCH", path, body, MERGE_PATCH, gone=f"{plural} {namespace}/{name}")
 
     async def read_uid(self, namespace: str, name: str) -> str | None:
         """The UID of the pet ``namespace/name`` now; None if there is none."""
-        try:
-            body = await self._custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "pets", name)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-        return str(body["metadata"]["uid"])
+        body = await self._get(rest.path_of(*CUSTOM, "namespaces", namespace, "pets", name))
+        return None if body is None else str(body["metadata"]["uid"])
 
     async def list_uids(self, plural: str, namespaces: tuple[str, ...] | None) -> set[str]:
-        """UIDs of every object of ``plural`` in ``namespaces`` (None: all namespaces)."""
-        bodies: list[dict[str, Any]] = []
-        if namespaces is None:
-            result = await self._custom.list_cluster_custom_object(GROUP, VERSION, plural)
-            bodies.extend(result.get("items", []))
-        else:
-            for ns in namespaces:
-                result = await self._custom.list_namespaced_custom_object(GROUP, VERSION, ns, plural)
-                bodies.extend(result.get("items", []))
-        return {str(b["metadata"]["uid"]) for b in bodies}
+        """UIDs of every object of ``plural`` in ``namespaces`` (None: all namespaces), listed in pages."""
+        paths = ([rest.path_of(*CUSTOM, plural)] if namespaces is None
+                 else [rest.path_of(*CUSTOM, "namespaces", ns, plural) for ns in namespaces])
+        uids: set[str] = set()
+        for path in paths:
+            async for item in self._pages(path, {}):
+                uids.add(str(item["metadata"]["uid"]))
+        return uids
+
+    async def _pages(self, path: str, params: Mapping[str, str]) -> Any:
+        """Every item of a listing, ``LIST_PAGE`` at a time (a large population is never one response)."""
+        token = ""
+        while True:
+            query = {**params, "limit": str(LIST_PAGE)}
+            if token:
+                query["continue"] = token
+            page = await self.rest.request("GET", path, timeout=self.timeouts.list, params=query)
+            for item in page.get("items") or []:
+                yield item
+            token = str((page.get("metadata") or {}).get("continue") or "")
+            if not token:
+                return
 
     async def set_finalizers(
         self, plural: str, namespace: str, name: str, finalizers: list[str], resource_version: str
     ) -> dict[str, Any]:
         """Replace ``metadata.finalizers``; the resourceVersion makes it fail (409) if the object moved."""
         body = {"metadata": {"finalizers": finalizers or None, "resourceVersion": resource_version}}
-        try:
-            result: dict[str, Any] = await self._custom.patch_namespaced_custom_object(
-                GROUP, VERSION, namespace, plural, name, body, _content_type=MERGE_PATCH
-            )
-        except ApiException as exc:
-            if exc.status == 404:
-                raise NotFound(f"{plural} {namespace}/{name}") from exc
-            raise
-        return result
+        path = rest.path_of(*CUSTOM, "namespaces", namespace, plural, name)
+        return await self._write("PATCH", path, body, MERGE_PATCH, gone=f"{plural} {namespace}/{name}")
+
+    async def read_store(self, namespace: str, name: str) -> StoreView | None:
+        """The store as the API server's watch cache has it (``resourceVersion=0``: no etcd read;
+        the webhook's check is early advice, the operator's reconcile is the judge)."""
+        body = await self._get(rest.path_of(*CUSTOM, "namespaces", namespace, "petstores", name),
+                               {"resourceVersion": "0"})
+        return None if body is None else StoreView.from_body(name, body.get("spec") or {})
 
     # --- id claims (Leases in the claims namespace) -------------------------------------
 
-    @staticmethod
-    def _lease_dict(lease: Any) -> dict[str, Any]:
-        meta = lease.metadata
-        return {
-            "metadata": {"name": meta.name, "annotations": meta.annotations or {},
-                         "resourceVersion": meta.resource_version, "uid": meta.uid},
-            "spec": {"holderIdentity": lease.spec.holder_identity if lease.spec else None},
-        }
+    def _lease_path(self, namespace: str, name: str = "") -> str:
+        return rest.path_of(*COORDINATION, "namespaces", namespace, "leases", name)
 
     async def create_claim(self, pet_id: int, namespace: str, name: str, uid: str) -> Claim | None:
         try:
-            lease = await self._coordination.create_namespaced_lease(
-                self.claims_namespace, claim_body(pet_id, namespace, name, uid)
-            )
-        except ApiException as exc:
+            lease = await self._write("POST", self._lease_path(self.claims_namespace),
+                                      claim_body(pet_id, namespace, name, uid))
+        except ApiError as exc:
             if exc.status == 409:
                 return None
             raise
-        return claim_from_body(self._lease_dict(lease))
+        return claim_from_body(lease)
 
-    async def read_claim(self, pet_id: int) -> Claim | None:
-        try:
-            lease = await self._coordination.read_namespaced_lease(claim_name(pet_id), self.claims_namespace)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-        return claim_from_body(self._lease_dict(lease))
+    async def read_claim(self, pet_id: int, cached: bool = False) -> Claim | None:
+        """The claim now (a quorum read), or with ``cached`` as the API server's watch cache has it."""
+        lease = await self._get(self._lease_path(self.claims_namespace, claim_name(pet_id)),
+                                {"resourceVersion": "0"} if cached else None)
+        return None if lease is None else claim_from_body(lease)
+
+    async def read_claim_cached(self, pet_id: int) -> Claim | None:
+        return await self.read_claim(pet_id, cached=True)
 
     async def delete_claim(self, claim: Claim) -> bool:
         options = {"preconditions": {"resourceVersion": claim.resource_version}}
         try:
-            await self._coordination.delete_namespaced_lease(
-                claim_name(claim.pet_id), self.claims_namespace, body=options
-            )
-        except ApiException as exc:
+            await self._write("DELETE", self._lease_path(self.claims_namespace, claim_name(claim.pet_id)), options)
+        except ApiError as exc:
             if exc.status in (404, 409):
                 return False
             raise
         return True
 
     async def list_claims(self) -> list[Claim]:
-        """Every claim, listed in pages of ``LIST_PAGE`` (a large population is never one response)."""
+        """Every claim, listed in pages of ``LIST_PAGE``."""
         found: list[Claim] = []
-        token: str | None = None
-        while True:
-            kwargs: dict[str, Any] = {"label_selector": f"{CLAIM_LABEL}=true", "limit": LIST_PAGE}
-            if token:
-                kwargs["_continue"] = token
-            leases = await self._coordination.list_namespaced_lease(self.claims_namespace, **kwargs)
-            for lease in leases.items:
-                claim = claim_from_body(self._lease_dict(lease))
-                if claim is not None:
-                    found.append(claim)
-            token = getattr(leases.metadata, "_continue", None) if leases.metadata is not None else None
-            if not token:
-                return found
+        selector = {"labelSelector": f"{CLAIM_LABEL}=true"}
+        async for lease in self._pages(self._lease_path(self.claims_namespace), selector):
+            claim = claim_from_body(lease)
+            if claim is not None:
+                found.append(claim)
+        return found
 
     # --- events ----------------------------------------------------------------------------
 
+    @staticmethod
+    def _event_summary(event: Mapping[str, Any]) -> dict[str, Any]:
+        return {"count": event.get("count"), "resourceVersion": (event.get("metadata") or {}).get("resourceVersion")}
+
     async def create_event(self, namespace: str, body: Mapping[str, Any]) -> dict[str, Any] | None:
         try:
-            event = await self._core.create_namespaced_event(namespace, dict(body))
-        except ApiException as exc:
+            event = await self._write("POST", rest.path_of("api", "v1", "namespaces", namespace, "events"), dict(body))
+        except ApiError as exc:
             if exc.status == 409:
                 return None
             raise
-        return {"count": event.count, "resourceVersion": event.metadata.resource_version}
+        return self._event_summary(event)
 
     async def read_event(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            event = await self._core.read_namespaced_event(name, namespace)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-        return {"count": event.count, "resourceVersion": event.metadata.resource_version}
+        event = await self._get(rest.path_of("api", "v1", "namespaces", namespace, "events", name))
+        return None if event is None else self._event_summary(event)
 
     async def patch_event(self, namespace: str, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
-        event = await self._core.patch_namespaced_event(name, namespace, dict(patch), _content_type=MERGE_PATCH)
-        return {"count": event.count, "resourceVersion": event.metadata.resource_version}
+        event = await self._write("PATCH", rest.path_of("api", "v1", "namespaces", namespace, "events", name),
+                                  dict(patch), MERGE_PATCH)
+        return self._event_summary(event)
 
     # --- webhook support ---------------------------------------------------------------------
 
-    async def read_store(self, namespace: str, name: str) -> StoreView | None:
-        try:
-            body = await self._custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "petstores", name)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-        return StoreView.from_body(name, body.get("spec") or {})
-
     async def publish_ca_bundle(self, configuration: str, ca_pem: bytes) -> None:
         """Write the CA into every webhook of a ValidatingWebhookConfiguration."""
-        import base64
-
-        api = client.AdmissionregistrationV1Api(self._api_client)
-        current = await api.read_validating_webhook_configuration(configuration)
+        path = rest.path_of(*ADMISSION, "validatingwebhookconfigurations", configuration)
+        current = await self.rest.request("GET", path, timeout=self.timeouts.read)
         bundle = base64.b64encode(ca_pem).decode()
         patch = [
             {"op": "add", "path": f"/webhooks/{i}/clientConfig/caBundle", "value": bundle}
-            for i in range(len(current.webhooks or []))
+            for i in range(len(current.get("webhooks") or []))
         ]
         if patch:
-            await api.patch_validating_webhook_configuration(
-                configuration, patch, _content_type="application/json-patch+json"
-            )
+            await self._write("PATCH", path, patch, JSON_PATCH)
 
     # --- leader election Lease --------------------------------------------------------------
 
     @staticmethod
-    def _lease_record(lease: Any) -> LeaseRecord:
-        spec = lease.spec
-
-        def stamp(value: Any) -> str | None:
-            if value is None:
-                return None
-            return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ") if hasattr(value, "strftime") else str(value)
-
+    def _lease_record(lease: Mapping[str, Any]) -> LeaseRecord:
+        spec = lease.get("spec") or {}
+        meta = lease.get("metadata") or {}
         return LeaseRecord(
-            holder=(spec.holder_identity or "") if spec else "",
-            lease_duration=int((spec.lease_duration_seconds or 0) if spec else 0),
-            acquire_time=stamp(spec.acquire_time) if spec else None,
-            renew_time=stamp(spec.renew_time) if spec else None,
-            transitions=int((spec.lease_transitions or 0) if spec else 0),
-            resource_version=str(lease.metadata.resource_version),
-            uid=str(lease.metadata.uid or ""),
+            holder=str(spec.get("holderIdentity") or ""),
+            lease_duration=int(spec.get("leaseDurationSeconds") or 0),
+            acquire_time=spec.get("acquireTime"),
+            renew_time=spec.get("renewTime"),
+            transitions=int(spec.get("leaseTransitions") or 0),
+            resource_version=str(meta.get("resourceVersion", "")),
+            uid=str(meta.get("uid") or ""),
         )
 
     async def read_lease(self, namespace: str, name: str) -> LeaseRecord | None:
-        try:
-            lease = await self._coordination.read_namespaced_lease(name, namespace)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-        return self._lease_record(lease)
+        lease = await self._get(self._lease_path(namespace, name))
+        return None if lease is None else self._lease_record(lease)
 
     async def create_lease(self, namespace: str, name: str, spec: dict[str, Any]) -> LeaseRecord | None:
         body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                 "metadata": {"name": name, "namespace": namespace}, "spec": spec}
         try:
-            lease = await self._coordination.create_namespaced_lease(namespace, body)
-        except ApiException as exc:
+            lease = await self._write("POST", self._lease_path(namespace), body)
+        except ApiError as exc:
             if exc.status == 409:
                 return None
             raise
@@ -270,8 +261,8 @@ class Kube:
                 "metadata": {"name": name, "namespace": namespace, "resourceVersion": resource_version},
                 "spec": spec}
         try:
-            lease = await self._coordination.replace_namespaced_lease(name, namespace, body)
-        except ApiException as exc:
+            lease = await self._write("PUT", self._lease_path(namespace, name), body)
+        except ApiError as exc:
             if exc.status in (404, 409):
                 return None
             raise

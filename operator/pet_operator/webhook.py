@@ -27,12 +27,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from kubernetes_asyncio.client.exceptions import ApiException
 
 from pet_operator import admission
 from pet_operator.claims import Claim
 from pet_operator.connections import BoundedSite
 from pet_operator.model import StoreView
+from pet_operator.rest import ApiError
 
 log = logging.getLogger(__name__)
 
@@ -211,10 +211,8 @@ class WebhookServer:
         except Exception as exc:
             log.exception("admission review %s failed", uid)
             # an API error carries headers and bodies: tell the user only what failed
-            if isinstance(exc, ApiException):
-                reason = f"{exc.status} {exc.reason}"
-            else:
-                reason = f"{type(exc).__name__}: {exc}"[:200]
+            detail = f"{type(exc).__name__}: {exc}"[:200]
+            reason = f"{exc.status} {exc.reason}" if isinstance(exc, ApiError) else detail
             decision = admission.Decision(False, f"the pet-operator webhook could not decide: {reason}", 500)
         return web.json_response(admission.review_response(uid, decision))
 

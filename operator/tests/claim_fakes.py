@@ -17,12 +17,12 @@ import itertools
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from kubernetes_asyncio.client.exceptions import ApiException
 from operator_fakes import NS, pet_body
 
 from pet_operator.claims import Claim, claim_body, claim_from_body
 from pet_operator.kube import NotFound
 from pet_operator.reconciler import PetSnapshot
+from pet_operator.rest import ApiError
 
 
 class Journal(list[tuple[Any, ...]]):
@@ -32,8 +32,8 @@ class Journal(list[tuple[Any, ...]]):
         return [entry[0] for entry in self if not names or entry[0] in names]
 
 
-def api_error(status: int, reason: str = "") -> ApiException:
-    return ApiException(status=status, reason=reason or {404: "Not Found", 409: "Conflict"}.get(status, "Error"))
+def api_error(status: int, reason: str = "") -> ApiError:
+    return ApiError(status=status, reason=reason or {404: "Not Found", 409: "Conflict"}.get(status, "Error"))
 
 
 class FakeClaimStore:
@@ -184,7 +184,7 @@ class FakeEventApi:
     """An ``EventApi`` over a dict keyed by ``(namespace, name)``, like the API server.
 
     create answers None when the name exists (409); read answers None when gone (404);
-    patch merges into the stored Event and fails with a 404 ApiException when it is gone,
+    patch merges into the stored Event and fails with a 404 ApiError when it is gone,
     as ``kube.Kube.patch_event`` does. ``errors[operation]`` raises on the next such call.
     """
 

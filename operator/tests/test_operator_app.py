@@ -241,11 +241,11 @@ class FakeKopf:
 def _run_main(cfg: Config, fake: FakeKopf, kube: FakeAppKube, monkeypatch: pytest.MonkeyPatch) -> Any:
     credentials: list[str | None] = []
 
-    async def fake_load_credentials(kubeconfig: str | None) -> None:
+    def fake_load_credentials(kubeconfig: str | None) -> None:
         credentials.append(kubeconfig)
 
     monkeypatch.setattr(app, "load_credentials", fake_load_credentials)
-    monkeypatch.setattr(app, "Kube", lambda claims_namespace: kube)
+    monkeypatch.setattr(app, "Kube", lambda credentials, claims_namespace: kube)
     monkeypatch.setattr(kopf, "spawn_tasks", fake.spawn_tasks)
     monkeypatch.setattr(kopf, "run_tasks", fake.run_tasks)
     exits: list[int] = []

@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 from claim_fakes import FakeClaimStore, FakeFinalizers, FinalizerCall, Journal, api_error, claim_pet, not_found
-from kubernetes_asyncio.client.exceptions import ApiException
 from operator_fakes import NS, Clock, CountingIndex, FakeWriter, index_of, seen, uid_of
 
 from pet_operator import model
@@ -29,6 +28,7 @@ from pet_operator.claims import (
     claim_outcome,
 )
 from pet_operator.reconciler import PetSnapshot, Reconciler
+from pet_operator.rest import ApiError
 
 OTHER = "other"
 UNSERVED = "elsewhere"
@@ -236,7 +236,7 @@ async def test_pet_gone_while_adding_the_finalizer_claims_nothing(world: World) 
 async def test_finalizer_conflict_propagates_before_any_claim(world: World) -> None:
     """A 409 (the pet moved) goes to the retry wrapper; no claim exists without the finalizer."""
     world.finalizers.errors.append(api_error(409))
-    with pytest.raises(ApiException):
+    with pytest.raises(ApiError):
         await world.replica().sync_pet(KEY, index_of(claim_pet("rex")), index_of())
     assert world.store.creates == 0
     assert world.writer.calls == []
@@ -572,7 +572,7 @@ async def test_waiting_pet_is_promoted_even_if_the_finalizer_removal_is_retried(
     pets.data[(NS, "holder")] = [deleting(holder)]
 
     world.finalizers.errors.append(api_error(409))  # the pet moved: handlers.with_retries calls again
-    with pytest.raises(ApiException):
+    with pytest.raises(ApiError):
         await rec.sync_pet((NS, "holder"), pets, index_of())
     await rec.sync_pet((NS, "holder"), pets, index_of())
 

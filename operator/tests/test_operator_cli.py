@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
-from pet_operator import app, cli
+from pet_operator import app, cli, rest
 from pet_operator.cli import Config, ConfigError, parse_config
 
 NO_ENV: dict[str, str] = {}
@@ -202,9 +203,19 @@ def test_main_runs_the_operator_with_the_config(monkeypatch: pytest.MonkeyPatch)
         return 0
 
     monkeypatch.setattr(app, "run", fake_run)
+    monkeypatch.setattr(rest, "load", lambda kubeconfig: None)
     assert cli.main(["-n", "default", "--health-port", "8181"]) == 0
     assert [c.namespaces for c in seen] == [("default",)]
     assert seen[0].health_port == 8181
+
+
+def test_main_refuses_a_kubeconfig_it_cannot_use(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    broken = tmp_path / "kubeconfig"
+    broken.write_text("current-context: nowhere\n")
+    assert cli.main(["-n", "default", "--kubeconfig", str(broken)]) == 2
+    err = capsys.readouterr().err
+    assert str(broken) in err
+    assert "no usable current context" in err
 
 
 def test_console_script_without_arguments_exits_2() -> None:

@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 from claim_fakes import FakeEventApi, api_error
-from kubernetes_asyncio.client.exceptions import ApiException
 from operator_fakes import NS, Clock, FakeWriter, index_of, pet, store, uid_of
 
 from pet_operator import events, model
 from pet_operator.events import COMPONENT, EventRecorder, event_name
 from pet_operator.reconciler import Reconciler
+from pet_operator.rest import ApiError
 
 REF = {"apiVersion": "petstore.example.com/v1", "kind": "Pet", "name": "rex", "namespace": NS, "uid": "u-1"}
 NAME_RE = re.compile(r"^rex\.[0-9a-f]{16}$")
@@ -195,7 +195,7 @@ async def test_same_event_on_another_object_is_another_event(api: FakeEventApi) 
 async def test_post_lets_api_errors_through(api: FakeEventApi) -> None:
     api.errors["create"] = [api_error(500)]
     recorder = EventRecorder(api)
-    with pytest.raises(ApiException):
+    with pytest.raises(ApiError):
         await recorder.post(REF, "Warning", "DuplicateId", "m")
     assert recorder.posted == 0
 

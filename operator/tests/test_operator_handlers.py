@@ -12,7 +12,6 @@ from typing import Any
 import aiohttp
 import kopf
 import pytest
-from kubernetes_asyncio.client.exceptions import ApiException
 from operator_fakes import (
     NS,
     Clock,
@@ -28,6 +27,7 @@ from operator_fakes import (
 
 from pet_operator import handlers, model
 from pet_operator.reconciler import Reconciler
+from pet_operator.rest import ApiError
 from pet_operator.store_counts import StoreCounts
 
 LOGGER = "pet_operator.handlers"
@@ -75,19 +75,18 @@ async def test_success_needs_no_retry(delays: list[float]) -> None:
 @pytest.mark.parametrize(
     "error",
     [
-        ApiException(status=500, reason="Internal Server Error"),
-        ApiException(status=503, reason="Service Unavailable"),
-        ApiException(status=504, reason="Gateway Timeout"),
-        ApiException(status=429, reason="Too Many Requests"),
-        ApiException(status=409, reason="Conflict"),
-        ApiException(reason="no status at all"),
+        ApiError(status=500, reason="Internal Server Error"),
+        ApiError(status=503, reason="Service Unavailable"),
+        ApiError(status=504, reason="Gateway Timeout"),
+        ApiError(status=429, reason="Too Many Requests"),
+        ApiError(status=409, reason="Conflict"),
         ConnectionResetError("reset by peer"),
         ConnectionRefusedError("refused"),
         OSError("network unreachable"),
         TimeoutError(),
         aiohttp.ClientOSError(104, "Connection reset by peer"),  # aiohttp's OSError flavour
     ],
-    ids=lambda e: type(e).__name__ + ("-" + str(e.status) if isinstance(e, ApiException) else ""),
+    ids=lambda e: type(e).__name__ + ("-" + str(e.status) if isinstance(e, ApiError) else ""),
 )
 async def test_transient_errors_are_retried_with_backoff(
     error: BaseException, delays: list[float], caplog: pytest.LogCaptureFixture
@@ -108,7 +107,7 @@ async def test_transient_errors_are_retried_with_backoff(
 async def test_gives_up_after_the_last_retry_and_logs_an_error(
     delays: list[float], caplog: pytest.LogCaptureFixture
 ) -> None:
-    error = ApiException(status=503, reason="Service Unavailable")
+    error = ApiError(status=503, reason="Service Unavailable")
     call, calls = failing(*[error] * 10)
     with caplog.at_level(logging.WARNING, logger=LOGGER):
         await handlers.with_retries("count pets of store default/shop", call)  # no exception escapes
@@ -145,7 +144,7 @@ async def test_backoff_is_capped_at_five_seconds(
 async def test_client_errors_are_not_retried(
     status: int, reason: str, delays: list[float], caplog: pytest.LogCaptureFixture
 ) -> None:
-    call, calls = failing(ApiException(status=status, reason=reason))
+    call, calls = failing(ApiError(status=status, reason=reason))
     with caplog.at_level(logging.WARNING, logger=LOGGER):
         await handlers.with_retries("reconcile pet default/rex", call)
     assert calls == [1]
@@ -460,7 +459,7 @@ async def test_store_event_deleted_turns_its_pets_pending(
 async def test_event_handler_retries_transient_failures(
     registry: kopf.OperatorRegistry, writer: FakeWriter, delays: list[float]
 ) -> None:
-    writer.errors.append(ApiException(status=500, reason="etcd leader changed"))
+    writer.errors.append(ApiError(status=500, reason="etcd leader changed"))
     p = pet("rex")
     await handler_fn(registry, "_watching", "pet_event")(
         type="ADDED",

@@ -1,40 +1,123 @@
-"""kube.Kube: the claim listing pages through a large population."""
+"""kube.Kube over a fake REST transport: paths, verbs, content types, bounds, and how answers map."""
 
 from __future__ import annotations
 
-import types
 from typing import Any
 
-from pet_operator import kube
-from pet_operator.claims import claim_body
+import pytest
+
+from pet_operator import kube, rest
+from pet_operator.claims import Claim, claim_body
+from pet_operator.rest import ApiError
 
 
-class PagedLeases:
-    """Answers list_namespaced_lease like the API server: ``limit`` items, then a continue token."""
+class FakeRest:
+    """Records each request; answers from ``answers`` (a callable or a value per call, in order)."""
 
-    def __init__(self, count: int) -> None:
-        self.bodies = [claim_body(i, "default", f"pet-{i}", f"uid-{i}") for i in range(count)]
+    def __init__(self, *answers: Any) -> None:
+        self.answers = list(answers)
         self.calls: list[dict[str, Any]] = []
 
-    async def list_namespaced_lease(self, namespace: str, **kwargs: Any) -> Any:
-        self.calls.append(kwargs)
-        start = int(kwargs.get("_continue") or 0)
-        page = self.bodies[start:start + kwargs["limit"]]
+    async def request(self, method: str, path: str, *, timeout: float, body: Any = None,  # noqa: ASYNC109
+                      content_type: str = rest.JSON, params: Any = None) -> dict[str, Any]:
+        call = {"method": method, "path": path, "timeout": timeout, "body": body, "content_type": content_type,
+                "params": dict(params or {})}
+        self.calls.append(call)
+        answer = self.answers.pop(0)
+        if callable(answer):
+            answer = answer(call)
+        if isinstance(answer, Exception):
+            raise answer
+        return dict(answer)
+
+    async def close(self) -> None:
+        return None
+
+
+def api(*answers: Any) -> tuple[kube.Kube, FakeRest]:
+    client = kube.Kube(rest.Credentials("https://127.0.0.1:1", False), claims_namespace="pet-system",
+                       timeouts=kube.Timeouts(read=1.0, write=2.0, list=3.0))
+    fake = FakeRest(*answers)
+    client.rest = fake  # type: ignore[assignment]
+    return client, fake
+
+
+def paged(total: int) -> Any:
+    bodies = [claim_body(i, "default", f"pet-{i}", f"uid-{i}") for i in range(total)]
+
+    def answer(call: dict[str, Any]) -> dict[str, Any]:
+        start = int(call["params"].get("continue") or 0)
+        page = bodies[start:start + int(call["params"]["limit"])]
         following = start + len(page)
-        token = str(following) if following < len(self.bodies) else None
-        return types.SimpleNamespace(items=page, metadata=types.SimpleNamespace(_continue=token))
+        return {"items": page, "metadata": {"continue": str(following) if following < total else ""}}
+
+    return answer
 
 
 async def test_list_claims_reads_every_page() -> None:
-    api = object.__new__(kube.Kube)
-    leases = PagedLeases(kube.LIST_PAGE * 2 + 3)
-    api._coordination = leases  # type: ignore[assignment]
-    api._lease_dict = lambda lease: lease  # type: ignore[method-assign]
-    api.claims_namespace = "pet-system"
+    total = kube.LIST_PAGE * 2 + 3
+    client, fake = api(paged(total), paged(total), paged(total))
 
-    claims = await api.list_claims()
+    claims = await client.list_claims()
 
-    assert sorted(c.pet_id for c in claims) == list(range(kube.LIST_PAGE * 2 + 3))
-    assert len(leases.calls) == 3
-    assert all(call["limit"] == kube.LIST_PAGE for call in leases.calls)
-    assert [call.get("_continue") for call in leases.calls] == [None, str(kube.LIST_PAGE), str(kube.LIST_PAGE * 2)]
+    assert sorted(c.pet_id for c in claims) == list(range(total))
+    assert [c["params"].get("continue") for c in fake.calls] == [None, str(kube.LIST_PAGE), str(kube.LIST_PAGE * 2)]
+    assert all(c["params"]["labelSelector"] == "petstore.example.com/id-claim=true" for c in fake.calls)
+    assert {c["path"] for c in fake.calls} == {"/apis/coordination.k8s.io/v1/namespaces/pet-system/leases"}
+    assert {c["timeout"] for c in fake.calls} == {3.0}
+
+
+async def test_patch_status_is_a_bounded_merge_patch_of_the_subresource_with_a_precondition() -> None:
+    client, fake = api({"metadata": {"resourceVersion": "8"}})
+    result = await client.patch_status("pets", "ns", "rex", {"phase": "Active"}, resource_version="7")
+    assert result["metadata"]["resourceVersion"] == "8"
+    assert fake.calls == [{
+        "method": "PATCH", "path": "/apis/petstore.example.com/v1/namespaces/ns/pets/rex/status", "timeout": 2.0,
+        "body": {"status": {"phase": "Active"}, "metadata": {"resourceVersion": "7"}},
+        "content_type": rest.MERGE_PATCH, "params": {},
+    }]
+
+
+async def test_a_write_to_a_gone_object_is_not_found_and_a_conflict_stays_an_api_error() -> None:
+    client, _ = api(ApiError(404, "NotFound"), ApiError(409, "Conflict"))
+    with pytest.raises(kube.NotFound, match="pets ns/rex"):
+        await client.set_finalizers("pets", "ns", "rex", [], "3")
+    with pytest.raises(ApiError) as caught:
+        await client.set_finalizers("pets", "ns", "rex", [], "3")
+    assert caught.value.status == 409
+
+
+async def test_claims_create_if_absent_read_and_delete_with_a_precondition() -> None:
+    held = claim_body(7, "ns", "rex", "uid-rex") | {}
+    held["metadata"] = {**held["metadata"], "resourceVersion": "5"}
+    client, fake = api(held, ApiError(409, "AlreadyExists"), held, ApiError(404, "NotFound"), {},
+                       ApiError(409, "Conflict"))
+
+    assert await client.create_claim(7, "ns", "rex", "uid-rex") == Claim(7, "ns/rex", "uid-rex", "5")
+    assert await client.create_claim(7, "ns", "twin", "uid-twin") is None
+    assert await client.read_claim_cached(7) == Claim(7, "ns/rex", "uid-rex", "5")
+    assert await client.read_claim(8) is None
+    assert await client.delete_claim(Claim(7, "ns/rex", "uid-rex", "5")) is True
+    assert await client.delete_claim(Claim(7, "ns/rex", "uid-rex", "5")) is False
+
+    assert fake.calls[0]["method"] == "POST"
+    assert fake.calls[2]["params"] == {"resourceVersion": "0"}  # the webhook's read: the watch cache
+    assert fake.calls[3]["params"] == {}  # the reconciler's read: a quorum read
+    assert fake.calls[4]["method"] == "DELETE"
+    assert fake.calls[4]["path"] == "/apis/coordination.k8s.io/v1/namespaces/pet-system/leases/pet-id-7"
+    assert fake.calls[4]["body"] == {"preconditions": {"resourceVersion": "5"}}
+
+
+async def test_the_leader_lease_record_keeps_the_servers_timestamps() -> None:
+    lease = {"metadata": {"resourceVersion": "12", "uid": "u1"},
+             "spec": {"holderIdentity": "pod-a", "leaseDurationSeconds": 15, "leaseTransitions": 2,
+                      "acquireTime": "2026-12-05T20:00:00.123456Z", "renewTime": "2026-12-05T20:00:10.000001Z"}}
+    client, fake = api(lease, ApiError(409, "Conflict"))
+    record = await client.read_lease("pet-system", "pet-operator-leader")
+    assert record is not None
+    assert (record.holder, record.lease_duration, record.transitions) == ("pod-a", 15, 2)
+    assert record.renew_time == "2026-12-05T20:00:10.000001Z"
+    assert (record.resource_version, record.uid) == ("12", "u1")
+    assert await client.update_lease("pet-system", "pet-operator-leader", {}, "12") is None
+    assert fake.calls[1]["method"] == "PUT"
+    assert fake.calls[1]["body"]["metadata"]["resourceVersion"] == "12"
