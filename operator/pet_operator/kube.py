@@ -22,6 +22,9 @@ from pet_operator.rest import JSON_PATCH, MERGE_PATCH, ApiError
 log = logging.getLogger(__name__)
 
 LIST_PAGE = 500  # objects per page when listing claims
+#: Connections to the API server at most: each TLS connection costs a 256 KB read buffer in asyncio
+#: plus OpenSSL's state; at 100 (aiohttp's default) a burst left ~80 open. Calls beyond wait for one.
+API_CONNECTIONS = 32
 COORDINATION = ("apis", "coordination.k8s.io", "v1")
 CUSTOM = ("apis", GROUP, VERSION)
 ADMISSION = ("apis", "admissionregistration.k8s.io", "v1")
@@ -51,7 +54,7 @@ class Kube:
     def __init__(
         self, credentials: rest.Credentials, claims_namespace: str = "pet-system", timeouts: Timeouts = Timeouts(),
     ) -> None:
-        self.rest = rest.RestClient(credentials)
+        self.rest = rest.RestClient(credentials, pool=API_CONNECTIONS)
         self.claims_namespace = claims_namespace
         self.timeouts = timeouts
 

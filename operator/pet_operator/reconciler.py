@@ -21,7 +21,7 @@ import dataclasses
 import datetime
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from typing import Any, Protocol
 
 from pet_operator import model
@@ -161,6 +161,28 @@ def _caught_up(written: str, seen: str) -> bool:
     return False
 
 
+class KeyedLocks:
+    """One lock per key, kept only while a task holds or waits for it (not one per pet forever)."""
+
+    def __init__(self) -> None:
+        self._locks: dict[Key, tuple[asyncio.Lock, list[int]]] = {}
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: Key) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key) or self._locks.setdefault(key, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if users[0] == 0:
+                del self._locks[key]
+
+
 @dataclasses.dataclass
 class _Written:
     resource_version: str
@@ -198,7 +220,7 @@ class Reconciler:
         self.writer = writer
         self.clock = clock
         self.on_phase_change = on_phase_change
-        self._pet_locks: dict[Key, asyncio.Lock] = {}
+        self._pet_locks = KeyedLocks()
         self._store_locks: dict[Key, asyncio.Lock] = {}
         self._store_dirty: set[Key] = set()
         # What we last wrote, until the watch shows it back to us (the index may lag).
@@ -209,7 +231,7 @@ class Reconciler:
         self._moved_from: dict[Key, str] = {}
         # pets by id, from the watch: who waits for an id, without a pass over every pet
         self._ids: dict[Key, int] = {}
-        self._by_id: dict[int, set[Key]] = {}
+        self._by_id: dict[int, list[Key]] = {}
         self.writes = 0  # status writes made, for metrics and tests
         self.observed: set[str] = set()  # uids seen on the watch streams, for readiness
 
@@ -223,6 +245,9 @@ class Reconciler:
         written = self._written.get(snap.uid)
         if written is not None and _caught_up(written.resource_version, snap.resource_version):
             del self._written[snap.uid]  # the watch caught up: the snapshot is the truth again
+        version = self._versions.get(snap.uid)
+        if version is not None and _caught_up(version, snap.resource_version):
+            del self._versions[snap.uid]
         key = (snap.namespace, snap.name)
         if key in self._pet_store and self._pet_store[key] != snap.store:
             previous = self._pet_store[key]
@@ -237,15 +262,15 @@ class Reconciler:
             return
         if old is not None:
             keys = self._by_id.get(old)
-            if keys is not None:
-                keys.discard(key)
+            if keys is not None and key in keys:
+                keys.remove(key)
                 if not keys:
                     del self._by_id[old]
         if pet_id is None:
             self._ids.pop(key, None)
         else:
             self._ids[key] = pet_id
-            self._by_id.setdefault(pet_id, set()).add(key)
+            self._by_id.setdefault(pet_id, []).append(key)
 
     def pets_with_id(self, pet_id: int, pets: PetIndex) -> list[PetSnapshot]:
         """The live pets seen with this id, oldest first (the order the contract promotes in)."""
@@ -277,9 +302,6 @@ class Reconciler:
         self._versions.pop(uid, None)
         self._finalized.discard(uid)
         self.observed.discard(uid)
-        lock = self._pet_locks.get((namespace, name))
-        if lock is not None and not lock.locked():
-            del self._pet_locks[(namespace, name)]
         self._moved_from.pop((namespace, name), None)
         self._index_id((namespace, name), None)
         return self._pet_store.pop((namespace, name), None)
@@ -301,9 +323,8 @@ class Reconciler:
 
     async def sync_pet(self, key: Key, pets: PetIndex, stores: StoreIndex) -> model.Verdict | None:
         """Bring one pet's status in line with the newest known state; None if it is gone."""
-        lock = self._pet_locks.setdefault(key, asyncio.Lock())
         try:
-            async with lock:
+            async with self._pet_locks.hold(key):
                 snap: PetSnapshot | None = _first(pets.get(key))
                 if snap is None:
                     return None
@@ -345,8 +366,12 @@ class Reconciler:
             return None
         self.writes += 1
         meta = obj.get("metadata", {})
-        if meta.get("uid") == snap.uid:
-            self._written[snap.uid] = _Written(str(meta.get("resourceVersion", "")), obj.get("status", desired))
+        written_version = str(meta.get("resourceVersion", ""))
+        seen: PetSnapshot | None = _first(pets.get((snap.namespace, snap.name)))
+        # the watch may have shown our write before its answer came back: then nothing to remember
+        if meta.get("uid") == snap.uid and not (seen is not None and seen.uid == snap.uid
+                                                and _caught_up(written_version, seen.resource_version)):
+            self._written[snap.uid] = _Written(written_version, obj.get("status", desired))
         previous_phase = current.get("phase")
         if previous_phase != verdict.phase.value:
             log.info(

@@ -544,3 +544,53 @@ async def test_failed_recount_raises_to_its_caller_and_frees_the_store(
 def test_store_snapshot_from_body_defaults() -> None:
     snap = StoreSnapshot.from_body({"metadata": {"namespace": NS, "name": "shop"}})
     assert (snap.uid, snap.generation, snap.spec, snap.status) == ("", 0, {}, {})
+
+
+# --- memory: nothing kept per pet once the watch caught up -----------------------------------------
+
+
+async def test_a_write_the_watch_showed_before_its_answer_is_not_remembered(
+    writer: FakeWriter, rec: Reconciler
+) -> None:
+    # the watch event of our own status write can arrive before the PATCH's answer: then the index
+    # already shows it, and remembering the written status would keep it until the pet's next event
+    snap = pet("rex")
+    pets = index_of(snap)
+    writer.gate = asyncio.Event()
+    sync = asyncio.create_task(rec.sync_pet(KEY, pets, index_of()))
+    await writer.entered.wait()
+    shown = PetSnapshot.from_body(pet_body("rex", rv=str(writer.resource_version + 1),
+                                           status=writer.calls[0].status))
+    rec.observe_pet(shown)
+    pets.data[KEY] = [shown]
+    writer.gate.set()
+    await sync
+    assert rec._written == {}
+    assert rec.effective_status(shown) is shown.status
+
+
+async def test_the_finalizer_write_version_is_forgotten_once_the_watch_shows_it() -> None:
+    from claim_fakes import FakeClaimStore, FakeFinalizers, Journal
+
+    journal = Journal()
+    rec = Reconciler(FakeWriter(), claims=FakeClaimStore(journal), finalizers=FakeFinalizers(journal))
+    snap = pet("rex")
+    await rec.sync_pet(KEY, index_of(snap), index_of())
+    assert set(rec._versions) == {snap.uid}
+    written = rec._versions[snap.uid]
+    rec.observe_pet(PetSnapshot.from_body(pet_body("rex", rv=str(int(written) + 5), uid=snap.uid)))
+    assert rec._versions == {}
+
+
+async def test_pet_locks_are_kept_only_while_held_or_awaited(writer: FakeWriter, rec: Reconciler) -> None:
+    pets = index_of(pet("rex"))
+    writer.gate = asyncio.Event()
+    first = asyncio.create_task(rec.sync_pet(KEY, pets, index_of()))
+    await writer.entered.wait()
+    second = asyncio.create_task(rec.sync_pet(KEY, pets, index_of()))
+    await asyncio.sleep(0)
+    assert len(rec._pet_locks) == 1
+    assert len(writer.calls) == 1  # the second waits for the first: still one lock, mutual exclusion kept
+    writer.gate.set()
+    await asyncio.gather(first, second)
+    assert len(rec._pet_locks) == 0
