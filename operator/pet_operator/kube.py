@@ -222,6 +222,22 @@ class Kube:
                 configuration, patch, _content_type="application/json-patch+json"
             )
 
+    async def publish_mutating_ca_bundle(self, configuration: str, ca_pem: bytes) -> None:
+        """Write the CA into every webhook of a MutatingWebhookConfiguration."""
+        import base64
+
+        api = client.AdmissionregistrationV1Api(self._api_client)
+        current = await api.read_mutating_webhook_configuration(configuration)
+        bundle = base64.b64encode(ca_pem).decode()
+        patch = [
+            {"op": "add", "path": f"/webhooks/{i}/clientConfig/caBundle", "value": bundle}
+            for i in range(len(current.webhooks or []))
+        ]
+        if patch:
+            await api.patch_mutating_webhook_configuration(
+                configuration, patch, _content_type="application/json-patch+json"
+            )
+
     # --- leader election Lease --------------------------------------------------------------
 
     @staticmethod
