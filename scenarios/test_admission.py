@@ -128,18 +128,20 @@ def test_self_signed_certificate_is_published_into_the_webhook_configuration(
     pets: PetApi, operator_factory: Any, kube_api: Any
 ) -> None:
     port = free_port()
-    name = "pet-operator"  # the one name the shipped RBAC lets the operator patch
-    body = webhooks.webhook_configuration(name, [pets.namespace], f"https://127.0.0.1:{port}/validate-pets", None)
-    webhooks.install(kube_api, body)
+    name = "pet-operator"  # the one name the shipped RBAC lets the operator patch (either kind)
+    for body in webhooks.configurations(name, [pets.namespace], f"https://127.0.0.1:{port}", None):
+        webhooks.install(kube_api, body)
     try:
         operator_factory([pets.namespace], webhook=False, extra_args=(
-            "--webhook-port", str(port), "--webhook-configuration", name))
+            "--webhook-port", str(port), "--webhook-configuration", name,
+            "--mutating-webhook-configuration", name))
         admission = client.AdmissionregistrationV1Api(kube_api)
-        config = wait_for(lambda: admission.read_validating_webhook_configuration(name),
-                          lambda c: bool(c.webhooks[0].client_config.ca_bundle), 20, "the caBundle")
-        assert b"BEGIN CERTIFICATE" in base64.b64decode(config.webhooks[0].client_config.ca_bundle)
+        for read in (admission.read_validating_webhook_configuration, admission.read_mutating_webhook_configuration):
+            config = wait_for(lambda read=read: read(name),
+                              lambda c: bool(c.webhooks[0].client_config.ca_bundle), 20, f"the caBundle ({read})")
+            assert b"BEGIN CERTIFICATE" in base64.b64decode(config.webhooks[0].client_config.ca_bundle)
         started = time.monotonic()
-        waited = webhooks.wait_effective(kube_api, pets.namespace)
+        waited = webhooks.wait_effective(kube_api, pets.namespace) + webhooks.wait_mutating(kube_api, pets.namespace)
         assert waited <= time.monotonic() - started + 0.1
     finally:
         webhooks.uninstall(kube_api, name)

@@ -33,7 +33,8 @@ def test_the_operator_authenticates_as_its_service_account(
 
 
 @pytest.mark.parametrize("what", ["secrets", "pets-elsewhere", "create-pets", "configmaps-cluster-wide",
-                                  "patch-leases", "watch-leases", "patch-webhook-configuration"])
+                                  "patch-leases", "watch-leases", "patch-webhook-configuration",
+                                  "patch-mutating-webhook-configuration"])
 def test_the_operator_is_forbidden_what_it_does_not_need(
     pets: PetApi, pet_operator: Any, make_namespace: Any, claims_namespace: str, kube_api: Any, what: str
 ) -> None:
@@ -57,6 +58,9 @@ def test_the_operator_is_forbidden_what_it_does_not_need(
             # webhook configuration, so it can never weaken its failurePolicy
             "patch-webhook-configuration": lambda: admission.patch_validating_webhook_configuration(
                 "pet-operator", [{"op": "replace", "path": "/webhooks/0/failurePolicy", "value": "Ignore"}]),
+            # nor widen the mutating one's rules (to put its finalizer on what it does not serve)
+            "patch-mutating-webhook-configuration": lambda: admission.patch_mutating_webhook_configuration(
+                "pet-operator", [{"op": "replace", "path": "/webhooks/0/rules/0/operations", "value": ["*"]}]),
         }
         with pytest.raises(ApiException) as caught:
             calls[what]()

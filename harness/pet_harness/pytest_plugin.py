@@ -173,8 +173,9 @@ def operator_factory(
     """Start ``pet-operator`` replicas; by default each serves the admission webhook.
 
     The first replica that serves the webhook is registered in a ValidatingWebhookConfiguration
-    (the one in ``deploy/webhook/``, pointed at its loopback port, with a certificate from the
-    harness's CA), and the factory waits until the API server calls it.
+    and a MutatingWebhookConfiguration (the ones in ``deploy/webhook/``, pointed at its loopback
+    port, with a certificate from the harness's CA), and the factory waits until the API server
+    calls both. ``webhook=False`` registers neither: the operator adds its finalizer itself.
     """
     started: list[OperatorProcess] = []
     request.node.stash[_OPERATORS] = started
@@ -227,14 +228,13 @@ def operator_factory(
             hook["front"].add_target("127.0.0.1", port)  # one more replica behind the "Service"
         elif port and "name" not in hook:
             if direct_webhook:  # the API server calls this replica itself, as with `cluster up` by hand
-                url = f"https://127.0.0.1:{port}/validate-pets"
+                url = f"https://127.0.0.1:{port}"
             else:  # every webhook replica sits behind one proxy, as pods behind a Service
                 hook["front"] = FaultProxy("127.0.0.1", port).start()
                 proxies.append(hook["front"])
-                url = f"https://127.0.0.1:{hook['front'].port}/validate-pets"
+                url = f"https://127.0.0.1:{hook['front'].port}"
             hook["name"] = f"pet-operator-{served[0]}"[:253]
-            webhooks.install(kube_api, webhooks.webhook_configuration(hook["name"], served, url, hook["ca"]))
-            webhooks.wait_effective(kube_api, served[0])
+            webhooks.register(kube_api, hook["name"], served, url, hook["ca"])  # validating and mutating
         op.webhook_front = hook.get("front") if port else None
         return op
 
@@ -246,7 +246,7 @@ def operator_factory(
             try:
                 webhooks.uninstall(kube_api, hook["name"])
             except Exception as exc:  # noqa: BLE001 - report it with the rest
-                problems.append(f"could not remove the webhook configuration: {exc}")
+                problems.append(f"could not remove the webhook configurations: {exc}")
         for op in started:
             op.stop()
         for proxy in proxies:

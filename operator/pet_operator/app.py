@@ -29,7 +29,7 @@ from pet_operator.shutdown import (
     install_task_factory,
     own_tasks,
 )
-from pet_operator.webhook import PATH, WebhookServer, certificates_for
+from pet_operator.webhook import MUTATE_PATH, PATH, WebhookServer, certificates_for
 
 log = logging.getLogger("pet_operator")
 
@@ -128,6 +128,23 @@ async def maintenance(config: Config, rec: Reconciler, indexes: handlers.Indexes
         await handlers.resync_forever(rec, indexes, config.resync_period)
 
 
+async def publish_ca(config: Config, kube: Kube, ca_pem: bytes) -> None:
+    """Write a self-signed CA into the webhook configurations named on the command line; a failure
+    is logged (the webhook still serves, but the API server will not trust it through that one)."""
+    targets = []
+    if config.webhook_configuration:
+        targets.append(("ValidatingWebhookConfiguration", config.webhook_configuration, kube.publish_ca_bundle))
+    if config.mutating_webhook_configuration:
+        targets.append(("MutatingWebhookConfiguration", config.mutating_webhook_configuration,
+                        kube.publish_mutating_ca_bundle))
+    for kind, name, publish in targets:
+        try:
+            await publish(name, ca_pem)
+            log.info("published the webhook CA into %s %s", kind, name)
+        except Exception as exc:  # noqa: BLE001 - the webhook still serves; the API server will not trust it
+            log.error("cannot publish the webhook CA into %s %s: %s", kind, name, exc)
+
+
 async def start_webhook(config: Config, kube: Kube) -> WebhookServer | None:
     if not config.webhook_port:
         return None
@@ -137,14 +154,11 @@ async def start_webhook(config: Config, kube: Kube) -> WebhookServer | None:
         host=config.webhook_bind_addresses, served=None if config.all_namespaces else frozenset(config.namespaces),
     )
     await server.start()
-    log.info("admission webhook on %s port %d, path %s (%s certificate)", ", ".join(config.webhook_bind_addresses),
-             config.webhook_port, PATH, "mounted" if config.webhook_cert_dir else "self-signed")
-    if ca_pem is not None and config.webhook_configuration:
-        try:
-            await kube.publish_ca_bundle(config.webhook_configuration, ca_pem)
-            log.info("published the webhook CA into %s", config.webhook_configuration)
-        except Exception as exc:  # noqa: BLE001 - the webhook still serves; the API server will not trust it
-            log.error("cannot publish the webhook CA into %s: %s", config.webhook_configuration, exc)
+    log.info("admission webhooks on %s port %d, paths %s and %s (%s certificate)",
+             ", ".join(config.webhook_bind_addresses), config.webhook_port, PATH, MUTATE_PATH,
+             "mounted" if config.webhook_cert_dir else "self-signed")
+    if ca_pem is not None:
+        await publish_ca(config, kube, ca_pem)
     return server
 
 

@@ -50,6 +50,7 @@ class Config:
     webhook_port: int = 9443
     webhook_cert_dir: str | None = None
     webhook_configuration: str | None = None
+    mutating_webhook_configuration: str | None = None
     webhook_host_names: tuple[str, ...] = ()
     webhook_bind_addresses: tuple[str, ...] = ("127.0.0.1",)
     shutdown_grace: float = 20.0
@@ -93,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="post Events of this type and above: Normal (all), Warning (warnings only), None (default Normal)",
     )
     hook = parser.add_argument_group("admission webhook (TLS)")
-    hook.add_argument("--webhook-port", type=int, default=9443, help="HTTPS port of /validate-pets; 0 turns it off")
+    hook.add_argument("--webhook-port", type=int, default=9443,
+                      help="HTTPS port of /validate-pets and /mutate-pets; 0 turns it off")
     hook.add_argument("--webhook-bind-address", action="append", default=[], metavar="IP",
                       help="address to listen on, repeatable (IPv4 or IPv6; 0.0.0.0 or :: for every interface "
                            "of that family); default: $POD_IP, else 127.0.0.1")
@@ -101,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="folder with tls.crt and tls.key (re-read on change); default: self-signed at start")
     hook.add_argument("--webhook-configuration", default=None, metavar="NAME",
                       help="ValidatingWebhookConfiguration whose caBundle gets the self-signed CA")
+    hook.add_argument("--mutating-webhook-configuration", default=None, metavar="NAME",
+                      help="MutatingWebhookConfiguration (/mutate-pets) whose caBundle gets the self-signed CA")
     hook.add_argument("--webhook-host-name", action="append", default=[], metavar="NAME",
                       help="host name or IP for the self-signed certificate (repeatable; default: the Service "
                            "name pet-operator-webhook.<claims namespace>.svc, localhost and 127.0.0.1)")
@@ -216,6 +220,7 @@ def parse_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] |
         webhook_port=args.webhook_port,
         webhook_cert_dir=args.webhook_cert_dir,
         webhook_configuration=args.webhook_configuration,
+        mutating_webhook_configuration=args.mutating_webhook_configuration,
         webhook_host_names=host_names,
         shutdown_grace=args.shutdown_grace,
         shutdown_drain_delay=drain_delay,

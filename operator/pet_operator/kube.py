@@ -216,7 +216,14 @@ class Kube:
 
     async def publish_ca_bundle(self, configuration: str, ca_pem: bytes) -> None:
         """Write the CA into every webhook of a ValidatingWebhookConfiguration."""
-        path = rest.path_of(*ADMISSION, "validatingwebhookconfigurations", configuration)
+        await self._publish_ca("validatingwebhookconfigurations", configuration, ca_pem)
+
+    async def publish_mutating_ca_bundle(self, configuration: str, ca_pem: bytes) -> None:
+        """Write the CA into every webhook of a MutatingWebhookConfiguration."""
+        await self._publish_ca("mutatingwebhookconfigurations", configuration, ca_pem)
+
+    async def _publish_ca(self, kind: str, configuration: str, ca_pem: bytes) -> None:
+        path = rest.path_of(*ADMISSION, kind, configuration)
         current = await self.rest.request("GET", path, timeout=self.timeouts.read)
         bundle = base64.b64encode(ca_pem).decode()
         patch = [

@@ -1,11 +1,14 @@
-"""The validating admission webhook for Pets, served over TLS by every replica.
+"""The admission webhooks for Pets, served over TLS by every replica.
 
 Certificates come from ``--webhook-cert-dir`` (``tls.crt`` and ``tls.key``, as
 cert-manager mounts them) and are re-read when those files change; without a folder a
 self-signed CA and serving certificate are made at start, and the CA is written into
 the ``caBundle`` of the ValidatingWebhookConfiguration named by
-``--webhook-configuration`` (so only one replica should run in that mode: each would
-make its own CA). The path served is ``/validate-pets``.
+``--webhook-configuration`` and of the MutatingWebhookConfiguration named by
+``--mutating-webhook-configuration`` (so only one replica should run in that mode: each
+would make its own CA). The paths served are ``/validate-pets`` (the validating hook) and
+``/mutate-pets`` (the mutating hook, which only adds the id-claim finalizer at CREATE and
+never refuses: see :mod:`pet_operator.mutation`).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from pet_operator import admission
+from pet_operator import admission, mutation
 from pet_operator.claims import Claim
 from pet_operator.connections import BoundedSite
 from pet_operator.model import StoreView
@@ -37,6 +40,7 @@ from pet_operator.rest import ApiError
 log = logging.getLogger(__name__)
 
 PATH = "/validate-pets"
+MUTATE_PATH = mutation.PATH  # "/mutate-pets": the id-claim finalizer added at CREATE
 
 #: The largest body the API server accepts for a write (its MaxRequestBodyBytes, 3 MiB).
 MAX_OBJECT_BYTES = 3 * 1024 * 1024
@@ -193,18 +197,37 @@ class WebhookServer:
         self.body_timeout = BODY_TIMEOUT  # slower bodies get 408
         self._runner: web.AppRunner | None = None
         self._reloader: asyncio.Task[None] | None = None
-        self.reviews = 0
+        self.reviews = 0  # validating reviews answered
+        self.mutations = 0  # mutating reviews answered
 
-    async def _review(self, request: web.Request) -> web.Response:
+    async def _read_review(self, request: web.Request) -> tuple[str, dict[str, Any]] | web.Response:
+        """The uid and request of the review in the body, or the error response to send: one
+        path for both hooks, so they share the body limit (413), the body timeout (408) and the
+        answer to a malformed body (400)."""
         try:  # over max_body: 413 from aiohttp
             data = await asyncio.wait_for(request.read(), self.body_timeout)
         except TimeoutError:
             return web.json_response({"error": f"the body did not arrive within {self.body_timeout:.0f}s"},
                                      status=408)
         try:
-            uid, req = admission.parse_review(data)
+            return admission.parse_review(data)
         except admission.BadReview as exc:
             return web.json_response({"error": str(exc)[:500]}, status=400)
+
+    async def _mutate(self, request: web.Request) -> web.Response:
+        read = await self._read_review(request)
+        if isinstance(read, web.Response):
+            return read
+        uid, req = read
+        self.mutations += 1
+        patch = mutation.finalizer_patch(req, self.served)
+        return web.json_response(mutation.review_response(uid, patch))
+
+    async def _review(self, request: web.Request) -> web.Response:
+        read = await self._read_review(request)
+        if isinstance(read, web.Response):
+            return read
+        uid, req = read
         self.reviews += 1
         try:
             decision = await self.decide(req)
@@ -251,6 +274,7 @@ class WebhookServer:
     async def start(self) -> None:
         app = web.Application(client_max_size=self.max_body)
         app.router.add_post(PATH, self._review)
+        app.router.add_post(MUTATE_PATH, self._mutate)
         # reviews take milliseconds; on shutdown, in-flight ones get 3 s, idle keep-alives none
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=3.0,
                                      keepalive_timeout=self.keepalive_timeout)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 from collections.abc import Callable
@@ -13,7 +14,7 @@ import pytest
 from operator_fakes import FakeWriter
 
 from pet_operator import app, model
-from pet_operator.cli import Config
+from pet_operator.cli import Config, parse_config
 from pet_operator.reconciler import Reconciler
 from pet_operator.shutdown import NotKopfs
 
@@ -388,3 +389,46 @@ async def test_a_new_leader_reads_every_claim_before_it_catches_up() -> None:
 
     assert kube.listings == 1
     assert rec._claims == {7: fresh}
+
+
+class CaPublisher:
+    """The two Kube calls that write a CA into a webhook configuration, recorded; ``failing`` raises."""
+
+    def __init__(self, failing: str = "") -> None:
+        self.failing = failing
+        self.calls: list[tuple[str, str, bytes]] = []
+
+    async def _record(self, kind: str, name: str, ca_pem: bytes) -> None:
+        self.calls.append((kind, name, ca_pem))
+        if kind == self.failing:
+            raise RuntimeError(f"403 on {name}")
+
+    async def publish_ca_bundle(self, name: str, ca_pem: bytes) -> None:
+        await self._record("validating", name, ca_pem)
+
+    async def publish_mutating_ca_bundle(self, name: str, ca_pem: bytes) -> None:
+        await self._record("mutating", name, ca_pem)
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    ((), []),
+    (("--webhook-configuration", "v"), [("validating", "v", b"CA")]),
+    (("--mutating-webhook-configuration", "m"), [("mutating", "m", b"CA")]),
+    (("--webhook-configuration", "v", "--mutating-webhook-configuration", "m"),
+     [("validating", "v", b"CA"), ("mutating", "m", b"CA")]),
+], ids=["none", "validating", "mutating", "both"])
+async def test_publish_ca_writes_into_each_configuration_named(argv: tuple[str, ...], expected: list[Any]) -> None:
+    kube = CaPublisher()
+    await app.publish_ca(parse_config(["--namespace", "ns", *argv], environ={}), kube, b"CA")  # type: ignore[arg-type]
+    assert kube.calls == expected
+
+
+async def test_a_failed_ca_publication_is_logged_and_the_other_still_happens(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="pet_operator")
+    kube = CaPublisher(failing="validating")
+    config = parse_config(["--namespace", "ns", "--webhook-configuration", "v",
+                           "--mutating-webhook-configuration", "m"], environ={})
+    await app.publish_ca(config, kube, b"CA")  # type: ignore[arg-type]
+    assert [call[0] for call in kube.calls] == ["validating", "mutating"]
+    assert "cannot publish the webhook CA into ValidatingWebhookConfiguration v: 403 on v" in caplog.text
+    assert "published the webhook CA into MutatingWebhookConfiguration m" in caplog.text

@@ -29,6 +29,7 @@ def test_defaults_of_the_new_options() -> None:
     assert config.webhook_port == 9443
     assert config.webhook_cert_dir is None
     assert config.webhook_configuration is None
+    assert config.mutating_webhook_configuration is None
     assert config.webhook_host_names == ("pet-operator-webhook.pet-system.svc", "localhost", "127.0.0.1")
     assert config.shutdown_grace == 20.0
     assert config.claims_namespace == "pet-system"
@@ -40,6 +41,7 @@ def test_all_new_options_given() -> None:
         "--webhook-port", "8443",
         "--webhook-cert-dir", "/etc/webhook/certs",
         "--webhook-configuration", "pet-operator",
+        "--mutating-webhook-configuration", "pet-operator-mutating",
         "--webhook-host-name", "hook.example.com",
         "--webhook-host-name", "10.0.0.7",
         "--shutdown-grace", "2.5",
@@ -49,6 +51,7 @@ def test_all_new_options_given() -> None:
     assert (config.webhook_port, config.webhook_cert_dir, config.webhook_configuration) == (
         8443, "/etc/webhook/certs", "pet-operator",
     )
+    assert config.mutating_webhook_configuration == "pet-operator-mutating"
     assert config.webhook_host_names == ("hook.example.com", "10.0.0.7")  # given names replace the defaults
     assert (config.shutdown_grace, config.claims_namespace, config.event_level) == (2.5, "pets-claims", "Warning")
 
@@ -228,7 +231,8 @@ def test_help_documents_the_webhook_options(
         cli.build_parser().parse_args(["--help"])
     assert info.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
-    for option in ("--webhook-port", "--webhook-cert-dir", "--webhook-configuration", "--webhook-host-name",
+    for option in ("--webhook-port", "--webhook-cert-dir", "--webhook-configuration",
+                   "--mutating-webhook-configuration", "--webhook-host-name",
                    "--shutdown-grace", "--claims-namespace", "--event-level"):
         assert option in text
     assert "0 turns it off" in text

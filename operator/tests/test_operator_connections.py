@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from test_operator_webhook import Lookups, client_context, pet, review
 
-from pet_operator.webhook import PATH, CertificateFiles, WebhookServer, self_signed
+from pet_operator.webhook import MUTATE_PATH, PATH, CertificateFiles, WebhookServer, self_signed
 
 LIMIT = 0.3  # the deadlines under test, small so that each test ends quickly
 PATIENCE = 20  # how long a test waits for the server to close a connection before failing
@@ -36,9 +36,9 @@ async def bounded_server(
         await server.stop()
 
 
-def request_bytes() -> tuple[bytes, bytes]:
+def request_bytes(path: str = PATH) -> tuple[bytes, bytes]:
     body = json.dumps(review("CREATE", pet(store=None))).encode()
-    head = (f"POST {PATH} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+    head = (f"POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\n\r\n").encode()
     return head, body
 
@@ -120,8 +120,9 @@ async def test_headers_whose_blank_line_is_split_across_reads_count_as_complete(
         assert status_line.startswith(b"HTTP/1.1 200")
 
 
-async def test_a_body_slower_than_its_limit_gets_408(tmp_path: Path) -> None:
-    head, body = request_bytes()
+@pytest.mark.parametrize("path", [PATH, MUTATE_PATH])
+async def test_a_body_slower_than_its_limit_gets_408(tmp_path: Path, path: str) -> None:
+    head, body = request_bytes(path)
     async with bounded_server(tmp_path, body_timeout=LIMIT) as (port, ca), \
             tls_connection(port, ca) as (reader, writer):
         writer.write(head + body[:10])

@@ -121,3 +121,23 @@ async def test_the_leader_lease_record_keeps_the_servers_timestamps() -> None:
     assert await client.update_lease("pet-system", "pet-operator-leader", {}, "12") is None
     assert fake.calls[1]["method"] == "PUT"
     assert fake.calls[1]["body"]["metadata"]["resourceVersion"] == "12"
+
+
+@pytest.mark.parametrize(("method", "kind"), [
+    ("publish_ca_bundle", "validatingwebhookconfigurations"),
+    ("publish_mutating_ca_bundle", "mutatingwebhookconfigurations"),
+])
+async def test_the_ca_is_written_into_every_hook_of_the_configuration(method: str, kind: str) -> None:
+    import base64
+
+    client, fake = api({"webhooks": [{}, {}]}, {})
+    await getattr(client, method)("pet-operator", b"CA PEM")
+
+    bundle = base64.b64encode(b"CA PEM").decode()
+    path = f"/apis/admissionregistration.k8s.io/v1/{kind}/pet-operator"
+    assert [(c["method"], c["path"]) for c in fake.calls] == [("GET", path), ("PATCH", path)]
+    assert fake.calls[1]["content_type"] == rest.JSON_PATCH
+    assert fake.calls[1]["body"] == [
+        {"op": "add", "path": "/webhooks/0/clientConfig/caBundle", "value": bundle},
+        {"op": "add", "path": "/webhooks/1/clientConfig/caBundle", "value": bundle},
+    ]

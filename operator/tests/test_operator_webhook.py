@@ -1,4 +1,5 @@
-"""webhook: self-signed certificates, certificate reloads, and /validate-pets over real TLS on loopback.
+"""webhook: self-signed certificates, certificate reloads, /validate-pets and /mutate-pets over real TLS
+on loopback.
 
 Every server runs on 127.0.0.1 with port 0 (the kernel picks a free one) and is stopped in a
 ``finally``; after the stop, the tests check that nothing listens on its port any more.
@@ -7,6 +8,7 @@ Every server runs on 127.0.0.1 with port 0 (the kernel picks a free one) and is 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import dataclasses
 import datetime
@@ -28,10 +30,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from pet_operator.claims import Claim
+from pet_operator.claims import FINALIZER, Claim
 from pet_operator.cli import parse_config
 from pet_operator.model import StoreView
-from pet_operator.webhook import PATH, CertificateFiles, WebhookServer, certificates_for, self_signed
+from pet_operator.webhook import MUTATE_PATH, PATH, CertificateFiles, WebhookServer, certificates_for, self_signed
 
 NS = "default"
 NAMES = ("localhost", "127.0.0.1")
@@ -133,7 +135,10 @@ class Served:
 
     @property
     def url(self) -> str:
-        return f"https://127.0.0.1:{self.port}{PATH}"
+        return self.url_for(PATH)
+
+    def url_for(self, path: str) -> str:
+        return f"https://127.0.0.1:{self.port}{path}"
 
 
 @contextlib.asynccontextmanager
@@ -206,19 +211,21 @@ def review(
     }
 
 
-async def post(served: Served, body: dict[str, Any] | bytes, ca: bytes | None = None) -> tuple[int, Any]:
+async def post(
+    served: Served, body: dict[str, Any] | bytes, ca: bytes | None = None, path: str = PATH
+) -> tuple[int, Any]:
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     connector = aiohttp.TCPConnector(ssl=client_context(ca or served.ca))
     async with (
         aiohttp.ClientSession(connector=connector) as session,
-        session.post(served.url, data=data, headers={"Content-Type": "application/json"}) as response,
+        session.post(served.url_for(path), data=data, headers={"Content-Type": "application/json"}) as response,
     ):
         text = await response.text()
         return response.status, json.loads(text)
 
 
-async def respond(served: Served, body: dict[str, Any]) -> dict[str, Any]:
-    status, answer = await post(served, body)
+async def respond(served: Served, body: dict[str, Any], path: str = PATH) -> dict[str, Any]:
+    status, answer = await post(served, body, path=path)
     assert status == 200
     assert answer["apiVersion"] == "admission.k8s.io/v1"
     assert answer["kind"] == "AdmissionReview"
@@ -541,11 +548,12 @@ async def test_delete_and_connect_pass_without_lookups(served: Served, operation
     ids=["not-json", "not-utf8", "list", "string", "no-request", "null-request", "string-request",
          "list-request", "no-uid"],
 )
-async def test_malformed_bodies_get_400(served: Served, body: bytes) -> None:
-    status, answer = await post(served, body)
+@pytest.mark.parametrize("path", [PATH, MUTATE_PATH])
+async def test_malformed_bodies_get_400(served: Served, body: bytes, path: str) -> None:
+    status, answer = await post(served, body, path=path)
     assert status == 400
     assert answer["error"].startswith("expected an AdmissionReview with a request")
-    assert served.server.reviews == 0
+    assert (served.server.reviews, served.server.mutations) == (0, 0)
     assert served.lookups.calls == []
 
 
@@ -574,11 +582,12 @@ def _shaped(path: str, value: Any) -> bytes:
     ("object.spec.tags", ["cat", 3], "request.object.spec.tags"),
     ("object.spec.store", {"name": "shop"}, "request.object.spec.store"),
 ])
+@pytest.mark.parametrize("served_path", [PATH, MUTATE_PATH])
 async def test_reviews_of_the_wrong_shape_get_400_naming_the_field(
-    served: Served, path: str, value: Any, named: str
+    served: Served, path: str, value: Any, named: str, served_path: str
 ) -> None:
     served.lookups.stores[(NS, "shop")] = StoreView("shop", ("cat",))
-    status, answer = await post(served, _shaped(path, value))
+    status, answer = await post(served, _shaped(path, value), path=served_path)
     assert status == 400, answer
     assert named in answer["error"]
     assert served.lookups.calls == []
@@ -615,7 +624,8 @@ async def test_an_update_of_a_pet_with_a_large_escaped_annotation_is_reviewed(se
     assert "'dog'" in answer["response"]["status"]["message"]
 
 
-async def test_a_body_over_the_limit_gets_413(served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("path", [PATH, MUTATE_PATH])
+async def test_a_body_over_the_limit_gets_413(served: Served, path: str) -> None:
     served.server.max_body = 64 * 1024  # the real limit is 36 MiB: the same rule on a small scale
     await served.server.stop()
     await served.server.start()
@@ -625,7 +635,7 @@ async def test_a_body_over_the_limit_gets_413(served: Served, monkeypatch: pytes
     connector = aiohttp.TCPConnector(ssl=client_context(served.ca))
     async with (
         aiohttp.ClientSession(connector=connector) as session,
-        session.post(served.url, data=data, headers={"Content-Type": "application/json"}) as response,
+        session.post(served.url_for(path), data=data, headers={"Content-Type": "application/json"}) as response,
     ):
         assert response.status == 413
     assert served.lookups.calls == []
@@ -671,6 +681,66 @@ async def test_other_methods_and_paths(served: Served) -> None:
             assert response.status == 405
         async with session.post(f"https://127.0.0.1:{served.port}/validate", data=b"{}") as response:
             assert response.status == 404
+
+
+# --- /mutate-pets: the finalizer at CREATE -------------------------------------------------------
+
+
+def decoded_patch(response: dict[str, Any]) -> Any:
+    assert response["patchType"] == "JSONPatch"
+    return json.loads(base64.b64decode(response["patch"]))
+
+
+async def test_mutating_create_gets_the_finalizer_as_a_json_patch_without_any_lookup(served: Served) -> None:
+    served.lookups.store_error = RuntimeError("must not be read")
+    served.lookups.claim_error = RuntimeError("must not be read")
+    response = await respond(served, review("CREATE", pet(tags=["snake"]), uid="u-mut"), MUTATE_PATH)
+    assert (response["uid"], response["allowed"]) == ("u-mut", True)
+    assert decoded_patch(response) == [{"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]}]
+    assert "status" not in response
+    assert served.lookups.calls == []
+    assert (served.server.mutations, served.server.reviews) == (1, 0)
+
+
+async def test_mutating_create_appends_the_finalizer_to_others(served: Served) -> None:
+    obj = pet()
+    obj["metadata"]["finalizers"] = ["example.com/keep"]
+    response = await respond(served, review("CREATE", obj), MUTATE_PATH)
+    assert decoded_patch(response) == [{"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER}]
+
+
+@pytest.mark.parametrize("case", ["carries-it", "update", "delete", "being-deleted", "not-a-pet"])
+async def test_mutating_review_with_nothing_to_add_is_allowed_without_a_patch(served: Served, case: str) -> None:
+    obj = pet()
+    operation = {"update": "UPDATE", "delete": "DELETE"}.get(case, "CREATE")
+    if case == "carries-it":
+        obj["metadata"]["finalizers"] = [FINALIZER]
+    if case == "being-deleted":
+        obj["metadata"]["deletionTimestamp"] = "2024-05-01T10:00:00Z"
+    body = review(operation, obj, pet() if operation == "UPDATE" else None, uid="u-none")
+    if case == "not-a-pet":
+        body["request"]["resource"] = {"group": "petstore.example.com", "version": "v1", "resource": "petstores"}
+    response = await respond(served, body, MUTATE_PATH)
+    assert response == {"uid": "u-none", "allowed": True}
+
+
+async def test_mutating_review_for_a_namespace_not_served_is_allowed_without_a_patch(tmp_path: Path) -> None:
+    """Never a denial (the validating hook answers 403 to the same review), and no finalizer that no
+    operator would ever remove."""
+    async with serving_files(tmp_path / "certs") as s:
+        s.server.served = frozenset({NS})
+        body = review("CREATE", pet(), uid="u-elsewhere")
+        body["request"]["namespace"] = "elsewhere"
+        assert await respond(s, body, MUTATE_PATH) == {"uid": "u-elsewhere", "allowed": True}
+        body["request"]["namespace"] = NS
+        assert "patch" in await respond(s, body, MUTATE_PATH)
+
+
+async def test_mutate_path_takes_posts_only(served: Served) -> None:
+    connector = aiohttp.TCPConnector(ssl=client_context(served.ca))
+    async with aiohttp.ClientSession(connector=connector) as session, \
+            session.get(served.url_for(MUTATE_PATH)) as response:
+        assert response.status == 405
 
 
 async def test_plain_http_is_not_served(served: Served) -> None:
@@ -829,3 +899,4 @@ def test_defaults() -> None:
     assert (server.hosts, server.port, server.reload_interval) == (("127.0.0.1",), 9443, 5.0)
     assert (server.first_request_timeout, server.keepalive_timeout, server.served) == (10.0, 120.0, None)
     assert PATH == "/validate-pets"
+    assert MUTATE_PATH == "/mutate-pets"

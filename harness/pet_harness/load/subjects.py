@@ -157,12 +157,10 @@ def start_subject(
 
 
 def point_webhook(api: Any, subject: Subject, replica: int, namespaces: Sequence[str]) -> None:
-    """Make the API server call the webhook of ``replica`` (one URL, as a Service would have one), and wait
-    until it does."""
+    """Make the API server call the webhooks (validating and mutating) of ``replica`` (one address, as a
+    Service would have one), and wait until it does."""
     port = subject.replicas[replica].webhook_port
-    webhooks.install(api, webhooks.webhook_configuration(
-        WEBHOOK_NAME, namespaces, f"https://127.0.0.1:{port}/validate-pets", subject.webhook_ca))
-    webhooks.wait_effective(api, namespaces[0])
+    webhooks.register(api, WEBHOOK_NAME, namespaces, f"https://127.0.0.1:{port}", subject.webhook_ca)
 
 
 def install_crds_for(kind: str, api: Any, workdir: Path) -> None:
