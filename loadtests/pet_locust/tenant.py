@@ -28,6 +28,7 @@ from pet_locust.tracker import GONE, Expectation, Tracker
 TAGS = ("dog", "cat", "bird", "fish", "small", "large", "indoor", "outdoor")
 ID_STRIDE = 10_000_000  # ids per load process within one run
 WRITERS = ("operator", "client", "client-chain")
+FINALIZER = "petstore.example.com/id-claim"  # operator/pet_operator/claims.py
 
 
 class QuotaReached(Exception):
@@ -184,7 +185,10 @@ def create(load: LoadProcess, api: Api, status_api: Api | None = None) -> Pet | 
     pet_id = next(load._ids)
     store = load._store()
     tags = load._tags()
-    _, obj = api.create_pet(namespace, pet_body(name, pet_id, tags, store))
+    body = pet_body(name, pet_id, tags, store)
+    if load.writer == "client-chain":  # as our mutating webhook does: the finalizer comes with the create
+        body["metadata"]["finalizers"] = [FINALIZER]
+    _, obj = api.create_pet(namespace, body)
     return _created(load, api, status_api, obj, namespace, name, pet_id, store, tags, "Active", "create → Active")
 
 
@@ -284,19 +288,17 @@ def delete(load: LoadProcess, api: Api) -> Pet | None:
 
 def _client_writes(load: LoadProcess, api: Api, pet: Pet, holder: str | None, first: bool) -> None:
     """``client``: one status patch (the minimum any operator writes); ``client-chain``: the writes our
-    operator makes for a new pet, in its order (finalizer, id claim, status, event, store count)."""
+    operator makes for a new pet, in its order (id claim, status, event, store count; the finalizer came
+    with the create, as our mutating webhook puts it there)."""
     if load.writer == "operator":
         return
-    if load.writer == "client-chain" and first:
-        api.patch_pet(pet.namespace, pet.name, {"metadata": {"finalizers": ["petstore.example.com/id-claim"]}},
-                      name="PATCH pets (finalizer)")
-        if pet.phase == "Active":
-            api.create_lease(load.claims_namespace or pet.namespace, {
-                "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                "metadata": {"name": f"pet-id-{pet.pet_id}",
-                             "labels": {"petstore.example.com/id-claim": "true"},
-                             "annotations": {"petstore.example.com/pet-uid": pet.uid}},
-                "spec": {"holderIdentity": f"{pet.namespace}/{pet.name}"}})
+    if load.writer == "client-chain" and first and pet.phase == "Active":
+        api.create_lease(load.claims_namespace or pet.namespace, {
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": f"pet-id-{pet.pet_id}",
+                         "labels": {"petstore.example.com/id-claim": "true"},
+                         "annotations": {"petstore.example.com/pet-uid": pet.uid}},
+            "spec": {"holderIdentity": f"{pet.namespace}/{pet.name}"}})
     api.patch_pet_status(pet.namespace, pet.name, predicted_status(pet.phase, pet.generation, holder))
     if load.writer == "client-chain" and first:
         now = _now()
