@@ -38,7 +38,9 @@ class OperatorProcess:
         extra_args: Sequence[str] = (),
         name: str = "pet-operator",
         extra_env: dict[str, str] | None = None,
+        command: Sequence[str] | None = None,
     ) -> None:
+        """``command`` starts the operator (default: ``pet-operator`` of this environment)."""
         self.kubeconfig = kubeconfig
         self.log_path = log_path
         self.namespaces = tuple(namespaces)
@@ -46,6 +48,7 @@ class OperatorProcess:
         self.extra_args = tuple(extra_args)
         self.name = name
         self.extra_env = dict(extra_env or {})
+        self.command = list(command) if command else None
         self.health_port = 0
         self.webhook_port = 0
         self._kept_log: str | None = None
@@ -56,7 +59,8 @@ class OperatorProcess:
         self.starts = 0
 
     def argv(self) -> list[str]:
-        args = [*operator_command(), "--kubeconfig", str(self.kubeconfig), "--health-port", str(self.health_port)]
+        args = [*(self.command or operator_command()), "--kubeconfig", str(self.kubeconfig),
+                "--health-port", str(self.health_port)]
         if self.all_namespaces:
             args.append("--all-namespaces")
         for ns in self.namespaces:

@@ -249,7 +249,7 @@ def summarize(
         f"{s.at},{_blank(s.rss_mb)},{_blank(s.cpu_percent)},{_blank(s.pets)}\n" for s in samples))
     summary = {
         "operator": kind,
-        "operator_note": _note(kind, options),
+        "operator_note": _note(kind, options) + (f"; {subject.runtime}" if subject.runtime else ""),
         "started": started_at,
         "wall_seconds": round(time.monotonic() - wall, 1),
         "machine": _machine(),

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -26,7 +25,7 @@ import yaml
 from pet_harness import webhooks
 from pet_harness.clusters.local import free_port
 from pet_harness.kube import CRD_DIR, install_crds
-from pet_harness.load import world
+from pet_harness.load import runtimes, world
 from pet_harness.operator_process import OperatorProcess
 from pet_harness.processes import ManagedProcess
 from pet_harness.rbac import OperatorIdentity
@@ -51,6 +50,7 @@ class Subject:
     kubeconfig: Path | None = None
     log_path: Path | None = None
     started_seconds: float | None = None  # start until ready
+    runtime: str = ""  # which interpreter it ran on (runtimes.py)
 
     @property
     def pid(self) -> int | None:
@@ -105,14 +105,16 @@ def start_subject(
     if kind == "naive-kopf":
         kubeconfig = world.naive_kubeconfig(api, admin_kubeconfig, CLAIMS_NAMESPACE, workdir / "naive.kubeconfig")
         port = free_port()
-        argv = [sys.executable, "-m", "kopf", "run", "--standalone", f"--liveness=http://127.0.0.1:{port}/healthz"]
+        naive = runtimes.naive_runtime()
+        argv = [naive.python, "-m", "kopf", "run", "--standalone", f"--liveness=http://127.0.0.1:{port}/healthz"]
         for ns in namespaces:
             argv += ["--namespace", ns]
         argv.append(str(world.PEERS_DIR / "naive_kopf.py"))
-        env = {"KUBECONFIG": str(kubeconfig), "PET_CLAIMS_NAMESPACE": CLAIMS_NAMESPACE, "PYTHONUNBUFFERED": "1"}
+        env = {"KUBECONFIG": str(kubeconfig), "PET_CLAIMS_NAMESPACE": CLAIMS_NAMESPACE, "PYTHONUNBUFFERED": "1",
+               **naive.env}
         process = ManagedProcess("naive-kopf", argv, workdir / "naive-kopf.log", env={**os.environ, **env}).start()
         subject = Subject(kind, status_path="status.reconcile", process=process, kubeconfig=kubeconfig,
-                          log_path=workdir / "naive-kopf.log")
+                          log_path=workdir / "naive-kopf.log", runtime=naive.description)
         try:
             wait_for(lambda: process.running and _naive_ready(port), bool, ready_timeout, "the naive Kopf operator")
         except BaseException:
@@ -128,7 +130,9 @@ def start_subject(
     cert_dir = workdir / "webhook-certs"
     if webhook:
         ca = webhooks.write_serving_certificate(cert_dir)
-    subject = Subject(kind, duplicates="reject" if webhook else "conflict", log_path=workdir / "operator.log")
+    ours = runtimes.operator_runtime()
+    subject = Subject(kind, duplicates="reject" if webhook else "conflict", log_path=workdir / "operator.log",
+                      runtime=ours.description)
     try:
         for index in range(replicas):
             account = "pet-operator" if index == 0 else f"pet-operator-{index}"
@@ -140,7 +144,9 @@ def start_subject(
                 ["--webhook-port", "0"]
             log = workdir / ("operator.log" if index == 0 else f"operator-{index}.log")
             op = OperatorProcess(kubeconfig, log, namespaces=namespaces, extra_args=[*args, *hook],
-                                 name=f"pet-operator-{index}", extra_env={"POD_NAME": f"pet-operator-{index}"})
+                                 name=f"pet-operator-{index}",
+                                 extra_env={"POD_NAME": f"pet-operator-{index}", **ours.env},
+                                 command=[ours.python, "-m", "pet_operator"])
             op.webhook_port = port
             subject.replicas.append(op)
             if index == 0:
