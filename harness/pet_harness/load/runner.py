@@ -18,7 +18,7 @@ from kubernetes import client
 from pet_harness.clusters.local import LocalCluster
 from pet_harness.kube import api_client, get_text
 from pet_harness.load import apimetrics, locust_run, report, subjects, world
-from pet_harness.load.sampler import Sampler, peak, rss_at
+from pet_harness.load.sampler import Sample, Sampler, peak, rss_at
 from pet_harness.load.verify import verify
 
 TARGETS = {
@@ -155,7 +155,8 @@ def run_one(options: LoadOptions, kind: str, out: Path, say: Callable[[str], Non
         plan = plan_for(options, tenant, namespaces, subject.locust_args(), id_base)
         before = _metrics(cluster, api)
         sampler_api = api_client(admin)
-        sampler = Sampler(subject.pid, _pet_counter(sampler_api, namespaces)).start()
+        sampler = Sampler(subject.pid, _pet_counter(sampler_api, namespaces),
+                          progress=lambda sample: say(progress_line(kind, sample, out / "steps.json"))).start()
         if options.web:
             say(f"[{kind}] Locust web UI: http://127.0.0.1:{options.web_port}/ (start a swarm there; "
                 "the run ends when it is stopped)")
@@ -279,6 +280,21 @@ def summarize(
 
 def _blank(value: Any) -> str:
     return "" if value is None else str(value)
+
+
+def progress_line(kind: str, sample: Sample, steps_path: Path) -> str:
+    """One line on a running load: time, pets, the operator's RSS and CPU, the last finished ramp step."""
+    parts = [f"[{kind}] {sample.at:.0f} s: {sample.pets if sample.pets is not None else '?'} pets"]
+    if sample.rss_mb is not None:
+        parts.append(f"RSS {sample.rss_mb:.0f} MB, CPU {sample.cpu_percent or 0:.0f} %")
+    try:
+        steps = json.loads(steps_path.read_text()).get("steps") or []
+    except (OSError, ValueError, AttributeError):
+        steps = []
+    if steps:
+        last = steps[-1]
+        parts.append(f"last step {last.get('target_rate')}/s: p99 {last.get('p99')} s")
+    return ", ".join(parts)
 
 
 def _note(kind: str, options: LoadOptions) -> str:

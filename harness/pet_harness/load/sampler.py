@@ -7,6 +7,7 @@ A sampler is a thread that stops when told or when its process is gone.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import threading
@@ -44,7 +45,14 @@ def cpu_seconds(pid: int) -> float | None:
 
 
 class Sampler:
-    def __init__(self, pid: int | None, count_pets: Callable[[], int | None], interval: float = 1.0) -> None:
+    def __init__(
+        self, pid: int | None, count_pets: Callable[[], int | None], interval: float = 1.0,
+        progress: Callable[[Sample], None] | None = None, progress_every: float = 15.0,
+    ) -> None:
+        """``progress`` is called with the newest sample every ``progress_every`` seconds (long runs
+        show they are alive and how far they got)."""
+        self.progress = progress
+        self.progress_every = progress_every
         self.pid = pid
         self.count_pets = count_pets
         self.interval = interval
@@ -66,6 +74,7 @@ class Sampler:
         started = time.monotonic()
         last_cpu = cpu_seconds(self.pid) if self.pid else None
         last_at = started
+        told = started
         while not self._stop.wait(self.interval):
             now = time.monotonic()
             rss = cpu = None
@@ -80,7 +89,12 @@ class Sampler:
             except Exception:  # noqa: BLE001 - a missed count is a gap in the plot, not a failure
                 self.errors += 1
                 pets = None
-            self.samples.append(Sample(round(now - started, 2), None if rss is None else round(rss, 1), cpu, pets))
+            sample = Sample(round(now - started, 2), None if rss is None else round(rss, 1), cpu, pets)
+            self.samples.append(sample)
+            if self.progress is not None and now - told >= self.progress_every:
+                told = now
+                with contextlib.suppress(Exception):  # a progress line is a courtesy
+                    self.progress(sample)
 
 
 def peak(samples: list[Sample]) -> float | None:

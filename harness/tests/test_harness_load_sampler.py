@@ -1,0 +1,54 @@
+"""load.sampler and the progress line of a running load."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+
+from pet_harness.load.runner import progress_line
+from pet_harness.load.sampler import Sample, Sampler
+
+
+def test_progress_is_told_every_so_often_with_the_newest_sample() -> None:
+    told: list[Sample] = []
+    enough = threading.Event()
+
+    def progress(sample: Sample) -> None:
+        told.append(sample)
+        if len(told) >= 2:
+            enough.set()
+
+    sampler = Sampler(os.getpid(), lambda: 7, interval=0.01, progress=progress, progress_every=0.05).start()
+    try:
+        assert enough.wait(10)
+    finally:
+        samples = sampler.stop()
+    assert told[0].pets == 7
+    assert told[0].rss_mb is not None and told[0].rss_mb > 0
+    assert len(samples) > len(told)  # not every sample is told
+
+
+def test_a_failing_progress_callback_does_not_stop_the_sampling() -> None:
+    def broken(sample: Sample) -> None:
+        raise RuntimeError("terminal gone")
+
+    sampler = Sampler(None, lambda: 1, interval=0.01, progress=broken, progress_every=0.0).start()
+    try:
+        for _ in range(500):
+            if len(sampler.samples) >= 5:
+                break
+            threading.Event().wait(0.01)
+    finally:
+        samples = sampler.stop()
+    assert len(samples) >= 5
+
+
+def test_the_progress_line_names_pets_memory_and_the_last_step(tmp_path: Path) -> None:
+    steps = tmp_path / "steps.json"
+    sample = Sample(at=45.2, rss_mb=88.4, cpu_percent=41.0, pets=1234)
+    assert progress_line("ours", sample, steps) == "[ours] 45 s: 1234 pets, RSS 88 MB, CPU 41 %"
+    steps.write_text(json.dumps({"steps": [{"target_rate": 10.0, "p99": 0.2}, {"target_rate": 20.0, "p99": 0.4}]}))
+    line = progress_line("raw", Sample(10, None, None, None), steps)
+    assert line == "[raw] 10 s: ? pets, last step 20.0/s: p99 0.4 s"
