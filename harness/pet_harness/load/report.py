@@ -161,6 +161,9 @@ def markdown(s: Mapping[str, Any]) -> str:
     if api.get("errors"):
         lines += ["", "Answered with an error code (all clients): " + ", ".join(
             f"{e['verb']} {e['resource']} {e['code']} x{e['count']}" for e in api["errors"])]
+        if any(e["verb"] == "POST" and e["resource"] == "pets" and e["code"] == "504" for e in api["errors"]):
+            lines.append("(POST pets 504: creates cut off in flight when the load stopped; Locust never "
+                         "counted them, and they are not counted as the operator's)")
     rss = s["rss"]
     lines += ["", "## Operator process", ""]
     if rss.get("sampled"):
