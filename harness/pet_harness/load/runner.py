@@ -144,7 +144,8 @@ def run_one(options: LoadOptions, kind: str, out: Path, say: Callable[[str], Non
         world.create_namespaces_and_stores(api, [options.claims_namespace], 0)
         world.create_namespaces_and_stores(api, namespaces, options.stores)
         if options.target == "local":
-            say(f"[{kind}] starting the operator under test")
+            say(f"[{kind}] " + ("no operator: the load client writes status itself" if kind.startswith("raw")
+                                 else "starting the operator under test"))
             subject = subjects.start_subject(kind, api, admin, namespaces, out, webhook=options.webhook)
             tenant = world.tenant_kubeconfig(api, admin, options.claims_namespace, namespaces,
                                              out / "tenant.kubeconfig")
