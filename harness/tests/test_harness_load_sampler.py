@@ -52,3 +52,20 @@ def test_the_progress_line_names_pets_memory_and_the_last_step(tmp_path: Path) -
     steps.write_text(json.dumps({"steps": [{"target_rate": 10.0, "p99": 0.2}, {"target_rate": 20.0, "p99": 0.4}]}))
     line = progress_line("raw", Sample(10, None, None, None), steps)
     assert line == "[raw] 10 s: ? pets, last step 20.0/s: p99 0.4 s"
+
+
+def test_cpu_shares_are_percent_of_one_core_over_the_load() -> None:
+    from pet_harness.load.runner import cpu_shares
+
+    before = {"operator": 10.0, "kube-apiserver": 100.0, "etcd": None, "machine": 1000.0}
+    after = {"operator": 15.0, "kube-apiserver": 112.0, "etcd": 3.0, "machine": 1036.0}
+    assert cpu_shares(before, after, 20.0) == {"operator": 25.0, "kube-apiserver": 60.0, "machine": 180.0}
+
+
+def test_machine_cpu_seconds_grow_with_work() -> None:
+    from pet_harness.load.runner import machine_cpu_seconds
+
+    first = machine_cpu_seconds()
+    sum(i * i for i in range(2_000_000))
+    second = machine_cpu_seconds()
+    assert first is not None and second is not None and second > first

@@ -165,6 +165,13 @@ def markdown(s: Mapping[str, Any]) -> str:
             lines.append("(POST pets 504: creates cut off in flight when the load stopped; Locust never "
                          "counted them, and they are not counted as the operator's)")
     rss = s["rss"]
+    cpu_use = s.get("cpu_during_load") or {}
+    if cpu_use:
+        cores = s.get("cores")
+        lines += ["", "## CPU during the load (mean, % of one core)", "",
+                  ", ".join(f"{name} {value:g} %" for name, value in cpu_use.items() if name != "machine")
+                  + (f"; the whole machine {cpu_use['machine']:g} % of {cores or '?'} cores' "
+                     f"{100 * (cores or 0)} %" if "machine" in cpu_use else "")]
     lines += ["", "## Operator process", ""]
     if rss.get("sampled"):
         lines.append(f"- RSS: start {_fmt(rss.get('start_mb'), ' MB')}, peak {_fmt(rss.get('peak_mb'), ' MB')}, "

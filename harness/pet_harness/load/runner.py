@@ -18,7 +18,7 @@ from kubernetes import client
 from pet_harness.clusters.local import LocalCluster
 from pet_harness.kube import api_client, get_text
 from pet_harness.load import apimetrics, locust_run, report, subjects, world
-from pet_harness.load.sampler import Sample, Sampler, peak, rss_at
+from pet_harness.load.sampler import CLOCK_TICKS, Sample, Sampler, cpu_seconds, peak, rss_at
 from pet_harness.load.verify import verify
 
 TARGETS = {
@@ -165,17 +165,20 @@ def run_one(options: LoadOptions, kind: str, out: Path, say: Callable[[str], Non
             say(f"[{kind}] Locust: {plan.user_class}, shape {plan.shape}, up to {plan.pets} creates "
                 f"(log {out / 'locust.log'})")
         locust_started = time.monotonic()
+        cpu_before = cpu_snapshot(cluster, subject)
         try:
             locust_run.run(plan, out)
         finally:
             samples = sampler.stop()
         locust_seconds = time.monotonic() - locust_started
+        cpu_use = cpu_shares(cpu_before, cpu_snapshot(cluster, subject), locust_seconds)
         after = _metrics(cluster, api)
         say(f"[{kind}] checking every pet's final status")
         verdict = verify(api, namespaces, subject.status_path,
                          options.claims_namespace if kind in ("ours", "naive-kopf", "raw-chain") else None)
         shutdown = subject.stop() if options.target == "local" else None
         summary = summarize(options, kind, out, plan, subject, cluster_note, started_at, wall, locust_seconds,
+                            cpu_use,
                             before, after, samples, verdict, shutdown, namespaces)
         if options.target == "kubeconfig" and not options.keep_pets:
             _delete_run_pets(api, namespaces, id_base)
@@ -212,7 +215,7 @@ def _delete_run_pets(api: Any, namespaces: Sequence[str], id_base: int) -> None:
 
 def summarize(
     options: LoadOptions, kind: str, out: Path, plan: locust_run.LocustPlan, subject: subjects.Subject,
-    cluster_note: str, started_at: str, wall: float, locust_seconds: float,
+    cluster_note: str, started_at: str, wall: float, locust_seconds: float, cpu_use: dict[str, float],
     before: str | None, after: str | None,
     samples: list[Any], verdict: Any, shutdown: float | None, namespaces: Sequence[str],
 ) -> dict[str, Any]:
@@ -270,6 +273,8 @@ def summarize(
         "sustainable": report.sustainable(steps, options.p99_limit) if plan.shape == "ramp" else None,
         "api": api_part,
         "rss": rss,
+        "cpu_during_load": cpu_use,
+        "cores": os.cpu_count(),
         "verify": {"ok": verdict.ok, "pets": verdict.pets, "by_phase": verdict.by_phase,
                    "problems": verdict.problems, "seconds_waited": verdict.seconds_waited},
         "requests": rows,
@@ -281,6 +286,38 @@ def summarize(
 
 def _blank(value: Any) -> str:
     return "" if value is None else str(value)
+
+
+def machine_cpu_seconds() -> float | None:
+    """Busy CPU seconds of the whole machine so far, all cores (``/proc/stat``: all but idle and iowait)."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError, IndexError):
+        return None
+    busy = sum(fields) - fields[3] - (fields[4] if len(fields) > 4 else 0)
+    return busy / CLOCK_TICKS
+
+
+def cpu_snapshot(cluster: LocalCluster | None, subject: subjects.Subject) -> dict[str, float | None]:
+    """CPU seconds used so far by the operator, kube-apiserver, etcd and the whole machine."""
+    pids = {"operator": subject.pid}
+    if cluster is not None:
+        pids["kube-apiserver"] = cluster.apiserver.pid if cluster.apiserver else None
+        pids["etcd"] = cluster.etcd.pid if cluster.etcd else None
+    taken: dict[str, float | None] = {name: cpu_seconds(pid) if pid else None for name, pid in pids.items()}
+    taken["machine"] = machine_cpu_seconds()
+    return taken
+
+
+def cpu_shares(before: dict[str, float | None], after: dict[str, float | None], seconds: float) -> dict[str, float]:
+    """Mean CPU over the load, in % of one core, of each process sampled and of the machine
+    (the machine's figure counts every core: 200 % is a 2-core machine busy all the time)."""
+    shares: dict[str, float] = {}
+    for name, start in before.items():
+        end = after.get(name)
+        if start is not None and end is not None and seconds > 0:
+            shares[name] = round(100.0 * (end - start) / seconds, 1)
+    return shares
 
 
 def progress_line(kind: str, sample: Sample, steps_path: Path) -> str:
