@@ -156,6 +156,7 @@ def test_the_locust_command_line_carries_the_plan(tmp_path: Path) -> None:
     assert "--headless" in argv
     assert argv[argv.index("--processes") + 1] == "2"
     assert argv[argv.index("--pet-namespaces") + 1] == "a,b"
+    assert argv[argv.index("--stop-timeout") + 1] == "30"  # users finish the request they are in
     files = argv[argv.index("-f") + 1].split(",")
     assert files[0].endswith("locustfile.py") and files[1].endswith("shapes.py")
     web = LocustPlan(kubeconfig=tmp_path / "k", namespaces=["a"], stores=1, pets=10, shape="", web_port=8089)

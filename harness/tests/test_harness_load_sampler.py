@@ -63,9 +63,34 @@ def test_cpu_shares_are_percent_of_one_core_over_the_load() -> None:
 
 
 def test_machine_cpu_seconds_grow_with_work() -> None:
-    from pet_harness.load.runner import machine_cpu_seconds
+    from pet_harness.load.sampler import machine_cpu_seconds
 
     first = machine_cpu_seconds()
     sum(i * i for i in range(2_000_000))
     second = machine_cpu_seconds()
     assert first is not None and second is not None and second > first
+
+
+def test_the_busiest_window_is_where_the_machine_worked_most() -> None:
+    from pet_harness.load.sampler import busiest
+
+    def at(second: int, machine: float, apiserver: float, operator: float) -> Sample:
+        return Sample(second, 80.0, operator, 10, {"machine": machine, "kube-apiserver": apiserver})
+
+    samples = [at(i, 50.0, 20.0, 10.0) for i in range(20)] + [at(20 + i, 190.0, 120.0, 60.0) for i in range(10)]
+    samples += [at(30 + i, 40.0, 10.0, 5.0) for i in range(20)]
+    top = busiest(samples)
+    assert top == {"kube-apiserver": 120.0, "machine": 190.0, "operator": 60.0, "from_second": 20}
+    assert busiest(samples[:5]) == {}
+
+
+def test_other_processes_are_sampled_too() -> None:
+    sampler = Sampler(None, lambda: None, interval=0.01, others={"me": os.getpid(), "gone": None}).start()
+    try:
+        for _ in range(500):
+            if len(sampler.samples) >= 3:
+                break
+            threading.Event().wait(0.01)
+    finally:
+        samples = sampler.stop()
+    assert set(samples[-1].others) == {"me", "machine"}

@@ -62,6 +62,9 @@ class LocustPlan:
             "--pet-reconcile-timeout", str(self.reconcile_timeout),
             "--csv", str(out / "locust"), "--csv-full-history", "--html", str(out / "locust.html"),
             "--loglevel", "WARNING", "--logfile", str(out / "locust.log"), "--exit-code-on-error", "0",
+            # a user told to stop finishes the task it is in: a create cut off in flight would leave a pet
+            # the raw writers never give a status (and an API request the server counts and the client not)
+            "--stop-timeout", str(STOP_TIMEOUT),
         ]
         server = _server(self.kubeconfig)
         if server:
@@ -95,6 +98,9 @@ class LocustPlan:
         else:
             body = 24 * 3600  # the web UI: the user decides
         return body + self.drain_seconds + 120
+
+
+STOP_TIMEOUT = 30  # seconds a stopping user may take to finish its task
 
 
 def _server(kubeconfig: Path) -> str | None:

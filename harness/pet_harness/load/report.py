@@ -172,6 +172,11 @@ def markdown(s: Mapping[str, Any]) -> str:
                   ", ".join(f"{name} {value:g} %" for name, value in cpu_use.items() if name != "machine")
                   + (f"; the whole machine {cpu_use['machine']:g} % of {cores or '?'} cores' "
                      f"{100 * (cores or 0)} %" if "machine" in cpu_use else "")]
+        top = s.get("cpu_busiest_10s") or {}
+        if top:
+            lines += ["", f"The busiest 10 s (from second {top.get('from_second'):g}): " + ", ".join(
+                f"{name} {value:g} %" for name, value in top.items() if name not in ("machine", "from_second"))
+                + f"; the whole machine {top.get('machine', 0):g} % of {100 * (cores or 0)} %"]
     lines += ["", "## Operator process", ""]
     if rss.get("sampled"):
         lines.append(f"- RSS: start {_fmt(rss.get('start_mb'), ' MB')}, peak {_fmt(rss.get('peak_mb'), ' MB')}, "

@@ -18,7 +18,7 @@ from kubernetes import client
 from pet_harness.clusters.local import LocalCluster
 from pet_harness.kube import api_client, get_text
 from pet_harness.load import apimetrics, locust_run, report, subjects, world
-from pet_harness.load.sampler import CLOCK_TICKS, Sample, Sampler, cpu_seconds, peak, rss_at
+from pet_harness.load.sampler import Sample, Sampler, busiest, cpu_seconds, machine_cpu_seconds, peak, rss_at
 from pet_harness.load.verify import verify
 
 TARGETS = {
@@ -156,7 +156,9 @@ def run_one(options: LoadOptions, kind: str, out: Path, say: Callable[[str], Non
         plan = plan_for(options, tenant, namespaces, subject.locust_args(), id_base)
         before = _metrics(cluster, api)
         sampler_api = api_client(admin)
-        sampler = Sampler(subject.pid, _pet_counter(sampler_api, namespaces),
+        others = ({"kube-apiserver": cluster.apiserver.pid if cluster.apiserver else None,
+                   "etcd": cluster.etcd.pid if cluster.etcd else None} if cluster is not None else {})
+        sampler = Sampler(subject.pid, _pet_counter(sampler_api, namespaces), others=others,
                           progress=lambda sample: say(progress_line(kind, sample, out / "steps.json"))).start()
         if options.web:
             say(f"[{kind}] Locust web UI: http://127.0.0.1:{options.web_port}/ (start a swarm there; "
@@ -274,6 +276,7 @@ def summarize(
         "api": api_part,
         "rss": rss,
         "cpu_during_load": cpu_use,
+        "cpu_busiest_10s": busiest(samples),
         "cores": os.cpu_count(),
         "verify": {"ok": verdict.ok, "pets": verdict.pets, "by_phase": verdict.by_phase,
                    "problems": verdict.problems, "seconds_waited": verdict.seconds_waited},
@@ -286,16 +289,6 @@ def summarize(
 
 def _blank(value: Any) -> str:
     return "" if value is None else str(value)
-
-
-def machine_cpu_seconds() -> float | None:
-    """Busy CPU seconds of the whole machine so far, all cores (``/proc/stat``: all but idle and iowait)."""
-    try:
-        fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    except (OSError, ValueError, IndexError):
-        return None
-    busy = sum(fields) - fields[3] - (fields[4] if len(fields) > 4 else 0)
-    return busy / CLOCK_TICKS
 
 
 def cpu_snapshot(cluster: LocalCluster | None, subject: subjects.Subject) -> dict[str, float | None]:
