@@ -29,7 +29,7 @@ from pet_operator.shutdown import (
     install_task_factory,
     own_tasks,
 )
-from pet_operator.webhook import MUTATE_PATH, PATH, WebhookServer, certificates_for
+from pet_operator.webhook import MUTATE_PATH, PATH, StoreLookup, WebhookServer, certificates_for
 
 log = logging.getLogger("pet_operator")
 
@@ -145,12 +145,29 @@ async def publish_ca(config: Config, kube: Kube, ca_pem: bytes) -> None:
             log.error("cannot publish the webhook CA into %s %s: %s", kind, name, exc)
 
 
-async def start_webhook(config: Config, kube: Kube) -> WebhookServer | None:
+def store_lookup(kube: Kube, indexes: handlers.Indexes, readiness: Readiness) -> StoreLookup:
+    """How the webhook finds a pet's store: in this replica's watch index once it has seen every
+    store (no API call on the hot path of every create), else, or if the index has no such store
+    (created a moment ago), from the API server's watch cache."""
+
+    async def lookup(namespace: str, name: str) -> model.StoreView | None:
+        if readiness.synced and indexes.stores is not None:
+            for snap in indexes.stores.get((namespace, name), ()):
+                return snap.view()
+        return await kube.read_store(namespace, name)
+
+    return lookup
+
+
+async def start_webhook(
+    config: Config, kube: Kube, stores: StoreLookup | None = None,
+) -> WebhookServer | None:
+    """Serve the admission webhooks; ``stores`` finds a store (default: ask the API server)."""
     if not config.webhook_port:
         return None
     certificates, ca_pem = certificates_for(config.webhook_cert_dir, config.webhook_host_names)
     server = WebhookServer(
-        config.webhook_port, certificates, kube.read_store, kube.read_claim_cached,
+        config.webhook_port, certificates, stores or kube.read_store, kube.read_claim_cached,
         host=config.webhook_bind_addresses, served=None if config.all_namespaces else frozenset(config.namespaces),
     )
     await server.start()
@@ -271,7 +288,7 @@ async def main(
         health = HealthServer(config.health_port, readiness.check,
                               leader=elector.status if elector is not None else None)
         await health.start()
-        webhook = await start_webhook(config, kube)
+        webhook = await start_webhook(config, kube, store_lookup(kube, indexes, readiness))
         background = [asyncio.create_task(initial_sync(config, kube, rec, readiness)),
                       asyncio.create_task(maintenance(config, rec, indexes, readiness))]
         campaign = asyncio.create_task(campaign_forever(elector, rec, shutdown)) if elector is not None else None

@@ -89,14 +89,16 @@ def register(registry: kopf.OperatorRegistry, rec: Reconciler, indexes: Indexes,
     pets_resource = (model.GROUP, model.VERSION, model.PETS)
     stores_resource = (model.GROUP, model.VERSION, model.PETSTORES)
 
+    # Index functions are coroutines: Kopf runs a plain function in its thread pool, which for one
+    # call per watch event cost more than the function itself (and ran observe_pet off the loop).
     @kopf.index(*pets_resource, id="pet_index", registry=registry)
-    def pet_index(body: kopf.Body, **_: Any) -> dict[Key, PetSnapshot]:
+    async def pet_index(body: kopf.Body, **_: Any) -> dict[Key, PetSnapshot]:
         snap = PetSnapshot.from_body(body)
         rec.observe_pet(snap)
         return {(snap.namespace, snap.name): snap}
 
     @kopf.index(*pets_resource, id="pets_by_store", registry=registry)
-    def pets_by_store(body: kopf.Body, **_: Any) -> dict[Key, Key] | None:
+    async def pets_by_store(body: kopf.Body, **_: Any) -> dict[Key, Key] | None:
         meta = body.get("metadata", {})
         store = (body.get("spec") or {}).get("store")
         if not store:
@@ -104,7 +106,7 @@ def register(registry: kopf.OperatorRegistry, rec: Reconciler, indexes: Indexes,
         return {(meta["namespace"], store): (meta["namespace"], meta["name"])}
 
     @kopf.index(*stores_resource, id="store_index", registry=registry)
-    def store_index(body: kopf.Body, **_: Any) -> dict[Key, StoreSnapshot]:
+    async def store_index(body: kopf.Body, **_: Any) -> dict[Key, StoreSnapshot]:
         snap = StoreSnapshot.from_body(body)
         resource_version = str(body.get("metadata", {}).get("resourceVersion", ""))
         rec.observe_store((snap.namespace, snap.name), snap.uid, resource_version)

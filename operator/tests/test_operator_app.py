@@ -432,3 +432,32 @@ async def test_a_failed_ca_publication_is_logged_and_the_other_still_happens(cap
     assert [call[0] for call in kube.calls] == ["validating", "mutating"]
     assert "cannot publish the webhook CA into ValidatingWebhookConfiguration v: 403 on v" in caplog.text
     assert "published the webhook CA into MutatingWebhookConfiguration m" in caplog.text
+
+
+# --- the webhook's store lookup ------------------------------------------------------------------
+
+
+class StoreReadingKube(FakeAppKube):
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[tuple[str, str]] = []
+
+    async def read_store(self, namespace: str, name: str) -> model.StoreView | None:
+        self.reads.append((namespace, name))
+        return model.StoreView(name, ("from-api",))
+
+
+async def test_the_webhook_finds_stores_in_the_index_once_synced_and_asks_the_api_otherwise() -> None:
+    from operator_fakes import index_of, store
+
+    kube = StoreReadingKube()
+    indexes = app.handlers.Indexes()
+    indexes.stores = index_of(store("shop", allowed=["dog"]))  # type: ignore[assignment]
+    readiness = app.Readiness()
+    lookup = app.store_lookup(kube, indexes, readiness)  # type: ignore[arg-type]
+
+    assert (await lookup("default", "shop")).allowed_tags == ("from-api",)  # type: ignore[union-attr]
+    readiness.synced = True
+    assert (await lookup("default", "shop")).allowed_tags == ("dog",)  # type: ignore[union-attr]
+    assert (await lookup("default", "new-shop")).allowed_tags == ("from-api",)  # type: ignore[union-attr]
+    assert kube.reads == [("default", "shop"), ("default", "new-shop")]
