@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 
 import kopf
@@ -16,6 +17,7 @@ from pet_operator import handlers, model
 from pet_operator.cli import Config
 from pet_operator.events import EventRecorder
 from pet_operator.health import HealthServer
+from pet_operator.indexes import Indexes
 from pet_operator.kube import Kube, load_credentials
 from pet_operator.leader import LeaderElector
 from pet_operator.reconciler import Reconciler
@@ -53,20 +55,18 @@ def make_settings(exit_timeout: float = 20.0) -> kopf.OperatorSettings:
     settings.watching.connect_timeout = 10
     settings.watching.server_timeout = 120
     settings.watching.reconnect_backoff = 1.0
+    # The listing before each watch in pages: one response of 25,000 pets is ~100 MB to decode at once.
+    settings.watching.chunk_size = 500
     settings.networking.request_timeout = 60
-    # Kopf runs one worker task per object that has events; without a limit, a relist of N
-    # objects (start-up, a new leader, a watch that expired) starts N workers at once, each
-    # holding its object's event and its API calls: memory and the API client's connection
-    # pool grow with N and queue where nobody sees it. With a limit, the watcher stops
-    # reading its stream while every worker is busy (back-pressure on the API server's
-    # watch), and an idle worker gives its place up after half a second instead of five.
-    settings.queueing.worker_limit = WORKER_LIMIT
+    # Kopf runs one worker task per object that has events. Its worker_limit is NOT set: a worker
+    # that has indexed its object waits, holding its slot, until every object has been indexed,
+    # so with a limit below the number of objects at start-up the indexes never fill (measured:
+    # a limit of 64 stalled a restart at 4,000 pets for minutes, 128 objects indexed). What is
+    # bounded instead are the API calls in flight (kube.API_CONNECTIONS); an idle worker gives
+    # its place up after half a second instead of five.
     settings.queueing.idle_timeout = 0.5
     return settings
 
-
-#: Objects Kopf works on at once (each pet's reconciliation is a few API calls).
-WORKER_LIMIT = 64
 
 
 class Readiness:
@@ -87,6 +87,10 @@ class Readiness:
         return False, self.detail
 
 
+RELIST_SECONDS = 10.0  # initial sync: how often objects still unseen are listed again
+_now = time.monotonic  # the initial sync's clock (tests move it)
+
+
 async def _all_uids(kube: Kube, namespaces: tuple[str, ...] | None) -> set[str]:
     return await kube.list_uids(model.PETS, namespaces) | await kube.list_uids(model.PETSTORES, namespaces)
 
@@ -101,29 +105,33 @@ async def initial_sync(config: Config, kube: Kube, rec: Reconciler, readiness: R
         except Exception as exc:  # noqa: BLE001 - report and retry until the API answers
             readiness.detail = f"cannot list pets and petstores yet: {exc}"
             await asyncio.sleep(1)
-    polls = 0
+    listed = _now()
     while True:
         missing = wanted - rec.observed
         if not missing:
             break
         readiness.detail = f"waiting for the watch streams: {len(missing)} of {len(wanted)} objects not seen yet"
         await asyncio.sleep(0.1)
-        # objects deleted since the listing never show up: forget them after a re-list (every 10 polls)
-        polls += 1
-        if polls % 10 == 0:
+        # objects deleted since the listing never show up: forget them after a re-list (a listing of
+        # thousands of objects takes the loop from the watches: at most every RELIST_SECONDS)
+        if _now() - listed >= RELIST_SECONDS:
             with contextlib.suppress(Exception):  # keep waiting on the old listing
                 wanted &= await _all_uids(kube, namespaces)
+            listed = _now()
     readiness.synced = True
     readiness.synced_event.set()
     log.info("ready: %d existing objects seen, serving %s", len(wanted), config.scope)
 
 
-async def maintenance(config: Config, rec: Reconciler, indexes: handlers.Indexes, readiness: Readiness) -> None:
-    """Once ready: collect orphaned id claims, then resync every ``--resync-period`` seconds."""
+async def maintenance(
+    config: Config, rec: Reconciler, indexes: Indexes, readiness: Readiness, catch_up: bool = True,
+) -> None:
+    """Once every object of the start-up is indexed: one pass over them all (``catch_up``; a leader-
+    electing replica makes it when it starts leading instead), which reconciles what was only indexed
+    so far and collects orphaned id claims; then a resync every ``--resync-period`` seconds."""
     await readiness.synced_event.wait()
-    if indexes.pets is not None and indexes.stores is not None:
-        pets, stores = indexes.pets, indexes.stores
-        await handlers.with_retries("collect orphaned id claims", lambda: rec.collect_orphans(pets, stores))
+    if catch_up:
+        await handlers.resync_once(rec, indexes.pets, indexes.stores, indexes.by_store)
     if config.resync_period > 0:
         await handlers.resync_forever(rec, indexes, config.resync_period)
 
@@ -145,15 +153,16 @@ async def publish_ca(config: Config, kube: Kube, ca_pem: bytes) -> None:
             log.error("cannot publish the webhook CA into %s %s: %s", kind, name, exc)
 
 
-def store_lookup(kube: Kube, indexes: handlers.Indexes, readiness: Readiness) -> StoreLookup:
+def store_lookup(kube: Kube, indexes: Indexes, readiness: Readiness) -> StoreLookup:
     """How the webhook finds a pet's store: in this replica's watch index once it has seen every
     store (no API call on the hot path of every create), else, or if the index has no such store
     (created a moment ago), from the API server's watch cache."""
 
     async def lookup(namespace: str, name: str) -> model.StoreView | None:
-        if readiness.synced and indexes.stores is not None:
-            for snap in indexes.stores.get((namespace, name), ()):
-                return snap.view()
+        if readiness.synced:
+            for snap in indexes.stores.get((namespace, name), ()) or ():
+                view: model.StoreView = snap.view()
+                return view
         return await kube.read_store(namespace, name)
 
     return lookup
@@ -180,7 +189,7 @@ async def start_webhook(
 
 
 def make_elector(
-    config: Config, kube: Kube, recorder: EventRecorder, rec: Reconciler, indexes: handlers.Indexes,
+    config: Config, kube: Kube, recorder: EventRecorder, rec: Reconciler, indexes: Indexes,
     readiness: Readiness,
 ) -> LeaderElector:
     elector = LeaderElector(
@@ -205,8 +214,7 @@ def make_elector(
         except Exception as exc:  # noqa: BLE001 - claims are then read one by one
             log.warning("cannot list id claims in namespace %s: %s", config.claims_namespace, exc)
         await readiness.synced_event.wait()
-        if indexes.pets is not None and indexes.stores is not None and indexes.by_store is not None:
-            await handlers.resync_once(rec, indexes.pets, indexes.stores, indexes.by_store)  # catch up
+        await handlers.resync_once(rec, indexes.pets, indexes.stores, indexes.by_store)  # catch up
 
     def new_leader(holder: str) -> None:
         log.info("the leader is now %s", holder)
@@ -273,9 +281,9 @@ async def main(
     except Exception as exc:  # noqa: BLE001 - claims are read one by one then
         log.warning("cannot list id claims in namespace %s: %s", config.claims_namespace, exc)
     registry = kopf.OperatorRegistry()
-    indexes = handlers.Indexes()
-    counts = handlers.register(registry, rec, indexes)
     readiness = Readiness()
+    indexes = Indexes(complete=readiness.synced_event)  # handlers reconcile once all is indexed
+    counts = handlers.register(registry, rec, indexes)
     deadlines = Deadlines(config.shutdown_grace, config.shutdown_drain_delay if config.webhook_port else 0.0)
     watchdog = Watchdog(config.shutdown_grace + 1.0, exit_now)
     shutdown = Shutdown(deadlines, on_request=watchdog.arm)
@@ -290,7 +298,7 @@ async def main(
         await health.start()
         webhook = await start_webhook(config, kube, store_lookup(kube, indexes, readiness))
         background = [asyncio.create_task(initial_sync(config, kube, rec, readiness)),
-                      asyncio.create_task(maintenance(config, rec, indexes, readiness))]
+                      asyncio.create_task(maintenance(config, rec, indexes, readiness, catch_up=elector is None))]
         campaign = asyncio.create_task(campaign_forever(elector, rec, shutdown)) if elector is not None else None
         requested = asyncio.create_task(shutdown.requested.wait())
     log.info("serving %s; claims in %s; health on :%d", config.scope, config.claims_namespace, config.health_port)

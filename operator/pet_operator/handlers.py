@@ -1,4 +1,4 @@
-"""Kopf wiring: indexes that mirror the watch streams, and event handlers that reconcile.
+"""Kopf wiring: event handlers that keep the indexes (:mod:`indexes`) and reconcile.
 
 Only ``on.event`` handlers are used: the operator is level-based, every event (and the
 initial listing at start-up, and the periodic resync) leads to the same idempotent
@@ -9,7 +9,6 @@ returns anything, and every status write is the reconciler's explicit patch.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -18,6 +17,7 @@ import aiohttp
 import kopf
 
 from pet_operator import model
+from pet_operator.indexes import Indexes as Indexes  # the handlers' view; re-exported
 from pet_operator.reconciler import Key, PetIndex, PetsByStore, PetSnapshot, Reconciler, StoreIndex, StoreSnapshot
 from pet_operator.rest import ApiError
 from pet_operator.store_counts import StoreCounts
@@ -52,15 +52,6 @@ async def with_retries(what: str, call: Callable[[], Awaitable[Any]]) -> None:
         delay = min(delay * 2, 5.0)
 
 
-@dataclasses.dataclass
-class Indexes:
-    """Kopf's index objects, captured at start-up for the periodic resync."""
-
-    pets: PetIndex | None = None
-    stores: StoreIndex | None = None
-    by_store: PetsByStore | None = None
-
-
 STORE_FANOUT = 16  # pets of one store reconciled at once after the store changed
 
 
@@ -88,78 +79,62 @@ def register(registry: kopf.OperatorRegistry, rec: Reconciler, indexes: Indexes,
 
     pets_resource = (model.GROUP, model.VERSION, model.PETS)
     stores_resource = (model.GROUP, model.VERSION, model.PETSTORES)
+    pets, stores, by_store = indexes.pets, indexes.stores, indexes.by_store
 
-    # Index functions are coroutines: Kopf runs a plain function in its thread pool, which for one
-    # call per watch event cost more than the function itself (and ran observe_pet off the loop).
-    @kopf.index(*pets_resource, id="pet_index", registry=registry)
-    async def pet_index(body: kopf.Body, **_: Any) -> dict[Key, PetSnapshot]:
-        snap = PetSnapshot.from_body(body)
-        rec.observe_pet(snap)
-        return {(snap.namespace, snap.name): snap}
+    def complete() -> bool:
+        """Reconcile only once every object that existed at start-up is indexed (a pet's store, or
+        an older twin, may come later in the initial listing than the pet). Until then an event is
+        indexed and nothing more: its handler returns at once, so Kopf does not hold thousands of
+        bodies while the listing goes on, and the start-up catch-up pass (``resync_once``, run by
+        ``app`` once the indexes are complete) reconciles what was indexed."""
+        return indexes.complete is None or indexes.complete.is_set()
 
-    @kopf.index(*pets_resource, id="pets_by_store", registry=registry)
-    async def pets_by_store(body: kopf.Body, **_: Any) -> dict[Key, Key] | None:
-        meta = body.get("metadata", {})
-        store = (body.get("spec") or {}).get("store")
-        if not store:
-            return None
-        return {(meta["namespace"], store): (meta["namespace"], meta["name"])}
-
-    @kopf.index(*stores_resource, id="store_index", registry=registry)
-    async def store_index(body: kopf.Body, **_: Any) -> dict[Key, StoreSnapshot]:
-        snap = StoreSnapshot.from_body(body)
-        resource_version = str(body.get("metadata", {}).get("resourceVersion", ""))
-        rec.observe_store((snap.namespace, snap.name), snap.uid, resource_version)
-        return {(snap.namespace, snap.name): snap}
-
-    @kopf.on.event(*pets_resource, id="pet_event", registry=registry)  # type: ignore[arg-type]
-    async def pet_event(
-        type: str | None, body: kopf.Body, pet_index: kopf.Index[Key, PetSnapshot],
-        store_index: kopf.Index[Key, StoreSnapshot], pets_by_store: kopf.Index[Key, Key], **_: Any,
-    ) -> None:
+    @kopf.on.event(*pets_resource, id="pet_event", registry=registry)
+    async def pet_event(type: str | None, body: kopf.Body, **_: Any) -> None:
         meta = body.get("metadata", {})
         key: Key = (meta.get("namespace", ""), meta.get("name", ""))
         store = (body.get("spec") or {}).get("store")
         stores_to_count: set[str] = {store} if store else set()
         if type == "DELETED":
+            pets.remove(key)
+            by_store.place(key, None)
             previous = rec.forget_pet(key[0], key[1], meta.get("uid", ""))
         else:
-            await with_retries(
-                f"reconcile pet {key[0]}/{key[1]}", lambda: rec.sync_pet(key, pet_index, store_index)
-            )
+            snap = PetSnapshot.from_body(body)
+            rec.observe_pet(snap)
+            pets.put(key, snap)
+            by_store.place(key, (key[0], snap.store) if snap.store else None)
+            if not complete():
+                return
+            await with_retries(f"reconcile pet {key[0]}/{key[1]}", lambda: rec.sync_pet(key, pets, stores))
             previous = rec.moved_from(key)
         if previous:
             stores_to_count.add(previous)
         for name in stores_to_count:
-            counts.request((key[0], name), pet_index, store_index, pets_by_store)
+            counts.request((key[0], name), pets, stores, by_store)
 
-    @kopf.on.event(*stores_resource, id="store_event", registry=registry)  # type: ignore[arg-type]
-    async def store_event(
-        type: str | None, body: kopf.Body, pet_index: kopf.Index[Key, PetSnapshot],
-        store_index: kopf.Index[Key, StoreSnapshot], pets_by_store: kopf.Index[Key, Key], **_: Any,
-    ) -> None:
+    @kopf.on.event(*stores_resource, id="store_event", registry=registry)
+    async def store_event(type: str | None, body: kopf.Body, **_: Any) -> None:
         meta = body.get("metadata", {})
         skey: Key = (meta.get("namespace", ""), meta.get("name", ""))
         snap = None if type == "DELETED" else StoreSnapshot.from_body(body)
+        if snap is None:
+            stores.remove(skey)
+        else:
+            rec.observe_store(skey, snap.uid, str(meta.get("resourceVersion", "")))
+            stores.put(skey, snap)
+        if not complete():
+            return
         if rec.store_changed(snap, skey):
             # every pet of the store, several at a time: a narrowed store with thousands of pets must
             # not wait for one status write after another
             def sync(pet_key: Key) -> Awaitable[None]:
                 return with_retries(f"reconcile pet {pet_key[0]}/{pet_key[1]}",
-                                    lambda: rec.sync_pet(pet_key, pet_index, store_index))
+                                    lambda: rec.sync_pet(pet_key, pets, stores))
 
-            await bounded_gather([sync(k) for k in list(pets_by_store.get(skey, ()))], STORE_FANOUT)
+            await bounded_gather([sync(k) for k in list(by_store.get(skey, ()) or ())], STORE_FANOUT)
         if snap is not None:
-            counts.request(skey, pet_index, store_index, pets_by_store)
-
-
-    @kopf.on.startup(id="capture_indexes", registry=registry)  # type: ignore[arg-type]
-    async def capture_indexes(
-        pet_index: kopf.Index[Key, PetSnapshot], store_index: kopf.Index[Key, StoreSnapshot],
-        pets_by_store: kopf.Index[Key, Key], **_: Any,
-    ) -> None:
-        # The index objects are live: they fill as the watch streams run.
-        indexes.pets, indexes.stores, indexes.by_store = pet_index, store_index, pets_by_store
+            counts.request(skey, pets, stores, by_store)
 
     return counts
 
@@ -168,8 +143,6 @@ async def resync_forever(rec: Reconciler, indexes: Indexes, period: float) -> No
     """Re-reconcile every known object and collect orphaned claims every ``period`` seconds."""
     while True:
         await asyncio.sleep(period)
-        if indexes.pets is None or indexes.stores is None or indexes.by_store is None:
-            continue
         pets, stores, by_store = indexes.pets, indexes.stores, indexes.by_store
         try:
             await resync_once(rec, pets, stores, by_store)

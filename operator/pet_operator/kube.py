@@ -106,23 +106,24 @@ class Kube:
         return None if body is None else str(body["metadata"]["uid"])
 
     async def list_uids(self, plural: str, namespaces: tuple[str, ...] | None) -> set[str]:
-        """UIDs of every object of ``plural`` in ``namespaces`` (None: all namespaces), listed in pages."""
+        """UIDs of every object of ``plural`` in ``namespaces`` (None: all namespaces), listed in pages of
+        metadata only (the bodies would cost most of the time at start-up, at thousands of pets)."""
         paths = ([rest.path_of(*CUSTOM, plural)] if namespaces is None
                  else [rest.path_of(*CUSTOM, "namespaces", ns, plural) for ns in namespaces])
         uids: set[str] = set()
         for path in paths:
-            async for item in self._pages(path, {}):
+            async for item in self._pages(path, {}, accept=rest.METADATA_ONLY):
                 uids.add(str(item["metadata"]["uid"]))
         return uids
 
-    async def _pages(self, path: str, params: Mapping[str, str]) -> Any:
+    async def _pages(self, path: str, params: Mapping[str, str], accept: str = rest.JSON) -> Any:
         """Every item of a listing, ``LIST_PAGE`` at a time (a large population is never one response)."""
         token = ""
         while True:
             query = {**params, "limit": str(LIST_PAGE)}
             if token:
                 query["continue"] = token
-            page = await self.rest.request("GET", path, timeout=self.timeouts.list, params=query)
+            page = await self.rest.request("GET", path, timeout=self.timeouts.list, params=query, accept=accept)
             for item in page.get("items") or []:
                 yield item
             token = str((page.get("metadata") or {}).get("continue") or "")

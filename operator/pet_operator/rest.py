@@ -34,6 +34,8 @@ import yaml
 JSON = "application/json"
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
+#: A listing of metadata only (PartialObjectMetadataList): a fraction of the bytes to send and decode.
+METADATA_ONLY = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
 
 SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
@@ -199,11 +201,12 @@ class RestClient:
 
     async def request(
         self, method: str, path: str, *, timeout: float, body: Any = None, content_type: str = JSON,  # noqa: ASYNC109
-        params: Mapping[str, str] | None = None,
+        params: Mapping[str, str] | None = None, accept: str = JSON,
     ) -> dict[str, Any]:
         """One call, given up after ``timeout`` seconds in all (TimeoutError); the decoded answer, or
-        ApiError for any status of 400 and above."""
-        headers = {"Accept": JSON, **self.credentials.headers()}
+        ApiError for any status of 400 and above. ``accept`` asks for another representation
+        (``METADATA_ONLY``: a listing of the objects' metadata alone)."""
+        headers = {"Accept": accept, **self.credentials.headers()}
         data = None
         if body is not None:
             headers["Content-Type"] = content_type

@@ -68,6 +68,15 @@ def test_settings_keep_kopf_state_out_of_status() -> None:
     assert settings.watching.connect_timeout == 10
     assert settings.watching.server_timeout == 120
     assert settings.networking.request_timeout == 60
+    assert settings.watching.chunk_size == 500  # the listing before a watch comes in pages
+
+
+def test_kopf_workers_are_not_limited() -> None:
+    # a limited worker pool deadlocks Kopf's index pre-population once more objects exist at start-up
+    # than the limit: each worker waits, holding its slot, for indexes that the others cannot fill
+    settings = app.make_settings()
+    assert settings.queueing.worker_limit is None
+    assert settings.queueing.idle_timeout == 0.5
 
 
 # --- initial_sync ---------------------------------------------------------------------------------
@@ -94,6 +103,7 @@ def fake_sleep(
 ) -> list[float]:
     """Replace asyncio.sleep: call ``on_sleep(n)`` on the n-th sleep, raise Stop past ``limit``."""
     delays: list[float] = []
+    monkeypatch.setattr(app, "_now", lambda: sum(delays))  # the initial sync's clock moves with the sleeps
 
     async def sleep(delay: float, *args: Any, **kwargs: Any) -> None:
         delays.append(delay)
@@ -174,9 +184,12 @@ async def test_initial_sync_forgets_objects_deleted_since_the_listing(
     def on_sleep(n: int) -> None:
         kube.objects["pets"] = {"p1"}  # p2 was deleted before the watch saw it
 
-    fake_sleep(monkeypatch, on_sleep)
+    delays = fake_sleep(monkeypatch, on_sleep, limit=200)
     await app.initial_sync(config("default"), kube, rec, readiness)  # type: ignore[arg-type]
     assert readiness.synced
+    # listed once at the start and again only after RELIST_SECONDS (a listing is costly at scale)
+    assert len(kube.listed) == 2 * 2  # pets and petstores, twice
+    assert sum(delays) >= app.RELIST_SECONDS
 
 
 async def test_initial_sync_ready_when_the_only_object_is_deleted(
@@ -192,7 +205,7 @@ async def test_initial_sync_ready_when_the_only_object_is_deleted(
         rec.forget_pet("default", "p1", "p1")
         kube.objects["pets"] = set()
 
-    fake_sleep(monkeypatch, on_sleep, limit=20)
+    fake_sleep(monkeypatch, on_sleep, limit=200)
     await app.initial_sync(config("default"), kube, rec, readiness)  # type: ignore[arg-type]
     assert readiness.synced
 
@@ -461,3 +474,34 @@ async def test_the_webhook_finds_stores_in_the_index_once_synced_and_asks_the_ap
     assert (await lookup("default", "shop")).allowed_tags == ("dog",)  # type: ignore[union-attr]
     assert (await lookup("default", "new-shop")).allowed_tags == ("from-api",)  # type: ignore[union-attr]
     assert kube.reads == [("default", "shop"), ("default", "new-shop")]
+
+
+# --- the start-up catch-up -----------------------------------------------------------------------
+
+
+async def test_maintenance_reconciles_what_was_indexed_once_synced(monkeypatch: pytest.MonkeyPatch) -> None:
+    from operator_fakes import pet
+
+    writer = FakeWriter()
+    rec = Reconciler(writer)
+    readiness = app.Readiness()
+    indexes = app.Indexes(complete=readiness.synced_event)
+    indexes.pets.put(("default", "rex"), pet("rex"))
+    passes: list[str] = []
+
+    async def no_resync(*args: Any) -> None:
+        passes.append("forever")
+
+    monkeypatch.setattr(app.handlers, "resync_forever", no_resync)
+    task = asyncio.create_task(app.maintenance(config("default"), rec, indexes, readiness))
+    await REAL_SLEEP(0)
+    assert writer.calls == []
+    readiness.synced_event.set()
+    await task
+    assert [(c.name, c.status["phase"]) for c in writer.calls] == [("rex", "Active")]
+
+    writer.calls.clear()
+    readiness2 = app.Readiness()
+    readiness2.synced_event.set()
+    await app.maintenance(config("default"), Reconciler(writer), indexes, readiness2, catch_up=False)
+    assert writer.calls == []  # a leader-electing replica catches up when it starts leading

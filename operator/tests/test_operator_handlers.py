@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import os
 from collections.abc import Awaitable, Callable
@@ -16,7 +15,6 @@ import pytest
 from operator_fakes import (
     NS,
     Clock,
-    CountingIndex,
     FakeWriter,
     by_store_of,
     index_of,
@@ -27,7 +25,7 @@ from operator_fakes import (
 )
 
 from pet_operator import handlers, model
-from pet_operator.reconciler import Reconciler
+from pet_operator.reconciler import PetSnapshot, Reconciler, StoreSnapshot
 from pet_operator.rest import ApiError
 from pet_operator.store_counts import StoreCounts
 
@@ -213,8 +211,9 @@ def ids(registry: kopf.OperatorRegistry, kind: str) -> set[str]:
 
 
 def test_registration_declares_exactly_the_expected_handlers(registry: kopf.OperatorRegistry) -> None:
-    assert ids(registry, "_activities") == {"login", "capture_indexes"}
-    assert ids(registry, "_indexing") == {"pet_index", "pets_by_store", "store_index"}
+    assert ids(registry, "_activities") == {"login"}
+    # no Kopf indexes: their start-up hold-back is O(N^2) in the objects (pet_operator/indexes.py)
+    assert ids(registry, "_indexing") == set()
     assert ids(registry, "_watching") == {"pet_event", "store_event"}
     # no change-detecting handlers (they would keep diff-base/progress and could return into status),
     # no daemons or timers, no webhooks
@@ -231,20 +230,14 @@ def test_registration_selects_the_right_resources(registry: kopf.OperatorRegistr
     }
     pets = (model.GROUP, model.VERSION, "pets")
     stores = (model.GROUP, model.VERSION, "petstores")
-    assert selected == {
-        "pet_index": pets,
-        "pets_by_store": pets,
-        "pet_event": pets,
-        "store_index": stores,
-        "store_event": stores,
-    }
+    assert selected == {"pet_event": pets, "store_event": stores}
     assert model.GROUP == "petstore.example.com"
     assert model.VERSION == "v1"
 
 
 def test_registration_activities(registry: kopf.OperatorRegistry) -> None:
     activities = {h.id: h.activity.value for h in registry._activities.get_all_handlers()}
-    assert activities == {"login": "authentication", "capture_indexes": "startup"}
+    assert activities == {"login": "authentication"}
 
 
 def test_registration_does_not_touch_the_global_registry(rec: Reconciler) -> None:
@@ -274,73 +267,85 @@ def test_login_uses_kubeconfig_outside_a_pod(
     assert info.token == "secret-token"
 
 
-# --- index functions ----------------------------------------------------------------------------
+# --- indexing in the handlers --------------------------------------------------------------------
 
 
-def test_index_functions_are_coroutines_run_on_the_loop(registry: kopf.OperatorRegistry) -> None:
-    # Kopf sends a plain function to its thread pool on every watch event: measured, that cost more
-    # than the function (and ran observe_pet off the event loop)
-    for name in ("pet_index", "pets_by_store", "store_index"):
-        assert inspect.iscoroutinefunction(handler_fn(registry, "_indexing", name)), name
+def fill(indexes: handlers.Indexes, *snaps: PetSnapshot | StoreSnapshot) -> None:
+    """Put pets and stores into the indexes as their earlier watch events would have."""
+    for snap in snaps:
+        key = (snap.namespace, snap.name)
+        if isinstance(snap, PetSnapshot):
+            indexes.pets.put(key, snap)
+            indexes.by_store.place(key, (snap.namespace, snap.store) if snap.store else None)
+        else:
+            indexes.stores.put(key, snap)
 
 
-async def test_pet_index_snapshots_and_observes(registry: kopf.OperatorRegistry, rec: Reconciler) -> None:
-    fn = handler_fn(registry, "_indexing", "pet_index")
-    result = await fn(body=pet_body("rex", store="a"))
-    snap = result[(NS, "rex")]
+async def test_pet_event_indexes_observes_and_places_the_pet(
+    registry: kopf.OperatorRegistry, rec: Reconciler, indexes: handlers.Indexes, delays: list[float]
+) -> None:
+    fn = handler_fn(registry, "_watching", "pet_event")
+    await fn(type=None, body=pet_body("rex", store="a"))
+    [snap] = indexes.pets.get((NS, "rex")) or ()
     assert snap.store == "a"
     assert snap.uid in rec.observed
-    await fn(body=pet_body("rex", store="b", rv="2"))
-    assert rec.moved_from((NS, "rex")) == "a"
+    assert set(indexes.by_store.get((NS, "a")) or ()) == {(NS, "rex")}
+    await fn(type="MODIFIED", body=pet_body("rex", store="b", rv="2"))
+    assert indexes.by_store.get((NS, "a")) is None
+    assert set(indexes.by_store.get((NS, "b")) or ()) == {(NS, "rex")}
+    await fn(type="DELETED", body=pet_body("rex", store="b", rv="3"))
+    assert (NS, "rex") not in indexes.pets
+    assert indexes.by_store.get((NS, "b")) is None
+    assert snap.uid not in rec.observed
 
 
-async def test_pets_by_store_index(registry: kopf.OperatorRegistry) -> None:
-    fn = handler_fn(registry, "_indexing", "pets_by_store")
-    assert await fn(body=pet_body("rex", store="shop")) == {(NS, "shop"): (NS, "rex")}
-    assert await fn(body=pet_body("rex")) is None
-    assert await fn(body=pet_body("rex", store="")) is None
-
-
-async def test_store_index_snapshots_and_releases_the_write_cache(
-    registry: kopf.OperatorRegistry, rec: Reconciler, writer: FakeWriter
+async def test_store_event_indexes_the_store_and_releases_the_write_cache(
+    registry: kopf.OperatorRegistry, rec: Reconciler, writer: FakeWriter, indexes: handlers.Indexes,
+    counts: StoreCounts,
 ) -> None:
     stale = store("shop", rv="1")
     await rec.sync_store((NS, "shop"), index_of(), index_of(stale), by_store_of())
-    fn = handler_fn(registry, "_indexing", "store_index")
-    result = await fn(body=store_body("shop", rv=str(writer.resource_version), status=writer.calls[0].status))
-    assert result[(NS, "shop")].status == writer.calls[0].status
+    fn = handler_fn(registry, "_watching", "store_event")
+    await fn(type="MODIFIED", body=store_body("shop", rv=str(writer.resource_version), status=writer.calls[0].status))
+    await counts.idle()
+    [snap] = indexes.stores.get((NS, "shop")) or ()
+    assert snap.status == writer.calls[0].status
     assert stale.uid in rec.observed
     # the cache is released: the stale index decides again and the write is repeated
     await rec.sync_store((NS, "shop"), index_of(), index_of(stale), by_store_of())
     assert len(writer.calls) == 2
+    await fn(type="DELETED", body=store_body("shop"))
+    assert (NS, "shop") not in indexes.stores
 
 
-async def test_capture_indexes_keeps_the_live_index_objects(
-    registry: kopf.OperatorRegistry, indexes: handlers.Indexes
+async def test_until_the_start_up_is_indexed_handlers_only_index_and_the_catch_up_reconciles(
+    rec: Reconciler, writer: FakeWriter, counts: StoreCounts
 ) -> None:
-    pets, stores, by_store = CountingIndex(), CountingIndex(), CountingIndex()
-    await handler_fn(registry, "_activities", "capture_indexes")(
-        pet_index=pets, store_index=stores, pets_by_store=by_store, logger=logging.getLogger()
-    )
-    assert indexes.pets is pets
-    assert indexes.stores is stores
-    assert indexes.by_store is by_store
+    # a pet listed before its store must not be written Pending/StoreNotFound for a moment; and the
+    # handler must return at once (Kopf keeps each body while its handler runs)
+    indexes = handlers.Indexes(complete=asyncio.Event())
+    registry = kopf.OperatorRegistry()
+    handlers.register(registry, rec, indexes, counts)
+    await handler_fn(registry, "_watching", "pet_event")(type=None, body=pet_body("rex", store="shop"))
+    await handler_fn(registry, "_watching", "store_event")(type=None, body=store_body("shop"))
+    assert (NS, "rex") in indexes.pets and (NS, "shop") in indexes.stores
+    assert writer.calls == []
+    assert indexes.complete is not None
+    indexes.complete.set()
+    await handlers.resync_once(rec, indexes.pets, indexes.stores, indexes.by_store)  # what app runs then
+    assert [(c.name, c.status["phase"]) for c in writer.of("pets")] == [("rex", "Active")]
+    assert [c.status["petCount"] for c in writer.of("petstores")] == [1]
 
 
 # --- event handlers ---------------------------------------------------------------------------
 
 
 async def test_pet_event_reconciles_pet_and_counts_its_store(
-    registry: kopf.OperatorRegistry, writer: FakeWriter, counts: StoreCounts, delays: list[float]
+    registry: kopf.OperatorRegistry, writer: FakeWriter, counts: StoreCounts, indexes: handlers.Indexes,
+    delays: list[float],
 ) -> None:
-    p = pet("rex", store="shop")
-    await handler_fn(registry, "_watching", "pet_event")(
-        type="ADDED",
-        body=pet_body("rex", store="shop"),
-        pet_index=index_of(p),
-        store_index=index_of(store("shop")),
-        pets_by_store=by_store_of(p),
-    )
+    fill(indexes, store("shop"))
+    await handler_fn(registry, "_watching", "pet_event")(type="ADDED", body=pet_body("rex", store="shop"))
     assert [c.plural for c in writer.calls] == ["pets"]  # the count comes after its window
     await counts.idle()
     assert [(c.plural, c.name) for c in writer.calls] == [("pets", "rex"), ("petstores", "shop")]
@@ -349,19 +354,14 @@ async def test_pet_event_reconciles_pet_and_counts_its_store(
 
 
 async def test_pet_event_recounts_old_and_new_store_when_a_pet_moves(
-    registry: kopf.OperatorRegistry, rec: Reconciler, writer: FakeWriter, counts: StoreCounts, delays: list[float]
+    registry: kopf.OperatorRegistry, rec: Reconciler, writer: FakeWriter, counts: StoreCounts,
+    indexes: handlers.Indexes, delays: list[float],
 ) -> None:
     counted = {"petCount": 1, "activeCount": 1}
-    old, new = pet("rex", store="a", status={"phase": "Active"}), pet("rex", store="b", rv="2")
+    old = pet("rex", store="a", status={"phase": "Active"})
     rec.observe_pet(old)
-    rec.observe_pet(new)
-    await handler_fn(registry, "_watching", "pet_event")(
-        type="MODIFIED",
-        body=pet_body("rex", store="b", rv="2"),
-        pet_index=index_of(new),
-        store_index=index_of(store("a", status=counted), store("b")),
-        pets_by_store=by_store_of(new),
-    )
+    fill(indexes, old, store("a", status=counted), store("b"))
+    await handler_fn(registry, "_watching", "pet_event")(type="MODIFIED", body=pet_body("rex", store="b", rv="2"))
     await counts.idle()
     stores = {c.name: (c.status["petCount"], c.status["activeCount"]) for c in writer.of("petstores")}
     assert stores == {"a": (0, 0), "b": (1, 1)}
@@ -369,17 +369,13 @@ async def test_pet_event_recounts_old_and_new_store_when_a_pet_moves(
 
 
 async def test_pet_event_deleted_forgets_the_pet_and_recounts(
-    registry: kopf.OperatorRegistry, rec: Reconciler, writer: FakeWriter, counts: StoreCounts, delays: list[float]
+    registry: kopf.OperatorRegistry, rec: Reconciler, writer: FakeWriter, counts: StoreCounts,
+    indexes: handlers.Indexes, delays: list[float],
 ) -> None:
     gone = pet("rex", store="shop")
     rec.observe_pet(gone)
-    await handler_fn(registry, "_watching", "pet_event")(
-        type="DELETED",
-        body=pet_body("rex", store="shop"),
-        pet_index=index_of(),
-        store_index=index_of(store("shop", status={"petCount": 1, "activeCount": 1})),
-        pets_by_store=by_store_of(),
-    )
+    fill(indexes, gone, store("shop", status={"petCount": 1, "activeCount": 1}))
+    await handler_fn(registry, "_watching", "pet_event")(type="DELETED", body=pet_body("rex", store="shop"))
     await counts.idle()
     assert gone.uid not in rec.observed
     assert [(c.plural, c.name) for c in writer.calls] == [("petstores", "shop")]  # no write to the pet
@@ -387,17 +383,12 @@ async def test_pet_event_deleted_forgets_the_pet_and_recounts(
 
 
 async def test_store_event_with_new_spec_reconciles_its_pets(
-    registry: kopf.OperatorRegistry, rec: Reconciler, writer: FakeWriter, counts: StoreCounts, delays: list[float]
+    registry: kopf.OperatorRegistry, rec: Reconciler, writer: FakeWriter, counts: StoreCounts,
+    indexes: handlers.Indexes, delays: list[float],
 ) -> None:
-    p = pet("rex", store="shop", tags=["cute"], status={"phase": "Active"})
-    narrowed = store("shop", allowed=["big"], generation=2)
+    fill(indexes, pet("rex", store="shop", tags=["cute"], status={"phase": "Active"}))
     await handler_fn(registry, "_watching", "store_event")(
-        type="MODIFIED",
-        body=store_body("shop", allowed=["big"], generation=2),
-        pet_index=index_of(p),
-        store_index=index_of(narrowed),
-        pets_by_store=by_store_of(p),
-    )
+        type="MODIFIED", body=store_body("shop", allowed=["big"], generation=2))
     await counts.idle()
     pet_call, store_call = writer.calls
     assert (pet_call.name, pet_call.status["phase"], pet_call.status["reason"]) == (
@@ -418,6 +409,7 @@ async def test_store_event_without_spec_change_does_not_resync_pets(
     registry: kopf.OperatorRegistry,
     rec: Reconciler,
     writer: FakeWriter,
+    indexes: handlers.Indexes,
     monkeypatch: pytest.MonkeyPatch,
     delays: list[float],
 ) -> None:
@@ -429,32 +421,22 @@ async def test_store_event_without_spec_change_does_not_resync_pets(
         return await real_sync_pet(key, *args)
 
     monkeypatch.setattr(rec, "sync_pet", spy)
-    p = pet("rex", store="shop")
+    fill(indexes, pet("rex", store="shop"))
     fn = handler_fn(registry, "_watching", "store_event")
-    kwargs = {
-        "pet_index": index_of(p),
-        "store_index": index_of(store("shop")),
-        "pets_by_store": by_store_of(p),
-    }
-    await fn(type=None, body=store_body("shop"), **kwargs)  # first sight (initial listing)
+    await fn(type=None, body=store_body("shop"))  # first sight (initial listing)
     assert synced == [(NS, "rex")]
     # our own status write comes back: same uid and generation
-    await fn(type="MODIFIED", body=store_body("shop", rv="9", status={"petCount": 1}), **kwargs)
+    await fn(type="MODIFIED", body=store_body("shop", rv="9", status={"petCount": 1}))
     assert synced == [(NS, "rex")]
 
 
 async def test_store_event_deleted_turns_its_pets_pending(
-    registry: kopf.OperatorRegistry, rec: Reconciler, writer: FakeWriter, delays: list[float]
+    registry: kopf.OperatorRegistry, rec: Reconciler, writer: FakeWriter, indexes: handlers.Indexes,
+    delays: list[float],
 ) -> None:
-    p = pet("rex", store="shop", status={"phase": "Active"})
+    fill(indexes, pet("rex", store="shop", status={"phase": "Active"}), store("shop"))
     rec.store_changed(store("shop"), (NS, "shop"))
-    await handler_fn(registry, "_watching", "store_event")(
-        type="DELETED",
-        body=store_body("shop"),
-        pet_index=index_of(p),
-        store_index=index_of(),
-        pets_by_store=by_store_of(p),
-    )
+    await handler_fn(registry, "_watching", "store_event")(type="DELETED", body=store_body("shop"))
     [call] = writer.calls  # the pet only: a deleted store gets no status write
     assert (call.plural, call.name, call.status["phase"], call.status["reason"]) == (
         "pets",
@@ -468,14 +450,7 @@ async def test_event_handler_retries_transient_failures(
     registry: kopf.OperatorRegistry, writer: FakeWriter, delays: list[float]
 ) -> None:
     writer.errors.append(ApiError(status=500, reason="etcd leader changed"))
-    p = pet("rex")
-    await handler_fn(registry, "_watching", "pet_event")(
-        type="ADDED",
-        body=pet_body("rex"),
-        pet_index=index_of(p),
-        store_index=index_of(),
-        pets_by_store=by_store_of(),
-    )
+    await handler_fn(registry, "_watching", "pet_event")(type="ADDED", body=pet_body("rex"))
     assert delays == [0.2]
     assert len(writer.calls) == 2
     assert writer.calls[-1].status["phase"] == "Active"
@@ -510,7 +485,7 @@ def stopping_sleep(monkeypatch: pytest.MonkeyPatch, after: int) -> list[float]:
     return periods
 
 
-async def test_resync_forever_waits_for_indexes(
+async def test_resync_forever_with_nothing_indexed_writes_nothing(
     rec: Reconciler, writer: FakeWriter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     periods = stopping_sleep(monkeypatch, after=3)
@@ -524,7 +499,8 @@ async def test_resync_forever_resyncs_every_period(
     rec: Reconciler, writer: FakeWriter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     p = pet("rex")
-    indexes = handlers.Indexes(pets=index_of(p), stores=index_of(), by_store=by_store_of())
+    indexes = handlers.Indexes()
+    fill(indexes, p)
     periods = stopping_sleep(monkeypatch, after=3)
     with pytest.raises(Stop):
         await handlers.resync_forever(rec, indexes, 30.0)
@@ -536,7 +512,8 @@ async def test_resync_forever_survives_a_failing_pass(
     rec: Reconciler, writer: FakeWriter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     p = pet("rex")
-    indexes = handlers.Indexes(pets=index_of(p), stores=index_of(), by_store=by_store_of())
+    indexes = handlers.Indexes()
+    fill(indexes, p)
     writer.errors.append(RuntimeError("unexpected"))  # anything with_retries does not handle
     periods = stopping_sleep(monkeypatch, after=3)
     with pytest.raises(Stop):

@@ -19,9 +19,11 @@ class FakeRest:
         self.calls: list[dict[str, Any]] = []
 
     async def request(self, method: str, path: str, *, timeout: float, body: Any = None,  # noqa: ASYNC109
-                      content_type: str = rest.JSON, params: Any = None) -> dict[str, Any]:
+                      content_type: str = rest.JSON, params: Any = None, accept: str = rest.JSON) -> dict[str, Any]:
         call = {"method": method, "path": path, "timeout": timeout, "body": body, "content_type": content_type,
                 "params": dict(params or {})}
+        if accept != rest.JSON:
+            call["accept"] = accept
         self.calls.append(call)
         answer = self.answers.pop(0)
         if callable(answer):
@@ -141,3 +143,15 @@ async def test_the_ca_is_written_into_every_hook_of_the_configuration(method: st
         {"op": "add", "path": "/webhooks/0/clientConfig/caBundle", "value": bundle},
         {"op": "add", "path": "/webhooks/1/clientConfig/caBundle", "value": bundle},
     ]
+
+
+async def test_uids_are_listed_as_metadata_only_in_pages() -> None:
+    pages = [{"items": [{"metadata": {"uid": "a"}}], "metadata": {"continue": "t1"}},
+             {"items": [{"metadata": {"uid": "b"}}], "metadata": {}},
+             {"items": [{"metadata": {"uid": "c"}}], "metadata": {}}]
+    client, fake = api(*pages)
+    assert await client.list_uids("pets", ("ns1", "ns2")) == {"a", "b", "c"}
+    assert [c["path"] for c in fake.calls] == ["/apis/petstore.example.com/v1/namespaces/ns1/pets"] * 2 + [
+        "/apis/petstore.example.com/v1/namespaces/ns2/pets"]
+    assert fake.calls[1]["params"]["continue"] == "t1"
+    assert all(c.get("accept") == rest.METADATA_ONLY for c in fake.calls)
