@@ -53,7 +53,7 @@ def _now() -> str:
 
 class EventRecorder:
     def __init__(self, api: EventApi, min_level: str = "Normal", instance: str | None = None,
-                 max_cached: int = 10_000) -> None:
+                 max_cached: int = 2_000) -> None:
         if min_level not in LEVELS:
             raise ValueError(f"event level {min_level!r} is not one of {', '.join(LEVELS)}")
         self.api = api

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import dataclasses
 import datetime
 import inspect
 import logging
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from typing import Any, Protocol
 
@@ -33,16 +33,33 @@ log = logging.getLogger(__name__)
 Key = tuple[str, str]  # (namespace, name)
 
 
+#: Strings at most this long are interned when a snapshot copies them: the keys, phases, reasons,
+#: condition types and timestamps of thousands of statuses are the same few strings, and each
+#: decoded watch event carries its own copies (a few KB per pet in the index, measured).
+INTERN_UP_TO = 64
+
+
+def _copy(value: Any) -> Any:
+    """A deep copy of decoded JSON, short strings interned (the watch's objects stay untouched)."""
+    if isinstance(value, str):
+        return sys.intern(value) if len(value) <= INTERN_UP_TO else value
+    if isinstance(value, Mapping):
+        return {sys.intern(str(k)): _copy(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_copy(v) for v in value]
+    return value  # numbers, booleans, None: immutable
+
+
 def _common_fields(body: Mapping[str, Any]) -> dict[str, Any]:
     """The fields both snapshots take from an object, copied so the watch's dicts stay untouched."""
     meta = body.get("metadata", {})
     return {
-        "namespace": str(meta.get("namespace", "")),
+        "namespace": sys.intern(str(meta.get("namespace", ""))),
         "name": str(meta.get("name", "")),
         "uid": str(meta.get("uid", "")),
         "generation": int(meta.get("generation") or 0),
-        "spec": copy.deepcopy(dict(body.get("spec") or {})),
-        "status": copy.deepcopy(dict(body.get("status") or {})),
+        "spec": _copy(body.get("spec") or {}),
+        "status": _copy(body.get("status") or {}),
     }
 
 
@@ -75,7 +92,7 @@ class PetSnapshot:
         return cls(
             **_common_fields(body),
             resource_version=str(meta.get("resourceVersion", "")),
-            created=str(meta.get("creationTimestamp", "")),
+            created=sys.intern(str(meta.get("creationTimestamp", ""))),
             deleting=bool(meta.get("deletionTimestamp")),
             finalizers=tuple(meta.get("finalizers") or ()),
         )

@@ -594,3 +594,20 @@ async def test_pet_locks_are_kept_only_while_held_or_awaited(writer: FakeWriter,
     writer.gate.set()
     await asyncio.gather(first, second)
     assert len(rec._pet_locks) == 0
+
+
+def test_snapshots_share_their_short_strings_and_do_not_alias_the_watched_body() -> None:
+    import json
+
+    status = {"phase": "Active", "reason": "Reconciled",
+              "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": "2026-12-05T20:00:00Z"}]}
+    first_body = json.loads(json.dumps(pet_body("rex", status=status)))  # as two watch events decode them
+    second_body = json.loads(json.dumps(pet_body("fido", status=status)))
+    first, second = PetSnapshot.from_body(first_body), PetSnapshot.from_body(second_body)
+    assert first.status == second.status == status
+    assert first.status["phase"] is second.status["phase"]
+    assert first.status["conditions"][0]["lastTransitionTime"] is second.status["conditions"][0]["lastTransitionTime"]
+    first_body["status"]["conditions"][0]["status"] = "False"
+    first_body["spec"]["name"] = "changed"
+    assert first.status["conditions"][0]["status"] == "True"
+    assert first.spec["name"] == "rex"
