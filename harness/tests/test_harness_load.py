@@ -118,14 +118,30 @@ def test_sustainable_is_the_fastest_step_under_the_limit_without_failures() -> N
 
 
 def test_ratios_compare_ours_with_the_others_from_the_same_run() -> None:
-    def summary(kind: str, rate: float) -> dict[str, Any]:
+    def summary(kind: str, rate: float, limit: bool = True) -> dict[str, Any]:
         return {"operator": kind, "sustainable": {"achieved_rate": rate}, "create_rate": rate,
                 "reconcile": {"p50": 0.1, "p95": 0.2, "p99": 0.3}, "api": {"writes_per_pet": 3.0},
-                "rss": {"peak_mb": 80.0}, "verify": {"ok": True}}
+                "rss": {"peak_mb": 80.0}, "verify": {"ok": True},
+                "stop_reason": f"step at {rate + 10}/s: p99 4 s, 0 failures" if limit else "all 100 creates made"}
     comp = report.comparison([summary("ours", 80), summary("naive-kopf", 20), summary("raw", 100)])
     assert comp["ratios"] == {"ours/raw": 0.8, "ours/naive-kopf": 4.0}
     text = report.comparison_markdown(comp, {"rate": ">= 70 %"})
     assert "ours/raw = 0.8" in text and "| ours | 80 |" in text
+
+
+def test_a_ramp_that_ran_out_of_pets_gives_only_a_bound() -> None:
+    def summary(kind: str, rate: float, limit: bool) -> dict[str, Any]:
+        return {"operator": kind, "sustainable": {"achieved_rate": rate}, "create_rate": rate,
+                "reconcile": {"p50": 0.1, "p95": 0.2, "p99": 0.3}, "api": {"writes_per_pet": 3.0},
+                "rss": {"peak_mb": 80.0}, "verify": {"ok": True},
+                "stop_reason": "step at 90/s: p99 4 s, 0 failures" if limit else "all 100 creates made"}
+    comp = report.comparison([summary("ours", 90, False), summary("naive-kopf", 45, True), summary("raw", 90, False)])
+    assert comp["ratios"]["ours/naive-kopf"].startswith(">= 2.0")
+    assert comp["ratios"]["ours/raw"].startswith("1.0 (undecided")
+    comp = report.comparison([summary("ours", 60, True), summary("raw", 90, False)])
+    assert comp["ratios"]["ours/raw"].startswith("<= 0.67")
+    assert "| ours | 60 |" in report.comparison_markdown(comp, {})
+    assert "| raw | ≥ 90 |" in report.comparison_markdown(comp, {})
 
 
 def test_rss_at_a_population_is_the_first_sample_at_or_past_it() -> None:

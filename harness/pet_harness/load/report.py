@@ -199,8 +199,15 @@ def markdown(s: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def found_limit(summary: Mapping[str, Any]) -> bool:
+    """Did the ramp stop at a limit (p99 or failures)? Not if it ran out of pets or of rates: then its
+    sustainable rate is only a lower bound."""
+    return str(summary.get("stop_reason") or "").startswith("step at")
+
+
 def comparison(summaries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Ours against the others, as ratios from the same run."""
+    """Ours against the others, as ratios from the same run; a ratio whose rates are not both limits
+    found by the ramp is marked as a bound (``>=``, ``<=``) or as undecided."""
     by = {s["operator"]: s for s in summaries}
     rows = []
     for s in summaries:
@@ -208,6 +215,7 @@ def comparison(summaries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         rows.append({
             "operator": s["operator"],
             "sustainable_rate": st.get("achieved_rate"),
+            "at_least": not found_limit(s),
             "create_rate": s.get("create_rate"),
             "p50": s["reconcile"].get("p50"), "p95": s["reconcile"].get("p95"), "p99": s["reconcile"].get("p99"),
             "writes_per_pet": s["api"]["writes_per_pet"],
@@ -224,10 +232,20 @@ def comparison(summaries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         return st.get("achieved_rate") or s.get("create_rate")
 
     ours = rate("ours")
+    ours_bound = "ours" in by and not found_limit(by["ours"])
     for other in ("raw", "naive-kopf", "raw-chain"):
         theirs = rate(other)
         if ours and theirs:
-            ratios[f"ours/{other}"] = round(ours / theirs, 2)
+            value = round(ours / theirs, 2)
+            theirs_bound = not found_limit(by[other])
+            if ours_bound and theirs_bound:
+                ratios[f"ours/{other}"] = f"{value} (undecided: neither ramp reached its limit; run with more --pets)"
+            elif ours_bound:
+                ratios[f"ours/{other}"] = f">= {value} (ours did not reach its limit)"
+            elif theirs_bound:
+                ratios[f"ours/{other}"] = f"<= {value} ({other} did not reach its limit)"
+            else:
+                ratios[f"ours/{other}"] = value
     return {"rows": rows, "ratios": ratios}
 
 
@@ -235,7 +253,8 @@ def comparison_markdown(comp: Mapping[str, Any], targets: Mapping[str, str]) -> 
     lines = ["| operator | sustainable rate /s | creates/s | p50 s | p95 s | p99 s | API writes per pet "
              "| peak RSS MB | final state |", "|---|---|---|---|---|---|---|---|---|"]
     for r in comp["rows"]:
-        lines.append(f"| {r['operator']} | {_fmt(r['sustainable_rate'])} | {_fmt(r['create_rate'])} | "
+        rate = ("≥ " if r.get("at_least") and r["sustainable_rate"] else "") + _fmt(r["sustainable_rate"])
+        lines.append(f"| {r['operator']} | {rate} | {_fmt(r['create_rate'])} | "
                      f"{_fmt(r['p50'])} | {_fmt(r['p95'])} | {_fmt(r['p99'])} | {_fmt(r['writes_per_pet'])} | "
                      f"{_fmt(r['peak_rss_mb'])} | {'ok' if r['ok'] else 'PROBLEMS'} |")
     if comp["ratios"]:
