@@ -78,7 +78,6 @@ async def test_success_needs_no_retry(delays: list[float]) -> None:
         ApiError(status=503, reason="Service Unavailable"),
         ApiError(status=504, reason="Gateway Timeout"),
         ApiError(status=429, reason="Too Many Requests"),
-        ApiError(status=409, reason="Conflict"),
         ConnectionResetError("reset by peer"),
         ConnectionRefusedError("refused"),
         OSError("network unreachable"),
@@ -101,6 +100,19 @@ async def test_transient_errors_are_retried_with_backoff(
     assert "retry 1 in 0.2s" in warnings[0].getMessage()
     assert "retry 2 in 0.4s" in warnings[1].getMessage()
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_a_conflict_ends_the_call_at_once_for_the_next_event_to_decide(
+    delays: list[float], caplog: pytest.LogCaptureFixture
+) -> None:
+    # the object moved: retrying would repeat the stale precondition while the fresh event waits
+    # behind this handler
+    call, calls = failing(ApiError(status=409, reason="Conflict"))
+    with caplog.at_level(logging.DEBUG, logger=LOGGER):
+        await handlers.with_retries("reconcile pet default/rex", call)
+    assert calls == [1]
+    assert delays == []
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 async def test_gives_up_after_the_last_retry_and_logs_an_error(
