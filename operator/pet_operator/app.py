@@ -20,6 +20,7 @@ from pet_operator.health import HealthServer
 from pet_operator.indexes import Indexes
 from pet_operator.kube import Kube, load_credentials
 from pet_operator.leader import LeaderElector
+from pet_operator.memory import release_forever, release_free_memory
 from pet_operator.reconciler import Reconciler
 from pet_operator.shutdown import (
     Deadlines,
@@ -132,6 +133,7 @@ async def maintenance(
     await readiness.synced_event.wait()
     if catch_up:
         await handlers.resync_once(rec, indexes.pets, indexes.stores, indexes.by_store)
+    release_free_memory()  # the start-up listing's peak is over
     if config.resync_period > 0:
         await handlers.resync_forever(rec, indexes, config.resync_period)
 
@@ -298,6 +300,7 @@ async def main(
         await health.start()
         webhook = await start_webhook(config, kube, store_lookup(kube, indexes, readiness))
         background = [asyncio.create_task(initial_sync(config, kube, rec, readiness)),
+                      asyncio.create_task(release_forever()),
                       asyncio.create_task(maintenance(config, rec, indexes, readiness, catch_up=elector is None))]
         campaign = asyncio.create_task(campaign_forever(elector, rec, shutdown)) if elector is not None else None
         requested = asyncio.create_task(shutdown.requested.wait())
