@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 Key = tuple[str, str]
 V = TypeVar("V")
+G = TypeVar("G")
 
 
 class OneEach(Mapping[Key, Collection[V]], Generic[V]):
@@ -55,17 +56,17 @@ class OneEach(Mapping[Key, Collection[V]], Generic[V]):
         return key in self._items
 
 
-class Members(Mapping[Key, Collection[Key]]):
-    """The pets (keys) of each store (key); a pet is in at most one store."""
+class Members(Mapping[G, Collection[Key]], Generic[G]):
+    """The pets (keys) of each group (a store, an id); a pet is in at most one group."""
 
     def __init__(self) -> None:
-        self._members: dict[Key, set[Key]] = {}
-        self._store_of: dict[Key, Key] = {}
+        self._members: dict[G, set[Key]] = {}
+        self._group_of: dict[Key, G] = {}
 
-    def place(self, pet: Key, store: Key | None) -> None:
-        """``pet`` now names ``store`` (None: no store); it leaves the store it named before."""
-        before = self._store_of.get(pet)
-        if before == store:
+    def place(self, pet: Key, group: G | None) -> None:
+        """``pet`` now belongs to ``group`` (None: to none); it leaves the group it was in before."""
+        before = self._group_of.get(pet)
+        if before == group:
             return
         if before is not None:
             members = self._members.get(before)
@@ -73,18 +74,18 @@ class Members(Mapping[Key, Collection[Key]]):
                 members.discard(pet)
                 if not members:
                     del self._members[before]
-            del self._store_of[pet]
-        if store is not None:
-            self._members.setdefault(store, set()).add(pet)
-            self._store_of[pet] = store
+            del self._group_of[pet]
+        if group is not None:
+            self._members.setdefault(group, set()).add(pet)
+            self._group_of[pet] = group
 
-    def __getitem__(self, store: Key) -> Collection[Key]:
-        return self._members[store]
+    def __getitem__(self, group: G) -> Collection[Key]:
+        return self._members[group]
 
-    def get(self, store: Key, default: Collection[Key] | None = None) -> Collection[Key] | None:  # type: ignore[override]
-        return self._members.get(store, default)
+    def get(self, group: G, default: Collection[Key] | None = None) -> Collection[Key] | None:  # type: ignore[override]
+        return self._members.get(group, default)
 
-    def __iter__(self) -> Iterator[Key]:
+    def __iter__(self) -> Iterator[G]:
         return iter(self._members)
 
     def __len__(self) -> int:
@@ -98,5 +99,5 @@ class Indexes:
 
     pets: OneEach[PetSnapshot] = dataclasses.field(default_factory=OneEach)
     stores: OneEach[StoreSnapshot] = dataclasses.field(default_factory=OneEach)
-    by_store: Members = dataclasses.field(default_factory=Members)
+    by_store: Members[Key] = dataclasses.field(default_factory=Members)
     complete: asyncio.Event | None = None  # None: nothing to wait for (tests)

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 from pet_operator import model
 from pet_operator.claims import FINALIZER, Claim, ClaimStore, claim_outcome
+from pet_operator.indexes import Members
 from pet_operator.kube import NotFound
 
 log = logging.getLogger(__name__)
@@ -247,8 +248,7 @@ class Reconciler:
         self._pet_store: dict[Key, str | None] = {}
         self._moved_from: dict[Key, str] = {}
         # pets by id, from the watch: who waits for an id, without a pass over every pet
-        self._ids: dict[Key, int] = {}
-        self._by_id: dict[int, list[Key]] = {}
+        self._by_id: Members[int] = Members()
         self.writes = 0  # status writes made, for metrics and tests
         self.observed: set[str] = set()  # uids seen on the watch streams, for readiness
 
@@ -271,28 +271,12 @@ class Reconciler:
             if previous:
                 self._moved_from[key] = previous
         self._pet_store[key] = snap.store
-        self._index_id(key, snap.pet_id)
-
-    def _index_id(self, key: Key, pet_id: int | None) -> None:
-        old = self._ids.get(key)
-        if old == pet_id:
-            return
-        if old is not None:
-            keys = self._by_id.get(old)
-            if keys is not None and key in keys:
-                keys.remove(key)
-                if not keys:
-                    del self._by_id[old]
-        if pet_id is None:
-            self._ids.pop(key, None)
-        else:
-            self._ids[key] = pet_id
-            self._by_id.setdefault(pet_id, []).append(key)
+        self._by_id.place(key, snap.pet_id)
 
     def pets_with_id(self, pet_id: int, pets: PetIndex) -> list[PetSnapshot]:
         """The live pets seen with this id, oldest first (the order the contract promotes in)."""
         found: list[PetSnapshot] = []
-        for key in self._by_id.get(pet_id, ()):
+        for key in self._by_id.get(pet_id, ()) or ():
             snap: PetSnapshot | None = _first(pets.get(key))
             if snap is not None and snap.pet_id == pet_id and not snap.deleting:
                 found.append(snap)
@@ -320,7 +304,7 @@ class Reconciler:
         self._finalized.discard(uid)
         self.observed.discard(uid)
         self._moved_from.pop((namespace, name), None)
-        self._index_id((namespace, name), None)
+        self._by_id.place((namespace, name), None)
         return self._pet_store.pop((namespace, name), None)
 
     def _newest_version(self, snap: PetSnapshot) -> str:
