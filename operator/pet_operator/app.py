@@ -278,10 +278,11 @@ async def main(
         kube, on_phase_change=recorder.phase_changed, claims=kube, finalizers=kube,
         served=None if config.all_namespaces else frozenset(config.namespaces), pet_reader=kube,
     )
-    try:
-        rec.prime_claims(await kube.list_claims())
-    except Exception as exc:  # noqa: BLE001 - claims are read one by one then
-        log.warning("cannot list id claims in namespace %s: %s", config.claims_namespace, exc)
+    if not config.leader_elect:  # a leader-electing replica lists them when it starts leading
+        try:
+            rec.prime_claims(await kube.list_claims())
+        except Exception as exc:  # noqa: BLE001 - claims are read one by one then
+            log.warning("cannot list id claims in namespace %s: %s", config.claims_namespace, exc)
     registry = kopf.OperatorRegistry()
     readiness = Readiness()
     indexes = Indexes(complete=readiness.synced_event)  # handlers reconcile once all is indexed
