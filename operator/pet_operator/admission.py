@@ -58,6 +58,16 @@ def _check_object(obj: Any, path: str) -> None:
     _expect(spec.get("store"), str, f"{path}.spec.store", "a string")
 
 
+REVIEW_API_VERSION = "admission.k8s.io/v1"
+OPERATIONS = ("CREATE", "UPDATE", "DELETE", "CONNECT")
+MAX_UID_LENGTH = 256  # the API server sends a UUID (36 characters)
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def parse_review(data: bytes) -> tuple[str, dict[str, Any]]:
     """The uid and request of an AdmissionReview body, every field the webhook reads checked for
     its type (:class:`BadReview` otherwise): a malformed body is the sender's error (400), never
@@ -72,12 +82,21 @@ def parse_review(data: bytes) -> tuple[str, dict[str, Any]]:
         raise BadReview(f"the body is not JSON ({exc})") from None
     if not isinstance(review, dict) or not isinstance(review.get("request"), dict):
         raise BadReview("no request object")
+    # only what the API server sends (admissionReviewVersions: v1): anything else is answered 400,
+    # never "allowed" (fuzzing found a bare {"request": {"uid": ...}} answered 200 allowed)
+    if review.get("apiVersion") != REVIEW_API_VERSION:
+        raise BadReview(f"apiVersion must be {REVIEW_API_VERSION!r}, not {_shown(review.get('apiVersion'))}")
+    if review.get("kind") != "AdmissionReview":
+        raise BadReview(f"kind must be 'AdmissionReview', not {_shown(review.get('kind'))}")
     req: dict[str, Any] = review["request"]
     uid = req.get("uid")
-    if not isinstance(uid, str) or not uid:
-        raise BadReview("request.uid must be a non-empty string")
+    if not isinstance(uid, str) or not uid or len(uid) > MAX_UID_LENGTH:
+        raise BadReview(f"request.uid must be a non-empty string of at most {MAX_UID_LENGTH} characters")
     for key in ("operation", "namespace", "name"):
         _expect(req.get(key), str, f"request.{key}", "a string")
+    if req.get("operation") not in OPERATIONS:
+        raise BadReview(f"request.operation must be one of {', '.join(OPERATIONS)}, "
+                        f"not {_shown(req.get('operation'))}")
     _check_object(req.get("object"), "request.object")
     _check_object(req.get("oldObject"), "request.oldObject")
     return uid, req

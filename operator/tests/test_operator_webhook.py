@@ -593,6 +593,40 @@ async def test_reviews_of_the_wrong_shape_get_400_naming_the_field(
     assert served.lookups.calls == []
 
 
+def _envelope(change: str) -> bytes:
+    body = review("CREATE", pet(tags=["cat"]))
+    if change == "v1beta1":
+        body["apiVersion"] = "admission.k8s.io/v1beta1"
+    elif change == "no-apiVersion":
+        del body["apiVersion"]
+    elif change == "wrong-kind":
+        body["kind"] = "Pod"
+    elif change == "no-operation":
+        del body["request"]["operation"]
+    elif change == "unknown-operation":
+        body["request"]["operation"] = "EXPLODE"
+    elif change == "huge-uid":
+        body["request"]["uid"] = "u" * 300
+    return json.dumps(body).encode()
+
+
+@pytest.mark.parametrize(("change", "named"), [
+    ("v1beta1", "apiVersion"), ("no-apiVersion", "apiVersion"), ("wrong-kind", "kind"),
+    ("no-operation", "request.operation"), ("unknown-operation", "request.operation"), ("huge-uid", "request.uid"),
+])
+@pytest.mark.parametrize("served_path", [PATH, MUTATE_PATH])
+async def test_reviews_the_api_server_never_sends_get_400(
+    served: Served, change: str, named: str, served_path: str
+) -> None:
+    """Found by fuzzing the port: a body with only a request uid (of 20 MB, echoed back) was
+    answered 200 allowed; the API server sends admission.k8s.io/v1 AdmissionReviews with an
+    operation and a UUID, and anything else is the sender's error."""
+    status, answer = await post(served, _envelope(change), path=served_path)
+    assert status == 400, answer
+    assert named in answer["error"]
+    assert served.lookups.calls == []
+
+
 async def test_a_deeply_nested_body_gets_400_not_500(served: Served) -> None:
     depth = 100_000
     body = b'{"request": ' + b"[" * depth + b"]" * depth + b"}"
