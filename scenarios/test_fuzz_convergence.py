@@ -14,7 +14,7 @@ from kubernetes import client
 from pet_harness.fuzz.convergence import Env, claims_of, machine
 from pet_harness.kube import PetApi
 
-pytestmark = pytest.mark.fuzz
+pytestmark = [pytest.mark.fuzz, pytest.mark.usefixtures("needs_own_operator")]
 
 FAST_LEADER = ("--leader-elect", "--lease-duration", "4", "--renew-deadline", "3", "--retry-period", "0.5")
 

@@ -14,7 +14,7 @@ from pet_harness.fuzz import webhook
 from pet_harness.fuzz.strategies import encode, from_crd_schema, spec_schema
 from pet_harness.kube import CRD_DIR, PetApi, load_yaml_documents
 
-pytestmark = pytest.mark.fuzz
+pytestmark = [pytest.mark.fuzz, pytest.mark.usefixtures("needs_own_operator")]
 
 
 def _pet_specs() -> Any:

@@ -214,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_load_parser(sub)
     add_limits_parser(sub)
+    from pet_harness.fuzz.cli import add_parser as add_fuzz_parser
+
+    add_fuzz_parser(sub)
     return parser
 
 

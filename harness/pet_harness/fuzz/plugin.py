@@ -20,7 +20,7 @@ from pet_harness.fuzz.tally import Tally
 
 PROFILES = {
     # examples per fuzz test; state-machine runs and steps for convergence
-    "ci": {"examples": 300, "machines": 2, "steps": 12, "webhook": 200},
+    "ci": {"examples": 500, "machines": 3, "steps": 15, "webhook": 200},
     "long": {"examples": 10_000, "machines": 10, "steps": 25, "webhook": 3_000},
 }
 _TALLIES = pytest.StashKey[dict[str, Tally]]()
@@ -36,6 +36,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--fuzz-seed", type=int, default=None, help="seed (long profile; ci is derandomized)")
     group.addoption("--fuzz-results", default=None,
                     help="folder for each part's tally (default: <report dir>/fuzz)")
+    group.addoption("--fuzz-namespace", default=None,
+                    help="admission part only: fuzz this namespace, served by the cluster's own operator "
+                         "(with --pet-cluster kubeconfig); the webhook and convergence parts are skipped")
+
+
+@pytest.fixture
+def needs_own_operator(request: pytest.FixtureRequest) -> None:
+    if request.config.getoption("--fuzz-namespace"):
+        pytest.skip("starts, kills and reaches its own operator: not with --fuzz-namespace (a cluster's operator)")
 
 
 class FuzzConfig:

@@ -33,6 +33,7 @@ class Tally:
     restarts: int = 0
     disagreements: list[Disagreement] = dataclasses.field(default_factory=list)
     notes: list[str] = dataclasses.field(default_factory=list)
+    merged_seconds: float | None = None  # a summary of parts: the sum of their times
 
     def disagree(self, part: str, what: str, example: str) -> None:
         # Hypothesis replays a failing example while shrinking: keep each distinct finding once
@@ -40,7 +41,8 @@ class Tally:
             self.disagreements.append(Disagreement(part, what, example[:2000]))
 
     def as_dict(self) -> dict[str, Any]:
-        seconds = max(time.monotonic() - self.started, 1e-9)
+        seconds = self.merged_seconds if self.merged_seconds is not None else time.monotonic() - self.started
+        seconds = max(seconds, 1e-9)
         total = sum(self.examples.values())
         return {
             "seconds": round(seconds, 1),
@@ -60,6 +62,7 @@ class Tally:
 
     def merge(self, other: dict[str, Any]) -> None:
         """Add a part's summary (a dict of :meth:`as_dict`) to this one."""
+        self.merged_seconds = (self.merged_seconds or 0.0) + float(other.get("seconds", 0.0))
         self.examples.update(other.get("examples", {}))
         self.rejections.update(other.get("rejections_by_rule", {}))
         self.status_codes.update(other.get("status_codes", {}))
