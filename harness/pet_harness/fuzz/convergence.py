@@ -325,9 +325,9 @@ def machine(env: Env) -> type[RuleBasedStateMachine]:
             deadline = time.monotonic() + env.settle_timeout
             while (holder := env.list_claims().get(pet_id)) is None and time.monotonic() < deadline:
                 time.sleep(0.1)
-            if holder is None or tuple(holder.split("/", 1)) not in made:
+            winner = tuple(holder.split("/", 1)) if holder is not None else None
+            if winner not in made:
                 self.disagree(f"race for id {pet_id}: the claim names {holder!r}, the pets made are {made}")
-            winner = tuple(holder.split("/", 1))
             for k in sorted(made, key=lambda k: k != winner):  # the winner first: it is the older holder
                 self.model.add_pet(k, dict(spec), holder=k == winner)
             env.tally.examples["convergence race"] += 1

@@ -36,7 +36,7 @@ class Reply:
     def message(self) -> str:
         doc = self.json()
         if isinstance(doc, dict) and isinstance(doc.get("message"), str):
-            return doc["message"]
+            return str(doc["message"])
         return self.body.decode("utf-8", "replace")[:4000]
 
 

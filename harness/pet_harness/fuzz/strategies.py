@@ -283,9 +283,9 @@ def boundary_cases(plural: str) -> list[tuple[str, str, Any]]:
     sweep sends each one once, so the CI profile covers every bound."""
     breakers = PET_BREAKERS if plural == "pets" else STORE_BREAKERS
     base: dict[str, Any] = {"id": 100, "name": "base"} if plural == "pets" else {}
-    out = []
+    out: list[tuple[str, str, Any]] = []
     for label, (rule, mutate) in sorted(breakers.items()):
-        key, values = getattr(mutate, "sweep", (None, []))
+        key, values = getattr(mutate, "sweep", ("", []))
         for value in values:
             out.append((f"{label}: {value!r}"[:80], rule, {**base, key: value}))
     return out
