@@ -74,6 +74,11 @@ def test_the_first_stage_that_refuses_is_the_only_one_named() -> None:
         "body.size",)
 
 
+def test_status_sent_with_the_object_is_ignored_but_read_strictly() -> None:
+    assert rules(pet({"id": 1, "name": "a"}, status={"phase": "Bogus", "reason": "Forged"})) == ()
+    assert rules(pet({"id": 1, "name": "a"}, status={"bogus": 1})) == ("unknown-field",)
+
+
 def test_webhook_rules_follow_the_world() -> None:
     world = contract.World(stores={(NS, "pair"): ["cat", "dog"], (NS, "closed"): [], (NS, "open"): None},
                            holders={7: ("other", "rex")})

@@ -38,6 +38,8 @@ AVAILABILITY = ("available", "pending", "sold")
 PET_FIELDS = ("id", "name", "category", "tags", "photoUrls", "availability", "store")
 STORE_FIELDS = ("allowedTags", "displayName")
 TOP_FIELDS = ("apiVersion", "kind", "metadata", "spec", "status")
+PET_STATUS_FIELDS = ("phase", "reason", "message", "observedGeneration", "lastTransitionTime", "conditions")
+STORE_STATUS_FIELDS = ("petCount", "activeCount", "observedGeneration", "conditions")
 
 # Rules the API server's schema enforces, and rules the operator's webhook enforces. A body that
 # breaks a schema rule never reaches the webhook, so its verdict lists schema rules only.
@@ -125,10 +127,17 @@ def _tag_list(spec: Mapping[str, Any], key: str, most: int, out: list[Broken]) -
         seen.append(tag)
 
 
-def _unknown(body: Mapping[str, Any], spec: Any, fields: Sequence[str], out: list[Broken]) -> None:
+def _unknown(body: Mapping[str, Any], spec: Any, fields: Sequence[str], out: list[Broken],
+             status_fields: Sequence[str] = PET_STATUS_FIELDS) -> None:
     for key in body:
         if key not in TOP_FIELDS:
             out.append(Broken("unknown-field", key, (f'"{key}"',)))
+    # Kubernetes: status sent with the object is dropped, but strict decoding reads it first
+    status = body.get("status")
+    if isinstance(status, Mapping):
+        for key in status:
+            if key not in status_fields:
+                out.append(Broken("unknown-field", f"status.{key}", (f'"status.{key}"',)))
     if isinstance(spec, Mapping):
         for key in spec:
             if key not in fields:
@@ -211,7 +220,7 @@ def store_schema(body: Any, strict: bool = True) -> list[Broken]:
         out.append(Broken("spec.type", "spec"))
         return out
     if strict:
-        _unknown(top, spec, STORE_FIELDS, out)
+        _unknown(top, spec, STORE_FIELDS, out, STORE_STATUS_FIELDS)
     # Kubernetes: the contract gives allowedTags "the same format as Pet tags" and no count; the
     # shipped bound of 256 is a project choice the model shares (named so that it can be found).
     _tag_list(spec, "allowedTags", 256, out)

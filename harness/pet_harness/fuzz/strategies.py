@@ -213,6 +213,8 @@ def pet_examples(draw: st.DrawFn, generated: st.SearchStrategy[Any], ids: st.Sea
     spec = draw(valid_pet_specs(generated, ids, stores))
     if kind == "valid":
         doc = body("Pet", draw(names), spec)
+        if draw(st.integers(0, 7)) == 0:  # a forged status: dropped by the API server, never reached
+            doc["status"] = {"phase": draw(st.sampled_from(["Active", "Conflict", "Bogus"])), "reason": "Forged"}
         return Example("valid", "pets", encode(doc), doc)
     label = draw(st.sampled_from(sorted(PET_BREAKERS)))
     rule, mutate = PET_BREAKERS[label]
