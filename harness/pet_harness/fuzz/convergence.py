@@ -292,6 +292,24 @@ def machine(env: Env) -> type[RuleBasedStateMachine]:
             self.model.stores[key] = allowed
             env.tally.examples["convergence change store"] += 1
 
+        def tagged_members(self) -> list[tuple[Key, Key]]:
+            """(store, pet) pairs of existing stores and their pets that carry tags."""
+            return sorted(((k[0], s.spec["store"]), k) for k, s in self.model.pets.items()
+                          if s.spec.get("tags") and (k[0], s.spec.get("store")) in self.model.stores)
+
+        @precondition(lambda self: bool(self.tagged_members()))
+        @rule(data=st.data())
+        def narrow_store_below_a_member(self, data: st.DataObject) -> None:
+            """A store narrows so that one of its pets no longer fits (contract 3: that pet turns
+            Invalid and comes back when the store widens); random narrowing rarely hits one."""
+            store, pet = data.draw(st.sampled_from(self.tagged_members()))
+            dropped = data.draw(st.sampled_from(sorted(self.model.pets[pet].spec["tags"])))
+            allowed = [t for t in TAGS if t != dropped]
+            self.step(f"narrow store {store[0]}/{store[1]} to {allowed} (drops {dropped!r} of {pet[1]})")
+            env.pet_api(store[0]).patch_store(store[1], {"spec": {"allowedTags": allowed}})
+            self.model.stores[store] = allowed
+            env.tally.examples["convergence change store"] += 1
+
         @precondition(lambda self: bool(self.model.stores))
         @rule(data=st.data())
         def delete_store(self, data: st.DataObject) -> None:
