@@ -92,7 +92,8 @@ def write(tally: Tally, folder: Path, title: str, command: str) -> Path:
         lines += [f"| `{k}` | {v} |" for k, v in data["rejections_by_rule"].items()]
         lines.append("")
     if data["admitted_by_phase"]:
-        lines += ["| admitted, reached phase | count |", "| --- | ---: |"]
+        lines += ["| pets checked, by the phase reached (real samples, state-machine checks) | count |",
+                  "| --- | ---: |"]
         lines += [f"| {k} | {v} |" for k, v in data["admitted_by_phase"].items()]
         lines.append("")
     if data["status_codes"]:
