@@ -52,6 +52,24 @@ def problems(verdict: contract.Verdict, reply: Reply) -> list[str]:
     return out
 
 
+def stored_problems(example: Example, target: Target, reply: Reply) -> list[str]:
+    """An admitted object comes back as it is (or would be) stored: its spec with nulls pruned and
+    defaults applied, and, for a create, without the status it was sent with."""
+    kind = "Pet" if example.plural == "pets" else "PetStore"
+    doc = example.doc
+    got = reply.json()
+    if not isinstance(got, dict):
+        return [f"an admitted {kind} came back as {reply.body[:200]!r}"]
+    out = []
+    sent = doc.get("spec")
+    want = contract.stored_spec(sent if isinstance(sent, Mapping) else {}, kind)
+    if (got.get("spec") or {}) != want:
+        out.append(f"the {kind} is kept as spec {got.get('spec')!r}, the model expects {want!r}")
+    if target.operation == "CREATE" and got.get("status"):
+        out.append(f"a created {kind} kept the status it was sent with: {got.get('status')!r}")
+    return out
+
+
 def check(raw: RawApi, example: Example, namespace: str, world: contract.World, target: Target,
           tally: Tally, dry_run: bool = True) -> tuple[contract.Verdict, Reply, list[str]]:
     verdict = contract.judge_request(example.body, example.plural, namespace, world, target.operation, target.old)
@@ -66,6 +84,8 @@ def check(raw: RawApi, example: Example, namespace: str, world: contract.World, 
         for rule in verdict.rules:
             tally.rejections[rule] += 1
     found = problems(verdict, reply)
+    if verdict.admitted and 200 <= reply.status < 300 and isinstance(example.doc, Mapping):
+        found += stored_problems(example, target, reply)
     if example.intended is not None and verdict.rules and example.intended not in verdict.rules:
         found.append(f"the model names {verdict.rules} for a body made to break {example.intended} "
                      "(the model or the breaker is wrong)")

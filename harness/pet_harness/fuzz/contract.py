@@ -426,3 +426,12 @@ def judge_request(
         kept = tuple(b for b in verdict.broken if stage_of(b.rule) != "webhook") if schema_ok else verdict.broken
         verdict = Verdict(False, (*kept, *extra))
     return first_stage(verdict)
+
+
+def stored_spec(spec: Mapping[str, Any], kind: str = "Pet") -> dict[str, Any]:
+    """The spec as the API server keeps an admitted object: nulls pruned (Kubernetes), and for a
+    pet ``availability`` defaulted to ``available`` (contract)."""
+    out = {k: v for k, v in spec.items() if v is not None}
+    if kind == "Pet":
+        out.setdefault("availability", "available")
+    return out
