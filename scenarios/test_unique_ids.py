@@ -78,6 +78,32 @@ def test_duplicate_id_in_another_namespace_conflicts_then_takes_over(
     record(request, "unique-ids-takeover", {"seconds_from_delete_to_active": round(takeover, 3)})
 
 
+def test_a_claim_changed_after_it_was_taken_is_released_when_its_holder_goes(
+    pets: PetApi, make_namespace: Any, operator_factory: Any, kube_api: Any, claims_namespace: str,
+    request: Any,
+) -> None:
+    """Finding 7: a label added to the claim Lease (by anyone: a policy engine, an admin) changes its
+    resourceVersion under the operator's cached copy. Deleting the holder must still release the id
+    before the finalizer goes, and the waiting twin must take it at once (before: the claim stayed,
+    the twin stayed Conflict until the next orphan pass, 5 minutes by default)."""
+    other = pets.in_namespace(make_namespace("other"))
+    operator_factory([pets.namespace, other.namespace], webhook=False)  # the twin races past admission
+    pets.create_pet("holder", {"id": 512, "name": "holder"})
+    wait_phase(pets, "holder", "Active")
+    other.create_pet("twin", {"id": 512, "name": "twin"})
+    wait_phase(other, "twin", "Conflict", "DuplicateId")
+    client.CoordinationV1Api(kube_api).patch_namespaced_lease(
+        "pet-id-512", claims_namespace, {"metadata": {"labels": {"example.com/audited": "yes"}}})
+
+    deleted_at = time.monotonic()
+    pets.delete_pet("holder")
+    wait_phase(other, "twin", "Active", "Reconciled", timeout=10)
+    takeover = time.monotonic() - deleted_at
+    assert claims(kube_api, claims_namespace)["pet-id-512"].spec.holder_identity == f"{other.namespace}/twin"
+    wait_for(pets.list_pets, lambda items: items == [], 10, "the holder to be gone")
+    record(request, "unique-ids-takeover-after-claim-changed", {"seconds_from_delete_to_active": round(takeover, 3)})
+
+
 def test_pet_deleted_while_the_operator_is_down_goes_away_when_it_is_back(
     pets: PetApi, operator_factory: Any, kube_api: Any, claims_namespace: str
 ) -> None:

@@ -39,6 +39,9 @@ Key = tuple[str, str]  # (namespace, name)
 #: decoded watch event carries its own copies (a few KB per pet in the index, measured).
 INTERN_UP_TO = 64
 
+#: Deletes of a deleted pet's claim, each after a fresh read, before the release is left to the next try.
+RELEASE_ATTEMPTS = 3
+
 
 def _copy(value: Any) -> Any:
     """A deep copy of decoded JSON, short strings interned (the watch's objects stay untouched)."""
@@ -473,16 +476,8 @@ class Reconciler:
         if FINALIZER not in snap.finalizers or self.claims is None or self.finalizers is None:
             return
         pet_id = snap.pet_id
-        if pet_id is not None:
-            claim = self._claims.get(pet_id)
-            if claim is None or claim.holder_uid != snap.uid:
-                claim = await self.claims.read_claim(pet_id)
-            if claim is not None and claim.holder_uid == snap.uid:
-                self.fence()
-                if await self.claims.delete_claim(claim):
-                    log.info("pet %s/%s deleted: released id %d", snap.namespace, snap.name, pet_id)
-                    self._to_promote.add(pet_id)
-                self._claims.pop(pet_id, None)
+        if pet_id is not None and not await self._release(snap, pet_id):
+            return  # the finalizer stays: the next event or resync tries the release again
         remaining = [f for f in snap.finalizers if f != FINALIZER]
         with contextlib.suppress(NotFound):  # already gone: nothing left to release
             self.fence()
@@ -490,6 +485,41 @@ class Reconciler:
                 model.PETS, snap.namespace, snap.name, remaining, snap.resource_version
             )
         self._finalized.discard(snap.uid)
+
+    async def _release(self, snap: PetSnapshot, pet_id: int) -> bool:
+        """Delete a deleted pet's claim, if it still holds one; True once no claim of this pet is left.
+
+        The delete is preconditioned on the resourceVersion last seen, which goes stale whenever
+        anything writes the Lease (a label, an annotation, a cached read): a refused delete (409, or
+        404 if it is gone) is not a release. The claim is read afresh and the delete tried again,
+        and the finalizer is removed only once the claim is gone or is not this pet's. Otherwise the
+        id would stay held by a pet that no longer exists (and the webhook would name it) until an
+        orphan pass, with the waiting twin in Conflict meanwhile."""
+        claims = self.claims
+        assert claims is not None
+        claim = self._claims.get(pet_id)
+        if claim is None or claim.holder_uid != snap.uid:
+            claim = await claims.read_claim(pet_id)
+        held = False  # whether this pet's claim was seen: its going frees the id for the waiting pets
+        for _ in range(RELEASE_ATTEMPTS):
+            if claim is None or claim.holder_uid != snap.uid:
+                break
+            held = True
+            self.fence()
+            if await claims.delete_claim(claim):
+                log.info("pet %s/%s deleted: released id %d", snap.namespace, snap.name, pet_id)
+                claim = None
+                break
+            claim = await claims.read_claim(pet_id)  # changed since (409) or gone (404): look again
+        self._claims.pop(pet_id, None)
+        if claim is not None and claim.holder_uid == snap.uid:
+            log.warning("pet %s/%s deleted: its claim of id %d changed under every delete (%d tries); "
+                        "the finalizer stays until the release succeeds", snap.namespace, snap.name, pet_id,
+                        RELEASE_ATTEMPTS)
+            return False
+        if held:
+            self._to_promote.add(pet_id)
+        return True
 
     async def promote_waiting(self, pet_id: int, pets: PetIndex, stores: StoreIndex) -> None:
         """After a release, let the oldest pet waiting for the id take it; the rest stay Conflict."""

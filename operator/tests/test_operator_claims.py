@@ -506,6 +506,67 @@ async def test_cached_claim_of_the_old_holder_does_not_keep_ours_from_being_rele
     assert world.store.claims == {}
 
 
+async def test_a_claim_changed_since_it_was_cached_is_still_released_before_the_finalizer(world: World) -> None:
+    """Finding 7: the claim Lease was labelled after the pet took it, so the cached resourceVersion
+    is stale and the preconditioned delete gets a 409. The claim is read again and deleted; the
+    finalizer goes only after, and the waiting twin takes the id at once (before: the finalizer was
+    removed, the claim stayed, and the twin stayed Conflict until the next orphan pass)."""
+    rec = world.replica()
+    holder = claim_pet("holder", created="2024-01-01T00:00:00Z", finalizers=(FINALIZER,))
+    twin = claim_pet("twin", namespace=OTHER, created="2024-01-02T00:00:00Z", finalizers=(FINALIZER,))
+    pets = seen(rec, holder, twin)
+    for snap in (holder, twin):
+        await rec.sync_pet((snap.namespace, snap.name), pets, index_of())
+    assert status_of(world.writer, OTHER, "twin")["phase"] == "Conflict"
+    cached = world.store.claims[ID]
+    world.store.put(ID, NS, "holder", uid_of(NS, "holder"))  # a label added: same holder, new resourceVersion
+    assert world.store.claims[ID].resource_version != cached.resource_version
+    world.journal.clear()
+
+    pets.data[(NS, "holder")] = [deleting(holder)]
+    await rec.sync_pet((NS, "holder"), pets, index_of())
+
+    ops = world.journal.ops("delete_claim", "read_claim", "set_finalizers")
+    assert ops[:4] == ["delete_claim", "read_claim", "delete_claim", "set_finalizers"]
+    assert world.store.holder(ID) == "other/twin"
+    assert status_of(world.writer, OTHER, "twin")["phase"] == "Active"
+
+
+async def test_a_claim_that_keeps_changing_keeps_the_finalizer(world: World) -> None:
+    """Every delete refused (409) and every fresh read still ours: the finalizer stays, so the id is
+    never left held by a pet that is gone; the next event or resync tries again."""
+    world.store.put(ID, NS, "rex", uid_of(NS, "rex"))
+    world.store.before_delete = lambda claim: world.store.put(ID, NS, "rex", uid_of(NS, "rex"))
+    gone = deleting(claim_pet("rex", finalizers=(FINALIZER,)))
+    await world.replica().sync_pet(KEY, index_of(gone), index_of())
+    assert "set_finalizers" not in world.journal.ops()
+    assert world.store.holder(ID) == "default/rex"
+
+    world.store.before_delete = None  # it settles: the next try releases it
+    await world.replica().sync_pet(KEY, index_of(gone), index_of())
+    assert world.store.claims == {}
+    assert world.finalizers.calls[-1].finalizers == []
+
+
+async def test_a_claim_deleted_by_someone_else_meanwhile_still_promotes_the_waiting_pet(world: World) -> None:
+    """Our delete finds the claim gone (404, as False): the id is free, the twin is promoted."""
+    rec = world.replica()
+    holder = claim_pet("holder", created="2024-01-01T00:00:00Z", finalizers=(FINALIZER,))
+    twin = claim_pet("twin", namespace=OTHER, created="2024-01-02T00:00:00Z", finalizers=(FINALIZER,))
+    pets = seen(rec, holder, twin)
+    for snap in (holder, twin):
+        await rec.sync_pet((snap.namespace, snap.name), pets, index_of())
+    world.store.before_delete = lambda claim: world.store.claims.pop(ID, None)  # type: ignore[func-returns-value]
+
+    pets.data[(NS, "holder")] = [deleting(holder)]
+    await rec.sync_pet((NS, "holder"), pets, index_of())
+
+    world.store.before_delete = None
+    assert world.store.holder(ID) == "other/twin"
+    assert status_of(world.writer, OTHER, "twin")["phase"] == "Active"
+    assert world.finalizers.calls[-1] == FinalizerCall("pets", NS, "holder", [], "9")
+
+
 async def test_deleting_pet_without_our_finalizer_is_left_alone(world: World) -> None:
     world.store.put(ID, NS, "rex", uid_of(NS, "rex"))
     gone = deleting(claim_pet("rex", finalizers=(KEEP,)))
