@@ -28,6 +28,7 @@ from pet_operator import model
 from pet_operator.claims import FINALIZER, Claim, ClaimStore, claim_outcome
 from pet_operator.indexes import Members
 from pet_operator.kube import NotFound
+from pet_operator.rest import ApiError
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +146,9 @@ class PetReader(Protocol):
     async def read_uid(self, namespace: str, name: str) -> str | None:
         """The UID of the pet at ``namespace/name`` now, from the API server; None if there is none."""
 
+    async def namespace_exists(self, namespace: str) -> bool:
+        """Whether the namespace exists now (a read the operator may make in every namespace)."""
+
 
 PhaseListener = Callable[[PetSnapshot, str | None, model.Verdict], Awaitable[None] | None]
 
@@ -236,6 +240,7 @@ class Reconciler:
         self.pet_reader = pet_reader
         self._claims: dict[int, Claim] = {}
         self._finalized: set[str] = set()  # uids we added our finalizer to, until the watch shows it
+        self._forbidden_logged: set[str] = set()  # namespaces whose 403 on a holder lookup was logged
         self._to_promote: set[int] = set()  # ids released, whose waiting pets are still to be promoted
         self._versions: dict[str, str] = {}  # uid -> resourceVersion of our last metadata write
         self.writer = writer
@@ -405,22 +410,54 @@ class Reconciler:
         """Drop the claim cache (leadership lost: another leader may change claims meanwhile)."""
         self._claims.clear()
 
-    async def _is_orphan(self, claim: Claim, pets: PetIndex) -> bool:
-        """A claim whose holder is gone (only decidable in a served namespace).
+    async def _is_orphan(self, claim: Claim, pets: PetIndex, forbidden: set[str] | None = None) -> bool:
+        """A claim whose holder is gone: no pet with the holder's UID exists any more.
 
         The watch index may lag (a replica that just started or just became leader has not
         seen every pet yet), so a holder missing from it is looked up in the API server
         before the claim is called orphaned: deleting a live claim would let a twin take
-        the id while its holder is Active."""
+        the id while its holder is Active. A holder in a namespace this replica does not
+        serve is looked up too: the API server's answer by UID is the truth whoever serves
+        that namespace (a namespace no longer served, its pet deleted since). Where the
+        lookup is forbidden (403: no rights there, as a namespace-scoped install has in
+        namespaces it does not serve, or a served namespace whose RoleBinding went), a
+        namespace that no longer exists still tells (no namespace, no pet in it); otherwise
+        nothing can be told: the claim stands, its pet's twins are Conflict naming the holder, and
+        the 403 is logged once per namespace. ``forbidden`` (one orphan pass) collects the
+        namespaces that answered 403, which are then not asked again in that pass."""
         namespace, name = claim.holder_key
-        if self.served is not None and namespace not in self.served:
-            return False
-        holder: PetSnapshot | None = _first(pets.get((namespace, name)))
-        if holder is not None and holder.uid == claim.holder_uid:
-            return False
+        if not namespace or not name:
+            return True  # names no pet: no pet holds it
+        served = self.served is None or namespace in self.served
+        if served:
+            holder: PetSnapshot | None = _first(pets.get((namespace, name)))
+            if holder is not None and holder.uid == claim.holder_uid:
+                return False
         if self.pet_reader is None:
-            return True
-        return await self.pet_reader.read_uid(namespace, name) != claim.holder_uid
+            return served  # the watch index is trusted, where there is one
+        if forbidden is not None and namespace in forbidden:
+            return False
+        try:
+            uid = await self.pet_reader.read_uid(namespace, name)
+        except ApiError as exc:
+            if exc.status != 403:
+                raise
+            if not await self.pet_reader.namespace_exists(namespace):
+                return True  # the namespace is gone, and every pet in it: the holder too
+            if forbidden is not None:
+                forbidden.add(namespace)
+            if namespace not in self._forbidden_logged:
+                self._forbidden_logged.add(namespace)
+                log.warning(
+                    "cannot read pets in namespace %s (403 %s): whether the holders of claims there are gone "
+                    "cannot be told, so those claims are left alone (first: id %d, held by %s); %s",
+                    namespace, exc.message, claim.pet_id, claim.holder,
+                    "its RoleBinding may be gone" if served else
+                    "it is not served here (another instance may serve it); a claim whose pet is gone there "
+                    "is collected by an instance that may read it, or deleted by hand (the Lease pet-id-<id>)",
+                )
+            return False
+        return uid != claim.holder_uid
 
     async def _claim(self, snap: PetSnapshot, pets: PetIndex) -> model.IdClaim | None:
         """Claim the pet's id (finalizer first, so a delete always releases); None if the pet is gone."""
@@ -538,11 +575,12 @@ class Reconciler:
         # forgotten, so the next sync of its pet claims the id again instead of believing it held.
         # Only removals: a claim created since the listing is merely read again when next needed.
         listed = {claim.pet_id for claim in listing}
+        forbidden: set[str] = set()  # namespaces that answered 403 in this pass: not asked again
         for pet_id in [p for p in self._claims if p not in listed]:
             log.info("claim of id %d is gone from the cluster; it will be taken again", pet_id)
             self._claims.pop(pet_id, None)
         for claim in listing:
-            if not await self._is_orphan(claim, pets):
+            if not await self._is_orphan(claim, pets, forbidden):
                 continue
             if not self.may_write():
                 break
