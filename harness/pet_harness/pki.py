@@ -32,6 +32,7 @@ class CertPair:
         cert.write_bytes(self.cert_pem)
         fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as handle:
+            os.fchmod(fd, 0o600)  # O_CREAT's mode is for a new file only: an existing one keeps its own
             handle.write(self.key_pem)
         return cert, key
 

@@ -18,6 +18,7 @@ import datetime
 import hashlib
 import ipaddress
 import logging
+import os
 import shutil
 import ssl
 import tempfile
@@ -101,11 +102,12 @@ def self_signed(dns_names: Sequence[str], directory: Path) -> bytes:
     )
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "tls.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path = directory / "tls.key"
-    key_path.touch(mode=0o600)
-    key_path.write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ))
+    fd = os.open(directory / "tls.key", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        os.fchmod(fd, 0o600)  # the mode given to open (or touch) is for a new file only
+        handle.write(key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ))
     return ca.public_bytes(serialization.Encoding.PEM)
 
 

@@ -291,6 +291,16 @@ def test_self_signed_key_is_private_and_matches_the_certificate(tmp_path: Path) 
     assert key.public_key() == leaf.public_key()
 
 
+def test_self_signed_over_a_readable_key_makes_it_private(tmp_path: Path) -> None:
+    """``touch(mode=)`` leaves an existing file's mode alone: a key written over one stayed 0644."""
+    folder = tmp_path / "certs"
+    folder.mkdir()
+    (folder / "tls.key").write_bytes(b"old")
+    (folder / "tls.key").chmod(0o644)
+    self_signed(NAMES, folder)
+    assert stat.S_IMODE((folder / "tls.key").stat().st_mode) == 0o600
+
+
 def test_self_signed_subject_is_fixed_and_the_names_are_in_the_sans(tmp_path: Path) -> None:
     names = parse_config(["-n", "a", "--claims-namespace", "a" * 39], {}).webhook_host_names
     self_signed(names, tmp_path)
