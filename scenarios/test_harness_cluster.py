@@ -65,6 +65,24 @@ def test_client_certificate_identities(local_only: LocalCluster) -> None:
         assert caught.value.status == 403
 
 
+def test_etcd_answers_only_tls_clients_with_a_certificate_of_the_cluster_ca(local_only: LocalCluster) -> None:
+    """Finding 12: the real etcd on loopback answered any local user over plain HTTP (and so the whole
+    cluster, past the API server's authentication); now plain HTTP and TLS without a client
+    certificate are both refused, and the API server (its client certificate) still works."""
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    port = local_only.etcd_client_port
+    with pytest.raises((urllib.error.URLError, ConnectionError)):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/version", timeout=5).read()
+    assert local_only.workdir is not None
+    anonymous = ssl.create_default_context(cafile=str(local_only.workdir / "pki" / "ca.crt"))
+    with pytest.raises((urllib.error.URLError, ssl.SSLError, ConnectionError)):
+        urllib.request.urlopen(f"https://127.0.0.1:{port}/version", timeout=5, context=anonymous).read()
+    assert local_only._etcd_healthy()
+
+
 def test_token_request_and_rbac(kube_api: Any, namespace: str, local_only: LocalCluster) -> None:
     core = client.CoreV1Api(kube_api)
     core.create_namespaced_service_account(namespace, {"metadata": {"name": "reader"}})

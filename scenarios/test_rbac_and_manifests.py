@@ -160,6 +160,7 @@ def test_the_webhook_listens_on_the_pods_own_address(kube_api: Any) -> None:
     config = parse_config(container["args"], {"POD_NAME": "pet-operator-abc-1", "POD_NAMESPACE": "pet-system",
                                               "POD_IP": "10.244.1.7"})
     assert config.webhook_bind_addresses == ("10.244.1.7",)
+    assert config.health_bind_addresses == ("10.244.1.7", "127.0.0.1")  # probes, port-forward; not 0.0.0.0
 
 
 def test_the_network_policy_admits_only_the_webhook_port_of_the_operator_pods(

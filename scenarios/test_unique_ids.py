@@ -78,6 +78,91 @@ def test_duplicate_id_in_another_namespace_conflicts_then_takes_over(
     record(request, "unique-ids-takeover", {"seconds_from_delete_to_active": round(takeover, 3)})
 
 
+def test_a_claim_changed_after_it_was_taken_is_released_when_its_holder_goes(
+    pets: PetApi, make_namespace: Any, operator_factory: Any, kube_api: Any, claims_namespace: str,
+    request: Any,
+) -> None:
+    """Finding 7: a label added to the claim Lease (by anyone: a policy engine, an admin) changes its
+    resourceVersion under the operator's cached copy. Deleting the holder must still release the id
+    before the finalizer goes, and the waiting twin must take it at once (before: the claim stayed,
+    the twin stayed Conflict until the next orphan pass, 5 minutes by default)."""
+    other = pets.in_namespace(make_namespace("other"))
+    operator_factory([pets.namespace, other.namespace], webhook=False)  # the twin races past admission
+    pets.create_pet("holder", {"id": 512, "name": "holder"})
+    wait_phase(pets, "holder", "Active")
+    other.create_pet("twin", {"id": 512, "name": "twin"})
+    wait_phase(other, "twin", "Conflict", "DuplicateId")
+    client.CoordinationV1Api(kube_api).patch_namespaced_lease(
+        "pet-id-512", claims_namespace, {"metadata": {"labels": {"example.com/audited": "yes"}}})
+
+    deleted_at = time.monotonic()
+    pets.delete_pet("holder")
+    wait_phase(other, "twin", "Active", "Reconciled", timeout=10)
+    takeover = time.monotonic() - deleted_at
+    assert claims(kube_api, claims_namespace)["pet-id-512"].spec.holder_identity == f"{other.namespace}/twin"
+    wait_for(pets.list_pets, lambda items: items == [], 10, "the holder to be gone")
+    record(request, "unique-ids-takeover-after-claim-changed", {"seconds_from_delete_to_active": round(takeover, 3)})
+
+
+def test_a_holder_the_operator_may_not_read_leaves_the_claim_and_the_twin_conflicts(
+    pets: PetApi, make_namespace: Any, operator_factory: Any, kube_api: Any, claims_namespace: str,
+) -> None:
+    """Finding 9: a claim's holder is in a served namespace whose RoleBinding is gone, so the lookup
+    of the holder is forbidden (403). Whether it lives cannot be told: the claim stands, and the
+    twin still gets its status, Conflict naming the holder; the 403 is logged once (before: the 403
+    ended the reconciliation, the twin never got a status)."""
+    other = make_namespace("other")
+    op = operator_factory([pets.namespace, other], webhook=False)  # the twin races past admission
+    client.RbacAuthorizationV1Api(kube_api).delete_namespaced_role_binding("pet-operator", other)
+    client.CoordinationV1Api(kube_api).create_namespaced_lease(claims_namespace, {
+        "metadata": {"name": "pet-id-513", "labels": {"petstore.example.com/id-claim": "true"},
+                     "annotations": {"petstore.example.com/pet-uid": "0000-unknown"}},
+        "spec": {"holderIdentity": f"{other}/holder"},
+    })
+    wait_for(lambda: _forbidden(op.kubeconfig, other),
+             bool, 20, f"the operator's rights in {other} to be gone")
+    pets.create_pet("twin", {"id": 513, "name": "twin"})
+    twin = wait_phase(pets, "twin", "Conflict", "DuplicateId", timeout=20)
+    assert f"{other}/holder" in twin["status"]["message"]
+    assert claims(kube_api, claims_namespace)["pet-id-513"].spec.holder_identity == f"{other}/holder"
+    pets.patch_pet("twin", {"metadata": {"labels": {"again": "yes"}}})  # one more reconciliation
+    wait_for(op.log_text, lambda text: text.count(f"cannot read pets in namespace {other}") == 1, 10,
+             "the 403 logged")
+    time.sleep(1)
+    assert op.log_text().count(f"cannot read pets in namespace {other}") == 1
+
+
+def test_a_claim_held_in_a_namespace_that_is_gone_is_collected(
+    pets: PetApi, operator_factory: Any, kube_api: Any, claims_namespace: str,
+) -> None:
+    """Finding 9: a claim left by a pet of a namespace that no longer exists (no longer served, then
+    deleted). The namespace-scoped operator may not read pets there (403), but it may read
+    namespaces: no namespace, no pet, so the claim is an orphan and the twin takes the id (before:
+    an unserved holder was never looked up, the twin stayed Conflict for ever)."""
+    gone = f"{pets.namespace[:40]}-gone"
+    client.CoordinationV1Api(kube_api).create_namespaced_lease(claims_namespace, {
+        "metadata": {"name": "pet-id-514", "labels": {"petstore.example.com/id-claim": "true"},
+                     "annotations": {"petstore.example.com/pet-uid": "0000-gone"}},
+        "spec": {"holderIdentity": f"{gone}/holder"},
+    })
+    operator_factory([pets.namespace], webhook=False)
+    pets.create_pet("heir", {"id": 514, "name": "heir"})
+    wait_phase(pets, "heir", "Active", "Reconciled", timeout=20)
+    assert claims(kube_api, claims_namespace)["pet-id-514"].spec.holder_identity == f"{pets.namespace}/heir"
+
+
+def _forbidden(kubeconfig: Any, namespace: str) -> bool:
+    """Whether the identity of ``kubeconfig`` is refused a read of pets in ``namespace``."""
+    api = api_client(kubeconfig)
+    try:
+        PetApi(api, namespace).get_pet("anything")
+    except ApiException as exc:
+        return exc.status == 403
+    finally:
+        api.close()
+    return False
+
+
 def test_pet_deleted_while_the_operator_is_down_goes_away_when_it_is_back(
     pets: PetApi, operator_factory: Any, kube_api: Any, claims_namespace: str
 ) -> None:

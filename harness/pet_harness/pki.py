@@ -32,6 +32,7 @@ class CertPair:
         cert.write_bytes(self.cert_pem)
         fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as handle:
+            os.fchmod(fd, 0o600)  # O_CREAT's mode is for a new file only: an existing one keeps its own
             handle.write(self.key_pem)
         return cert, key
 
@@ -112,10 +113,15 @@ class CertificateAuthority:
         cert = builder.sign(self._key, hashes.SHA256())
         return CertPair(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key))
 
-    def serving(self, common_name: str, dns_names: Sequence[str], ips: Sequence[str]) -> CertPair:
+    def serving(
+        self, common_name: str, dns_names: Sequence[str], ips: Sequence[str], client_too: bool = False,
+    ) -> CertPair:
+        """A serving certificate; ``client_too`` also for client authentication (etcd peers use one
+        certificate both ways)."""
         sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns_names]
         sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
-        return self._issue(_name(common_name), [ExtendedKeyUsageOID.SERVER_AUTH], sans)
+        usages = [ExtendedKeyUsageOID.SERVER_AUTH, *([ExtendedKeyUsageOID.CLIENT_AUTH] if client_too else [])]
+        return self._issue(_name(common_name), usages, sans)
 
     def client(self, user: str, groups: Sequence[str] = ()) -> CertPair:
         """A client certificate that Kubernetes reads as ``user`` in ``groups``."""

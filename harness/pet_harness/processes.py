@@ -6,9 +6,12 @@ Every process the harness starts goes through :class:`ManagedProcess`:
   it forked too;
 * its output goes to a log file that tests attach to their reports;
 * on Linux it gets ``PR_SET_PDEATHSIG=SIGKILL`` unless told to outlive the harness,
-  so even a SIGKILLed harness leaves nothing running. The signal is tied to the
+  so even a SIGKILLed harness leaves nothing running (``prctl`` is resolved in the parent: the
+  child, between fork and exec, loads nothing). The signal is tied to the
   *thread* that started the child: start processes from a thread that outlives them
   (the main thread, as the harness does), or the child dies when that thread ends;
+* its group is signalled only while the leader is not yet reaped (a reaped pid may be reused),
+  and what a leader that exited left in its group is killed before the leader is reaped;
 * every live process is registered, and :func:`stop_all` (run at exit and from the
   SIGTERM handler installed by :func:`install_signal_handlers`) stops them all.
 """
@@ -24,7 +27,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import IO
@@ -32,11 +35,30 @@ from typing import IO
 _LIVE: set[ManagedProcess] = set()
 _LOCK = threading.Lock()
 _PR_SET_PDEATHSIG = 1
+_SIGKILL = int(signal.SIGKILL)
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    with contextlib.suppress(OSError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+def _resolve_prctl() -> Callable[..., int] | None:
+    """libc's ``prctl``, looked up once in the parent: loading a library in the child between fork and
+    exec can deadlock when the parent has threads (one may have held the loader's or malloc's lock
+    at the fork, and only the forking thread exists in the child)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # libc is loaded already: nothing is opened
+    except (OSError, AttributeError):
+        return None
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong]
+    prctl.restype = ctypes.c_int
+    return prctl
+
+
+_PRCTL = _resolve_prctl()
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec: calls what was resolved, loads nothing
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, _SIGKILL)
 
 
 class ProcessError(RuntimeError):
@@ -61,6 +83,7 @@ class ManagedProcess:
         self.outlive_parent = outlive_parent
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
+        self._reaping = threading.RLock()  # re-entrant: a signal handler may stop it mid-call
 
     def __repr__(self) -> str:
         return f"<ManagedProcess {self.name} pid={self.pid}>"
@@ -76,7 +99,7 @@ class ManagedProcess:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self._log.write(f"--- {time.strftime('%H:%M:%S')} starting: {' '.join(self.argv)}\n".encode())
         self._log.flush()
-        preexec = None if self.outlive_parent or not sys.platform.startswith("linux") else _die_with_parent
+        preexec = None if self.outlive_parent or _PRCTL is None else _die_with_parent
         try:
             self._proc = subprocess.Popen(
                 self.argv,
@@ -95,57 +118,107 @@ class ManagedProcess:
             _LIVE.add(self)
         return self
 
+    # The group is signalled only while its leader is known not to be reaped: a zombie keeps its
+    # pid, and so the group id, reserved. Once reaped, the pid (and a group of that number, if no
+    # member is left) can be anyone's, and killpg could hit a stranger's new session. So every path
+    # waits for the exit without reaping (waitid WNOWAIT), SIGKILLs what the leader left in its
+    # group, and only then reaps; one lock keeps threads from reaping in between.
+
+    def _exited(self) -> bool:
+        """Whether the leader has exited, without reaping it."""
+        proc = self._proc
+        if proc is None or proc.returncode is not None:
+            return True
+        try:
+            return os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+        except ChildProcessError:
+            return True  # reaped behind Popen's back: nothing to signal any more
+
+    def _killpg(self, sig: int) -> None:
+        """Signal the whole group, if its leader is not reaped yet (hold ``_reaping``)."""
+        proc = self._proc
+        if proc is None or proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, sig)
+
+    def _settle(self) -> int | None:
+        """The exit code once the leader has exited (what it left in its group SIGKILLed first, then
+        the leader reaped); None while it runs."""
+        with self._reaping:
+            proc = self._proc
+            if proc is None:
+                return None
+            if proc.returncode is not None:
+                return proc.returncode
+            if not self._exited():
+                return None
+            self._killpg(signal.SIGKILL)  # the leader is a zombie: the group id is still surely its
+            return proc.wait()
+
+    def _wait_exited(self, timeout: float | None) -> bool:
+        """Wait until the leader has exited (not reaping it); False if ``timeout`` passed first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = 0.001
+        while not self._exited():
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
+        return True
+
     @property
     def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+        """Whether the leader runs; once it has exited, what it left in its group is killed."""
+        return self._proc is not None and self._settle() is None
 
     @property
     def returncode(self) -> int | None:
-        return self._proc.poll() if self._proc else None
+        return self._settle() if self._proc else None
 
     def signal(self, sig: int) -> None:
         """Send ``sig`` to the whole process group (SIGSTOP freezes it all)."""
-        if self._proc is None or self._proc.poll() is not None:
-            raise ProcessError(f"{self.name} is not running")
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self._proc.pid, sig)
+        with self._reaping:
+            if self._proc is None or self._settle() is not None:
+                raise ProcessError(f"{self.name} is not running")
+            self._killpg(sig)
 
     def wait(self, timeout: float | None = None) -> int:
         if self._proc is None:
             raise ProcessError(f"{self.name} was never started")
-        return self._proc.wait(timeout)
+        if not self._wait_exited(timeout):
+            raise subprocess.TimeoutExpired(self.argv, timeout or 0)
+        code = self._settle()
+        assert code is not None
+        return code
 
     def stop(self, grace: float = 10.0) -> int | None:
         """SIGTERM the group, SIGKILL it after ``grace`` seconds; idempotent."""
-        proc = self._proc
-        if proc is None:
+        if self._proc is None:
             return None
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGCONT)  # a frozen process cannot handle SIGTERM
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        # the leader is gone; make sure nothing it forked lingers in its group
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        with self._reaping:
+            running = self._settle() is None
+            if running:
+                self._killpg(signal.SIGCONT)  # a frozen process cannot handle SIGTERM
+                self._killpg(signal.SIGTERM)
+        if running and not self._wait_exited(grace):
+            with self._reaping:
+                self._killpg(signal.SIGKILL)
+            self._wait_exited(None)
+        code = self._settle()  # also SIGKILLs what the leader left in its group, before reaping it
         self._forget()
-        return proc.returncode
+        return code
 
     def kill(self) -> int | None:
         """SIGKILL the group at once, as a crash would."""
-        proc = self._proc
-        if proc is None:
+        if self._proc is None:
             return None
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        with self._reaping:
+            self._killpg(signal.SIGKILL)
+        self._wait_exited(None)
+        code = self._settle()
         self._forget()
-        return proc.returncode
+        return code
 
     def _forget(self) -> None:
         with _LOCK:

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import base64
 import copy
+import logging
+import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,10 +21,12 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from pet_harness.clusters.base import write_kubeconfig
+from pet_harness.clusters.base import write_kubeconfig, write_private
 from pet_harness.kube import REPO_ROOT, load_yaml_documents
 
 RBAC_DIR = REPO_ROOT / "deploy" / "rbac"
+
+log = logging.getLogger(__name__)
 
 
 def _docs(name: str) -> list[dict[str, Any]]:
@@ -49,21 +54,85 @@ def install_cluster_roles(api: Any) -> None:
 SHIPPED_NAME = "pet-operator"
 
 
-def service_account_kubeconfig(
-    api: Any, admin_kubeconfig: Path, namespace: str, account: str, path: Path, seconds: int = 3600
-) -> Path:
-    """A kubeconfig for the cluster of ``admin_kubeconfig`` that authenticates as the ServiceAccount
-    ``namespace/account`` with a token from the TokenRequest API, valid ``seconds``."""
-    token = client.CoreV1Api(api).create_namespaced_service_account_token(
+def request_token(api: Any, namespace: str, account: str, seconds: int) -> str:
+    """A token of the ServiceAccount from the TokenRequest API, valid ``seconds`` (the API server may
+    shorten that; 600 at least)."""
+    token: str = client.CoreV1Api(api).create_namespaced_service_account_token(
         account, namespace, {"spec": {"expirationSeconds": seconds}}
     ).status.token
+    return token
+
+
+def write_token(path: Path, token: str) -> None:
+    """Replace the token file at once (a new file renamed over it): a reader sees the old token or
+    the new one, never half of one; its new inode tells it that the token changed."""
+    fresh = path.with_name(path.name + ".new")
+    write_private(fresh, token)  # as it is: the kubernetes client sends the file's bytes unstripped
+    os.replace(fresh, path)
+
+
+class TokenRefresher:
+    """Keeps the TokenRequest token in a file valid: a new one every ``every`` seconds (by default
+    half its lifetime), so a process that reads the file again when it changes (the operator does,
+    see ``pet_operator.rest.TokenFile``; Kopf logs in again on a 401) is never left with an
+    expired token, however long it runs. A failed request is retried after a tenth of the period."""
+
+    def __init__(
+        self, api: Any, namespace: str, account: str, path: Path, seconds: int, every: float | None = None,
+    ) -> None:
+        self.api, self.namespace, self.account, self.path = api, namespace, account, path
+        self.seconds = seconds
+        self.every = every if every is not None else seconds / 2
+        self.refreshes = 0
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def refresh(self) -> None:
+        write_token(self.path, request_token(self.api, self.namespace, self.account, self.seconds))
+
+    def start(self) -> TokenRefresher:
+        self._thread = threading.Thread(target=self._run, name=f"token-refresher-{self.account}", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        wait = self.every
+        while not self._stopped.wait(wait):
+            try:
+                self.refresh()
+            except Exception as exc:  # noqa: BLE001 - the old token is still valid for a while: try again soon
+                log.warning("cannot refresh the token of %s/%s: %s", self.namespace, self.account, exc)
+                wait = self.every / 10
+                continue
+            self.refreshes += 1
+            wait = self.every
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(5)
+
+
+def service_account_kubeconfig(
+    api: Any, admin_kubeconfig: Path, namespace: str, account: str, path: Path, seconds: int = 3600,
+    rotated: bool = False,
+) -> Path:
+    """A kubeconfig for the cluster of ``admin_kubeconfig`` that authenticates as the ServiceAccount
+    ``namespace/account`` with a token from the TokenRequest API, valid ``seconds``. With ``rotated``
+    the token is kept in the file ``<path>.token`` that the kubeconfig names (``tokenFile``), which a
+    :class:`TokenRefresher` rewrites; otherwise it is in the kubeconfig (for clients that read
+    ``token`` only, as Kopf's own kubeconfig login, which the load's naive peer uses)."""
+    token = request_token(api, namespace, account, seconds)
+    token_path = path.with_name(path.name + ".token") if rotated else None
+    if token_path is not None:
+        write_token(token_path, token)
     admin = yaml.safe_load(admin_kubeconfig.read_text())
     context = next(c for c in admin["contexts"] if c["name"] == admin["current-context"])["context"]
     cluster = next(c for c in admin["clusters"] if c["name"] == context["cluster"])["cluster"]
     ca = cluster.get("certificate-authority-data")
     ca_pem = base64.b64decode(ca) if ca else Path(cluster["certificate-authority"]).read_bytes()
     return write_kubeconfig(path, cluster["server"], ca_pem, f"system:serviceaccount:{namespace}:{account}",
-                            token=token)
+                            token=None if rotated else token, token_file=token_path)
 
 
 class OperatorIdentity:
@@ -80,6 +149,7 @@ class OperatorIdentity:
         self.suffix = suffix  # makes cluster-scoped binding names unique per test
         self.cluster_bindings: list[str] = []
         self.bound_namespaces: set[str] = set()
+        self.refreshers: list[TokenRefresher] = []
 
     def _subject(self, doc: dict[str, Any], account: str) -> dict[str, Any]:
         doc = copy.deepcopy(doc)
@@ -138,12 +208,23 @@ class OperatorIdentity:
         self.bound_namespaces.add(key)
 
     def kubeconfig(
-        self, admin_kubeconfig: Path, path: Path, seconds: int = 3600, account: str = SHIPPED_NAME
+        self, admin_kubeconfig: Path, path: Path, seconds: int = 3600, account: str = SHIPPED_NAME,
+        refresh_every: float | None = None,
     ) -> Path:
-        """A kubeconfig that authenticates as the ServiceAccount (TokenRequest API)."""
-        return service_account_kubeconfig(self.api, admin_kubeconfig, self.namespace, account, path, seconds)
+        """A kubeconfig that authenticates as the ServiceAccount (TokenRequest API), its token kept
+        fresh (a new one every ``refresh_every`` seconds, by default half the lifetime) until
+        :meth:`delete`: a test, a load run or a chaos session may outlast one token."""
+        made = service_account_kubeconfig(self.api, admin_kubeconfig, self.namespace, account, path, seconds,
+                                          rotated=True)
+        token_path = path.with_name(path.name + ".token")
+        self.refreshers.append(
+            TokenRefresher(self.api, self.namespace, account, token_path, seconds, refresh_every).start())
+        return made
 
     def delete(self) -> None:
+        for refresher in self.refreshers:
+            refresher.stop()
+        self.refreshers.clear()
         rbac = client.RbacAuthorizationV1Api(self.api)
         for name in self.cluster_bindings:
             try:

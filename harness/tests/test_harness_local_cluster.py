@@ -64,15 +64,18 @@ FAKE_CONTROL_PLANE = textwrap.dedent(
             pass
 
 
-    if role == "etcd":
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    if role == "etcd":  # as the real one is run: TLS, client certificates of the CA
         server = http.server.ThreadingHTTPServer(
             ("127.0.0.1", int(flags["listen-client-urls"].rsplit(":", 1)[1])), Handler)
+        ctx.load_cert_chain(flags["cert-file"], flags["key-file"])
+        ctx.load_verify_locations(flags["trusted-ca-file"])
+        server.socket = ctx.wrap_socket(server.socket, server_side=True)
     else:
         server = http.server.ThreadingHTTPServer(("127.0.0.1", int(flags["secure-port"])), Handler)
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(flags["tls-cert-file"], flags["tls-private-key-file"])
         ctx.load_verify_locations(flags["client-ca-file"])
-        ctx.verify_mode = ssl.CERT_REQUIRED
         server.socket = ctx.wrap_socket(server.socket, server_side=True)
     print(role, "serving", flush=True)
     server.serve_forever()
@@ -226,15 +229,32 @@ def test_processes_and_flags(running: LocalCluster) -> None:
     assert len(ports) == 3
     assert 0 not in ports
     argv = running.apiserver.argv
-    assert f"--etcd-servers=http://127.0.0.1:{running.etcd_client_port}" in argv
+    assert f"--etcd-servers=https://127.0.0.1:{running.etcd_client_port}" in argv
     assert f"--secure-port={running.apiserver_port}" in argv
     assert "--authorization-mode=RBAC" in argv
     assert f"--audit-log-path={running.audit_log_path}" in argv
     assert f"--service-account-issuer={local_mod.SERVICE_ACCOUNT_ISSUER}" in argv
     assert argv[-1] == "--v=2", "extra arguments come last so that they override"
-    assert f"--listen-client-urls=http://127.0.0.1:{running.etcd_client_port}" in running.etcd.argv
-    assert f"--initial-cluster=pet-harness=http://127.0.0.1:{running.etcd_peer_port}" in running.etcd.argv
+    assert f"--listen-client-urls=https://127.0.0.1:{running.etcd_client_port}" in running.etcd.argv
+    assert f"--initial-cluster=pet-harness=https://127.0.0.1:{running.etcd_peer_port}" in running.etcd.argv
+    assert {"--client-cert-auth=true", "--peer-client-cert-auth=true"} <= set(running.etcd.argv)
     assert running.server_url == f"https://127.0.0.1:{running.apiserver_port}"
+
+
+def test_etcd_refuses_plain_http_and_clients_without_a_certificate(running: LocalCluster) -> None:
+    """Finding 12: etcd answered any local user over plain HTTP (``cluster up`` keeps it for days);
+    now it speaks TLS only and wants a client certificate of the cluster's CA."""
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    port = running.etcd_client_port
+    with pytest.raises((urllib.error.URLError, ConnectionError)):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/keys", timeout=5).read()
+    anonymous = ssl.create_default_context(cafile=str(running.workdir / "pki" / "ca.crt"))
+    with pytest.raises((urllib.error.URLError, ssl.SSLError, ConnectionError)):
+        urllib.request.urlopen(f"https://127.0.0.1:{port}/version", timeout=5, context=anonymous).read()
+    assert running._etcd_healthy()  # with the API server's client certificate
 
 
 def test_readiness_was_probed_as_the_admin(running: LocalCluster) -> None:

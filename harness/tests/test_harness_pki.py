@@ -137,6 +137,15 @@ def test_cert_pair_write(ca: CertificateAuthority, tmp_path: Path) -> None:
     assert stat.S_IMODE(key_path.stat().st_mode) == 0o600
 
 
+def test_cert_pair_write_over_a_readable_key_makes_it_private(ca: CertificateAuthority, tmp_path: Path) -> None:
+    """Finding 12: O_CREAT's mode applies only to a new file: a key written over an existing
+    world-readable file stayed world-readable (0644 before)."""
+    (tmp_path / "writer.key").write_bytes(b"old")
+    (tmp_path / "writer.key").chmod(0o644)
+    _, key_path = ca.client("writer").write(tmp_path, "writer")
+    assert stat.S_IMODE(key_path.stat().st_mode) == 0o600
+
+
 def test_signing_key_pair() -> None:
     pair = signing_key_pair()
     public = serialization.load_pem_public_key(pair.cert_pem)

@@ -482,3 +482,69 @@ def test_install_signal_handlers_outside_the_main_thread_does_nothing() -> None:
     assert not processes._installed
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
     assert signal.getsignal(signal.SIGHUP) == signal.SIG_DFL
+
+
+# --- finding 12: no group signal after the leader is reaped; nothing loaded in the child ----------
+
+
+@linux_only
+def test_the_group_is_never_signalled_once_its_leader_is_reaped(
+    spawn: Spawn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After the leader is reaped its pid, and a group of that number, can be someone else's: every
+    killpg must come while the leader is still unreaped (before: stop() sent a last SIGKILL to the
+    group after proc.wait(), on every path)."""
+    signalled: list[tuple[int, int, bool]] = []  # (pgid, signal, whether the leader was reaped)
+    real_killpg = os.killpg
+
+    def killpg(pgid: int, sig: int) -> None:
+        try:
+            os.waitid(os.P_PID, pgid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            reaped = False
+        except ChildProcessError:
+            reaped = True
+        signalled.append((pgid, sig, reaped))
+        real_killpg(pgid, sig)
+
+    monkeypatch.setattr(os, "killpg", killpg)
+    spawn("stopped", ["sleep", "30"]).start().stop(grace=5)
+    spawn("killed", ["sleep", "30"]).start().kill()
+    quick = spawn("quick", ["sh", "-c", "exit 3"]).start()
+    assert quick.wait(5) == 3
+    assert quick.stop() == 3
+    exited = spawn("exited", ["sh", "-c", "exit 0"]).start()
+    _poll(lambda: not exited.running, "the quick one to be seen exited")
+    exited.stop()
+    assert signalled, "no group was signalled at all"
+    assert [s for s in signalled if s[2]] == []
+
+
+@linux_only
+def test_a_leader_that_exits_by_itself_takes_what_it_left_in_its_group(
+    spawn: Spawn, tmp_path: Path, grandchildren: list[int]
+) -> None:
+    """Seen exited (``running``), its group is SIGKILLed before it is reaped, while that is safe."""
+    pid_file = tmp_path / "orphan.pid"
+    proc = spawn("leaves", ["sh", "-c", f"sleep 30 & echo $! > {pid_file}; exit 0"]).start()
+    orphan = _read_pid(pid_file)
+    grandchildren.append(orphan)
+    _poll(lambda: not proc.running, "the leader to be seen exited")
+    _poll(lambda: _gone(orphan), "what it left in its group to be killed")
+    assert proc.returncode == 0
+
+
+@linux_only
+def test_the_death_signal_is_set_with_prctl_resolved_before_the_fork(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading libc in the child of a threaded parent can deadlock: the child only calls the function
+    the parent resolved (before: ctypes.CDLL ran in the child)."""
+    import ctypes
+
+    calls: list[tuple[int, int]] = []
+
+    def no_loading(*_: object, **__: object) -> None:
+        raise AssertionError("a library was loaded between fork and exec")
+
+    monkeypatch.setattr(ctypes, "CDLL", no_loading)
+    monkeypatch.setattr(processes, "_PRCTL", lambda option, value: calls.append((option, value)) or 0)
+    processes._die_with_parent()
+    assert calls == [(1, int(signal.SIGKILL))]

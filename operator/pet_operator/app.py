@@ -296,7 +296,7 @@ async def main(
         elector = make_elector(config, kube, recorder, rec, indexes, readiness)
         rec.may_write = elector.is_leader
     with own_tasks():  # Kopf's shutdown must leave these (and their connections) alone
-        health = HealthServer(config.health_port, readiness.check,
+        health = HealthServer(config.health_port, readiness.check, host=config.health_bind_addresses,
                               leader=elector.status if elector is not None else None)
         await health.start()
         webhook = await start_webhook(config, kube, store_lookup(kube, indexes, readiness))
@@ -305,7 +305,8 @@ async def main(
                       asyncio.create_task(maintenance(config, rec, indexes, readiness, catch_up=elector is None))]
         campaign = asyncio.create_task(campaign_forever(elector, rec, shutdown)) if elector is not None else None
         requested = asyncio.create_task(shutdown.requested.wait())
-    log.info("serving %s; claims in %s; health on :%d", config.scope, config.claims_namespace, config.health_port)
+    log.info("serving %s; claims in %s; health on %s port %d", config.scope, config.claims_namespace,
+             ", ".join(config.health_bind_addresses), config.health_port)
     existing = {task for task in asyncio.all_tasks() if task is not asyncio.current_task()}
     existing.add(asyncio.current_task())  # type: ignore[arg-type]
     kopf_tasks = await kopf.spawn_tasks(

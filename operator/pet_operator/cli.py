@@ -53,6 +53,7 @@ class Config:
     mutating_webhook_configuration: str | None = None
     webhook_host_names: tuple[str, ...] = ()
     webhook_bind_addresses: tuple[str, ...] = ("127.0.0.1",)
+    health_bind_addresses: tuple[str, ...] = ("127.0.0.1",)
     shutdown_grace: float = 20.0
     shutdown_drain_delay: float = 5.0
     leader_elect: bool = False
@@ -80,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     scope.add_argument("--all-namespaces", "-A", action="store_true", help="serve every namespace (explicit opt-in)")
     parser.add_argument("--health-port", type=int, default=8080, help="port of /healthz and /readyz (default 8080)")
+    parser.add_argument("--health-bind-address", action="append", default=[], metavar="IP",
+                        help="address of the health port, repeatable (0.0.0.0 or :: for every interface of that "
+                             "family); default: $POD_IP and 127.0.0.1, else 127.0.0.1")
     parser.add_argument("--kubeconfig", default=None, help="kubeconfig file (default: in-cluster, then KUBECONFIG)")
     parser.add_argument(
         "--resync-period", type=float, default=300.0,
@@ -202,6 +206,16 @@ def parse_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] |
                 f"{source} {address!r} is not an IP address (give the pod's own address, e.g. from $POD_IP; "
                 "0.0.0.0 or :: listen on every interface of that family)"
             ) from None
+    pod_ip = env.get("POD_IP")
+    health_addresses = tuple(dict.fromkeys(args.health_bind_address)) or tuple(
+        dict.fromkeys((pod_ip, "127.0.0.1") if pod_ip else ("127.0.0.1",)))
+    for address in health_addresses:
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            source = "--health-bind-address" if args.health_bind_address else "$POD_IP"
+            raise ConfigError(f"{source} {address!r} is not an IP address (0.0.0.0 or :: listen on every "
+                              "interface of that family)") from None
     if args.all_namespaces is False and claims_namespace in namespaces:
         raise ConfigError(
             f"claims namespace {claims_namespace!r} is also a served namespace: whoever may write pets there "
@@ -210,6 +224,7 @@ def parse_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] |
         )
     return Config(
         webhook_bind_addresses=bind_addresses,
+        health_bind_addresses=health_addresses,
         leader_elect=bool(args.leader_elect),
         lease_name=args.lease_name,
         lease_namespace=lease_namespace,

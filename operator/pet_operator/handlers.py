@@ -9,14 +9,16 @@ returns anything, and every status write is the reconciler's explicit patch.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
 import kopf
 
-from pet_operator import model
+from pet_operator import model, rest
 from pet_operator.indexes import Indexes as Indexes  # the handlers' view; re-exported
 from pet_operator.reconciler import Key, PetIndex, PetsByStore, PetSnapshot, Reconciler, StoreIndex, StoreSnapshot
 from pet_operator.rest import ApiError
@@ -60,6 +62,26 @@ async def with_retries(what: str, call: Callable[[], Awaitable[Any]]) -> None:
         delay = min(delay * 2, 5.0)
 
 
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """Kopf's credentials: in a pod the mounted service-account token; elsewhere ``$KUBECONFIG`` (or
+    ``~/.kube/config``). Kopf's own kubeconfig reader knows ``token`` but not ``tokenFile``, so a
+    token file (a rotated token: the harness's, a projected one) is read here, afresh at every
+    login: Kopf logs in again when the API server answers 401, i.e. once the old token expired."""
+    info: kopf.ConnectionInfo | None = kopf.login_with_service_account(**kwargs)
+    if info is not None:
+        return info
+    info = kopf.login_with_kubeconfig(**kwargs)
+    if info is None or info.token or info.certificate_path or info.certificate_data:
+        return info
+    path = os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or os.path.expanduser("~/.kube/config")
+    try:
+        token = rest.from_kubeconfig(path).token()
+    except rest.ConfigError as exc:
+        log.warning("cannot read the token of %s: %s", path, exc)
+        return info
+    return dataclasses.replace(info, token=token) if token else info
+
+
 STORE_FANOUT = 16  # pets of one store reconciled at once after the store changed
 
 
@@ -79,11 +101,7 @@ def register(registry: kopf.OperatorRegistry, rec: Reconciler, indexes: Indexes,
     """Register the operator's indexes and handlers on ``registry``; returns the store counter the
     handlers request counts from (``counts``, or a new one)."""
     counts = counts if counts is not None else StoreCounts(rec, with_retries)
-    @kopf.on.login(id="login", registry=registry)
-    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        # In a pod: the mounted service-account token; elsewhere: KUBECONFIG or ~/.kube/config.
-        info: kopf.ConnectionInfo | None = kopf.login_with_service_account(**kwargs)
-        return info or kopf.login_with_kubeconfig(**kwargs)
+    kopf.on.login(id="login", registry=registry)(login)
 
     pets_resource = (model.GROUP, model.VERSION, model.PETS)
     stores_resource = (model.GROUP, model.VERSION, model.PETSTORES)

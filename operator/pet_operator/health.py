@@ -8,7 +8,7 @@ shutting down; otherwise 503 with the reason in the body.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -16,11 +16,14 @@ from aiohttp import web
 
 class HealthServer:
     def __init__(
-        self, port: int, ready: Callable[[], tuple[bool, str]], host: str = "0.0.0.0",  # noqa: S104
+        self, port: int, ready: Callable[[], tuple[bool, str]], host: str | Sequence[str] = "127.0.0.1",
         leader: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
+        """``host``: the address(es) to listen on; in a pod, its own (the kubelet probes it) and
+        loopback (``kubectl port-forward`` arrives there), never every interface unless asked."""
         self.port = port
-        self.host = host
+        self.hosts = (host,) if isinstance(host, str) else tuple(host)
+        self.host = self.hosts[0]
         self._ready = ready
         self._leader = leader
         self._runner: web.AppRunner | None = None
@@ -44,8 +47,13 @@ class HealthServer:
         app.router.add_get("/leader", self._leader_status)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
+        try:
+            for host in self.hosts:
+                await web.TCPSite(self._runner, host, self.port).start()
+        except BaseException:
+            await self._runner.cleanup()
+            self._runner = None
+            raise
 
     async def stop(self) -> None:
         if self._runner is not None:

@@ -105,6 +105,10 @@ class Kube:
         body = await self._get(rest.path_of(*CUSTOM, "namespaces", namespace, "pets", name))
         return None if body is None else str(body["metadata"]["uid"])
 
+    async def namespace_exists(self, namespace: str) -> bool:
+        """Whether ``namespace`` exists now (terminating counts: its pets may still be there)."""
+        return await self._get(rest.path_of("api", "v1", "namespaces", namespace)) is not None
+
     async def list_uids(self, plural: str, namespaces: tuple[str, ...] | None) -> set[str]:
         """UIDs of every object of ``plural`` in ``namespaces`` (None: all namespaces), listed in pages of
         metadata only (the bodies would cost most of the time at start-up, at thousands of pets)."""

@@ -28,6 +28,7 @@ from pet_operator import model
 from pet_operator.claims import FINALIZER, Claim, ClaimStore, claim_outcome
 from pet_operator.indexes import Members
 from pet_operator.kube import NotFound
+from pet_operator.rest import ApiError
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,9 @@ Key = tuple[str, str]  # (namespace, name)
 #: condition types and timestamps of thousands of statuses are the same few strings, and each
 #: decoded watch event carries its own copies (a few KB per pet in the index, measured).
 INTERN_UP_TO = 64
+
+#: Deletes of a deleted pet's claim, each after a fresh read, before the release is left to the next try.
+RELEASE_ATTEMPTS = 3
 
 
 def _copy(value: Any) -> Any:
@@ -142,6 +146,9 @@ class PetReader(Protocol):
     async def read_uid(self, namespace: str, name: str) -> str | None:
         """The UID of the pet at ``namespace/name`` now, from the API server; None if there is none."""
 
+    async def namespace_exists(self, namespace: str) -> bool:
+        """Whether the namespace exists now (a read the operator may make in every namespace)."""
+
 
 PhaseListener = Callable[[PetSnapshot, str | None, model.Verdict], Awaitable[None] | None]
 
@@ -233,6 +240,7 @@ class Reconciler:
         self.pet_reader = pet_reader
         self._claims: dict[int, Claim] = {}
         self._finalized: set[str] = set()  # uids we added our finalizer to, until the watch shows it
+        self._forbidden_logged: set[str] = set()  # namespaces whose 403 on a holder lookup was logged
         self._to_promote: set[int] = set()  # ids released, whose waiting pets are still to be promoted
         self._versions: dict[str, str] = {}  # uid -> resourceVersion of our last metadata write
         self.writer = writer
@@ -402,22 +410,54 @@ class Reconciler:
         """Drop the claim cache (leadership lost: another leader may change claims meanwhile)."""
         self._claims.clear()
 
-    async def _is_orphan(self, claim: Claim, pets: PetIndex) -> bool:
-        """A claim whose holder is gone (only decidable in a served namespace).
+    async def _is_orphan(self, claim: Claim, pets: PetIndex, forbidden: set[str] | None = None) -> bool:
+        """A claim whose holder is gone: no pet with the holder's UID exists any more.
 
         The watch index may lag (a replica that just started or just became leader has not
         seen every pet yet), so a holder missing from it is looked up in the API server
         before the claim is called orphaned: deleting a live claim would let a twin take
-        the id while its holder is Active."""
+        the id while its holder is Active. A holder in a namespace this replica does not
+        serve is looked up too: the API server's answer by UID is the truth whoever serves
+        that namespace (a namespace no longer served, its pet deleted since). Where the
+        lookup is forbidden (403: no rights there, as a namespace-scoped install has in
+        namespaces it does not serve, or a served namespace whose RoleBinding went), a
+        namespace that no longer exists still tells (no namespace, no pet in it); otherwise
+        nothing can be told: the claim stands, its pet's twins are Conflict naming the holder, and
+        the 403 is logged once per namespace. ``forbidden`` (one orphan pass) collects the
+        namespaces that answered 403, which are then not asked again in that pass."""
         namespace, name = claim.holder_key
-        if self.served is not None and namespace not in self.served:
-            return False
-        holder: PetSnapshot | None = _first(pets.get((namespace, name)))
-        if holder is not None and holder.uid == claim.holder_uid:
-            return False
+        if not namespace or not name:
+            return True  # names no pet: no pet holds it
+        served = self.served is None or namespace in self.served
+        if served:
+            holder: PetSnapshot | None = _first(pets.get((namespace, name)))
+            if holder is not None and holder.uid == claim.holder_uid:
+                return False
         if self.pet_reader is None:
-            return True
-        return await self.pet_reader.read_uid(namespace, name) != claim.holder_uid
+            return served  # the watch index is trusted, where there is one
+        if forbidden is not None and namespace in forbidden:
+            return False
+        try:
+            uid = await self.pet_reader.read_uid(namespace, name)
+        except ApiError as exc:
+            if exc.status != 403:
+                raise
+            if not await self.pet_reader.namespace_exists(namespace):
+                return True  # the namespace is gone, and every pet in it: the holder too
+            if forbidden is not None:
+                forbidden.add(namespace)
+            if namespace not in self._forbidden_logged:
+                self._forbidden_logged.add(namespace)
+                log.warning(
+                    "cannot read pets in namespace %s (403 %s): whether the holders of claims there are gone "
+                    "cannot be told, so those claims are left alone (first: id %d, held by %s); %s",
+                    namespace, exc.message, claim.pet_id, claim.holder,
+                    "its RoleBinding may be gone" if served else
+                    "it is not served here (another instance may serve it); a claim whose pet is gone there "
+                    "is collected by an instance that may read it, or deleted by hand (the Lease pet-id-<id>)",
+                )
+            return False
+        return uid != claim.holder_uid
 
     async def _claim(self, snap: PetSnapshot, pets: PetIndex) -> model.IdClaim | None:
         """Claim the pet's id (finalizer first, so a delete always releases); None if the pet is gone."""
@@ -473,16 +513,8 @@ class Reconciler:
         if FINALIZER not in snap.finalizers or self.claims is None or self.finalizers is None:
             return
         pet_id = snap.pet_id
-        if pet_id is not None:
-            claim = self._claims.get(pet_id)
-            if claim is None or claim.holder_uid != snap.uid:
-                claim = await self.claims.read_claim(pet_id)
-            if claim is not None and claim.holder_uid == snap.uid:
-                self.fence()
-                if await self.claims.delete_claim(claim):
-                    log.info("pet %s/%s deleted: released id %d", snap.namespace, snap.name, pet_id)
-                    self._to_promote.add(pet_id)
-                self._claims.pop(pet_id, None)
+        if pet_id is not None and not await self._release(snap, pet_id):
+            return  # the finalizer stays: the next event or resync tries the release again
         remaining = [f for f in snap.finalizers if f != FINALIZER]
         with contextlib.suppress(NotFound):  # already gone: nothing left to release
             self.fence()
@@ -490,6 +522,41 @@ class Reconciler:
                 model.PETS, snap.namespace, snap.name, remaining, snap.resource_version
             )
         self._finalized.discard(snap.uid)
+
+    async def _release(self, snap: PetSnapshot, pet_id: int) -> bool:
+        """Delete a deleted pet's claim, if it still holds one; True once no claim of this pet is left.
+
+        The delete is preconditioned on the resourceVersion last seen, which goes stale whenever
+        anything writes the Lease (a label, an annotation, a cached read): a refused delete (409, or
+        404 if it is gone) is not a release. The claim is read afresh and the delete tried again,
+        and the finalizer is removed only once the claim is gone or is not this pet's. Otherwise the
+        id would stay held by a pet that no longer exists (and the webhook would name it) until an
+        orphan pass, with the waiting twin in Conflict meanwhile."""
+        claims = self.claims
+        assert claims is not None
+        claim = self._claims.get(pet_id)
+        if claim is None or claim.holder_uid != snap.uid:
+            claim = await claims.read_claim(pet_id)
+        held = False  # whether this pet's claim was seen: its going frees the id for the waiting pets
+        for _ in range(RELEASE_ATTEMPTS):
+            if claim is None or claim.holder_uid != snap.uid:
+                break
+            held = True
+            self.fence()
+            if await claims.delete_claim(claim):
+                log.info("pet %s/%s deleted: released id %d", snap.namespace, snap.name, pet_id)
+                claim = None
+                break
+            claim = await claims.read_claim(pet_id)  # changed since (409) or gone (404): look again
+        self._claims.pop(pet_id, None)
+        if claim is not None and claim.holder_uid == snap.uid:
+            log.warning("pet %s/%s deleted: its claim of id %d changed under every delete (%d tries); "
+                        "the finalizer stays until the release succeeds", snap.namespace, snap.name, pet_id,
+                        RELEASE_ATTEMPTS)
+            return False
+        if held:
+            self._to_promote.add(pet_id)
+        return True
 
     async def promote_waiting(self, pet_id: int, pets: PetIndex, stores: StoreIndex) -> None:
         """After a release, let the oldest pet waiting for the id take it; the rest stay Conflict."""
@@ -508,11 +575,12 @@ class Reconciler:
         # forgotten, so the next sync of its pet claims the id again instead of believing it held.
         # Only removals: a claim created since the listing is merely read again when next needed.
         listed = {claim.pet_id for claim in listing}
+        forbidden: set[str] = set()  # namespaces that answered 403 in this pass: not asked again
         for pet_id in [p for p in self._claims if p not in listed]:
             log.info("claim of id %d is gone from the cluster; it will be taken again", pet_id)
             self._claims.pop(pet_id, None)
         for claim in listing:
-            if not await self._is_orphan(claim, pets):
+            if not await self._is_orphan(claim, pets, forbidden):
                 continue
             if not self.may_write():
                 break

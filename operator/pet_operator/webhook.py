@@ -18,6 +18,7 @@ import datetime
 import hashlib
 import ipaddress
 import logging
+import os
 import shutil
 import ssl
 import tempfile
@@ -60,6 +61,10 @@ BODY_TIMEOUT = 30.0
 #: client (Go's default transport) closes its own idle connections, so that it is normally the
 #: client that closes, never the server just as the client sends a review on the connection.
 KEEPALIVE_TIMEOUT = 120.0
+#: A validating review is decided (its store and claim read) within this, or denied with 503: the
+#: configurations' timeoutSeconds is 5, after which the API server fails the call with its own
+#: "context deadline exceeded"; answering first tells the user what happened, and cancels the reads.
+DECISION_TIMEOUT = 3.0
 StoreLookup = Callable[[str, str], Awaitable[StoreView | None]]
 ClaimLookup = Callable[[int], Awaitable[Claim | None]]
 
@@ -97,11 +102,12 @@ def self_signed(dns_names: Sequence[str], directory: Path) -> bytes:
     )
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "tls.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path = directory / "tls.key"
-    key_path.touch(mode=0o600)
-    key_path.write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ))
+    fd = os.open(directory / "tls.key", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        os.fchmod(fd, 0o600)  # the mode given to open (or touch) is for a new file only
+        handle.write(key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ))
     return ca.public_bytes(serialization.Encoding.PEM)
 
 
@@ -180,6 +186,7 @@ class WebhookServer:
         served: frozenset[str] | None = None,
         first_request_timeout: float = FIRST_REQUEST_TIMEOUT,
         keepalive_timeout: float = KEEPALIVE_TIMEOUT,
+        decision_timeout: float = DECISION_TIMEOUT,
     ) -> None:
         """``host``: the address(es) to listen on (in a pod, its own: ``$POD_IP``);
         ``served``: the namespaces served (None: all), reviews for others are refused."""
@@ -189,6 +196,7 @@ class WebhookServer:
         self.served = served
         self.first_request_timeout = first_request_timeout
         self.keepalive_timeout = keepalive_timeout
+        self.decision_timeout = decision_timeout  # a validating decision takes at most this, else 503
         self.certificates = certificates
         self.stores = stores
         self.claims = claims
@@ -230,7 +238,16 @@ class WebhookServer:
         uid, req = read
         self.reviews += 1
         try:
-            decision = await self.decide(req)
+            decision = await asyncio.wait_for(self.decide(req), self.decision_timeout)
+        except TimeoutError:
+            # fail closed, as failurePolicy Fail would, but before the API server gives up and with a
+            # message that says why: a pet with forbidden tags or a held id must not get in unchecked
+            log.warning("admission review %s: no decision within %gs (the API server's reads hung); denied",
+                        uid, self.decision_timeout)
+            decision = admission.Decision(
+                False, f"the pet-operator webhook could not decide within {self.decision_timeout:g}s (the API "
+                "server did not answer its reads of the pet's store and id claim in time); nothing was admitted, "
+                "try again", 503)
         except Exception as exc:
             log.exception("admission review %s failed", uid)
             # an API error carries headers and bodies: tell the user only what failed

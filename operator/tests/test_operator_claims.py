@@ -51,10 +51,18 @@ class World:
     finalizers: FakeFinalizers
     writer: FakeWriter
     pets: dict[tuple[str, str], str] = dataclasses.field(default_factory=dict)
+    forbidden: set[str] = dataclasses.field(default_factory=set)  # namespaces whose pets it may not read
+    deleted_namespaces: set[str] = dataclasses.field(default_factory=set)
 
     async def read_uid(self, namespace: str, name: str) -> str | None:
         self.journal.append(("read_uid", f"{namespace}/{name}"))
+        if namespace in self.forbidden:
+            raise api_error(403, "Forbidden")
         return self.pets.get((namespace, name))
+
+    async def namespace_exists(self, namespace: str) -> bool:
+        self.journal.append(("namespace_exists", namespace))
+        return namespace not in self.deleted_namespaces
 
     def replica(self, served: frozenset[str] | None = SERVED, writer: FakeWriter | None = None) -> Reconciler:
         """A fresh operator process: its own instance, empty caches, the same cluster."""
@@ -369,8 +377,9 @@ async def test_claim_of_a_holder_recreated_under_the_same_name_is_an_orphan(worl
 
 
 async def test_claim_of_a_holder_in_an_unserved_namespace_is_left_alone(world: World) -> None:
-    """Its pet is invisible to this operator, not gone: the claim stands and the pet conflicts."""
+    """Its pet is invisible to this operator's watch, not gone: the claim stands and the pet conflicts."""
     foreign = world.store.put(ID, UNSERVED, "ghost", "uid-ghost")
+    world.pets[(UNSERVED, "ghost")] = "uid-ghost"  # the API server still has it
     verdict = await world.replica(served=SERVED).sync_pet(KEY, index_of(claim_pet("rex")), index_of())
 
     assert verdict is not None
@@ -378,6 +387,71 @@ async def test_claim_of_a_holder_in_an_unserved_namespace_is_left_alone(world: W
     assert "elsewhere/ghost" in status_of(world.writer, NS, "rex")["message"]
     assert world.store.claims[ID] is foreign
     assert "delete_claim" not in world.journal.ops()
+
+
+async def test_claim_of_a_gone_holder_in_an_unserved_namespace_is_collected(world: World) -> None:
+    """Finding 9: the API server says the holder's UID is gone (a namespace no longer served, its pet
+    deleted meanwhile): that is true whoever serves it, so the claim is an orphan and the id is
+    taken (before: left for ever, since an unserved holder was never looked up)."""
+    orphan = world.store.put(ID, UNSERVED, "ghost", "uid-ghost")
+    verdict = await world.replica(served=SERVED).sync_pet(KEY, index_of(claim_pet("rex")), index_of())
+    assert verdict is not None
+    assert verdict.phase is model.Phase.ACTIVE
+    assert world.store.deletes == [orphan]
+    assert ("read_uid", "elsewhere/ghost") in world.journal
+
+
+@pytest.mark.parametrize("namespace", [OTHER, UNSERVED], ids=["served", "unserved"])
+async def test_a_forbidden_holder_lookup_leaves_the_claim_and_the_pet_conflicts(
+    world: World, namespace: str, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Finding 9: no right to read the holder's namespace (its RoleBinding gone, or served by another
+    instance): whether the holder lives cannot be told, so the claim stands and the pet still gets
+    its status, Conflict naming the holder; the 403 is logged once, not at every sync (before: the
+    403 ended the reconciliation and the pet never got a status)."""
+    held = world.store.put(ID, namespace, "holder", "uid-holder")
+    world.forbidden.add(namespace)
+    rec = world.replica(served=SERVED)
+    for _ in range(3):
+        verdict = await rec.sync_pet(KEY, index_of(claim_pet("rex")), index_of())
+        assert verdict is not None
+        assert (verdict.phase, verdict.reason) == (model.Phase.CONFLICT, "DuplicateId")
+    assert f"{namespace}/holder" in status_of(world.writer, NS, "rex")["message"]
+    assert world.store.claims[ID] is held
+    assert "delete_claim" not in world.journal.ops()
+    assert caplog.text.count(f"cannot read pets in namespace {namespace}") == 1
+
+
+@pytest.mark.parametrize("namespace", [OTHER, UNSERVED], ids=["served", "unserved"])
+async def test_a_forbidden_holder_lookup_in_a_namespace_that_is_gone_is_an_orphan(world: World, namespace: str) -> None:
+    """Finding 9: the pet cannot be read (403: the namespace's RoleBinding went with it), but the
+    namespace itself is gone, and with it every pet it had: the claim is collected."""
+    orphan = world.store.put(ID, namespace, "holder", "uid-holder")
+    world.forbidden.add(namespace)
+    world.deleted_namespaces.add(namespace)
+    verdict = await world.replica(served=SERVED).sync_pet(KEY, index_of(claim_pet("rex")), index_of())
+    assert verdict is not None
+    assert verdict.phase is model.Phase.ACTIVE
+    assert world.store.deletes == [orphan]
+
+
+async def test_collect_orphans_asks_a_forbidden_namespace_once_per_pass(
+    world: World, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A namespace served by another instance may hold thousands of claims: one 403 per pass, then
+    its claims are left alone without asking again; nothing aborts the pass."""
+    for pet_id in (1, 2, 3):
+        world.store.put(pet_id, UNSERVED, f"pet-{pet_id}", f"uid-{pet_id}")
+    orphan = world.store.put(4, NS, "ghost", "uid-ghost")
+    world.forbidden.add(UNSERVED)
+    rec = world.replica(served=SERVED)
+    assert await rec.collect_orphans(index_of(), index_of()) == 1
+    assert await rec.collect_orphans(index_of(), index_of()) == 0
+    assert world.store.deletes == [orphan]
+    assert [e for e in world.journal if e[0] == "read_uid" and e[1].startswith(UNSERVED)] == [
+        ("read_uid", "elsewhere/pet-1"), ("read_uid", "elsewhere/pet-1"),
+    ]
+    assert caplog.text.count(f"cannot read pets in namespace {UNSERVED}") == 1
 
 
 async def test_all_namespaces_operator_collects_an_orphan_in_any_namespace(world: World) -> None:
@@ -506,6 +580,67 @@ async def test_cached_claim_of_the_old_holder_does_not_keep_ours_from_being_rele
     assert world.store.claims == {}
 
 
+async def test_a_claim_changed_since_it_was_cached_is_still_released_before_the_finalizer(world: World) -> None:
+    """Finding 7: the claim Lease was labelled after the pet took it, so the cached resourceVersion
+    is stale and the preconditioned delete gets a 409. The claim is read again and deleted; the
+    finalizer goes only after, and the waiting twin takes the id at once (before: the finalizer was
+    removed, the claim stayed, and the twin stayed Conflict until the next orphan pass)."""
+    rec = world.replica()
+    holder = claim_pet("holder", created="2024-01-01T00:00:00Z", finalizers=(FINALIZER,))
+    twin = claim_pet("twin", namespace=OTHER, created="2024-01-02T00:00:00Z", finalizers=(FINALIZER,))
+    pets = seen(rec, holder, twin)
+    for snap in (holder, twin):
+        await rec.sync_pet((snap.namespace, snap.name), pets, index_of())
+    assert status_of(world.writer, OTHER, "twin")["phase"] == "Conflict"
+    cached = world.store.claims[ID]
+    world.store.put(ID, NS, "holder", uid_of(NS, "holder"))  # a label added: same holder, new resourceVersion
+    assert world.store.claims[ID].resource_version != cached.resource_version
+    world.journal.clear()
+
+    pets.data[(NS, "holder")] = [deleting(holder)]
+    await rec.sync_pet((NS, "holder"), pets, index_of())
+
+    ops = world.journal.ops("delete_claim", "read_claim", "set_finalizers")
+    assert ops[:4] == ["delete_claim", "read_claim", "delete_claim", "set_finalizers"]
+    assert world.store.holder(ID) == "other/twin"
+    assert status_of(world.writer, OTHER, "twin")["phase"] == "Active"
+
+
+async def test_a_claim_that_keeps_changing_keeps_the_finalizer(world: World) -> None:
+    """Every delete refused (409) and every fresh read still ours: the finalizer stays, so the id is
+    never left held by a pet that is gone; the next event or resync tries again."""
+    world.store.put(ID, NS, "rex", uid_of(NS, "rex"))
+    world.store.before_delete = lambda claim: world.store.put(ID, NS, "rex", uid_of(NS, "rex"))
+    gone = deleting(claim_pet("rex", finalizers=(FINALIZER,)))
+    await world.replica().sync_pet(KEY, index_of(gone), index_of())
+    assert "set_finalizers" not in world.journal.ops()
+    assert world.store.holder(ID) == "default/rex"
+
+    world.store.before_delete = None  # it settles: the next try releases it
+    await world.replica().sync_pet(KEY, index_of(gone), index_of())
+    assert world.store.claims == {}
+    assert world.finalizers.calls[-1].finalizers == []
+
+
+async def test_a_claim_deleted_by_someone_else_meanwhile_still_promotes_the_waiting_pet(world: World) -> None:
+    """Our delete finds the claim gone (404, as False): the id is free, the twin is promoted."""
+    rec = world.replica()
+    holder = claim_pet("holder", created="2024-01-01T00:00:00Z", finalizers=(FINALIZER,))
+    twin = claim_pet("twin", namespace=OTHER, created="2024-01-02T00:00:00Z", finalizers=(FINALIZER,))
+    pets = seen(rec, holder, twin)
+    for snap in (holder, twin):
+        await rec.sync_pet((snap.namespace, snap.name), pets, index_of())
+    world.store.before_delete = lambda claim: world.store.claims.pop(ID, None)  # type: ignore[func-returns-value]
+
+    pets.data[(NS, "holder")] = [deleting(holder)]
+    await rec.sync_pet((NS, "holder"), pets, index_of())
+
+    world.store.before_delete = None
+    assert world.store.holder(ID) == "other/twin"
+    assert status_of(world.writer, OTHER, "twin")["phase"] == "Active"
+    assert world.finalizers.calls[-1] == FinalizerCall("pets", NS, "holder", [], "9")
+
+
 async def test_deleting_pet_without_our_finalizer_is_left_alone(world: World) -> None:
     world.store.put(ID, NS, "rex", uid_of(NS, "rex"))
     gone = deleting(claim_pet("rex", finalizers=(KEEP,)))
@@ -617,7 +752,8 @@ async def test_collect_orphans_counts_and_deletes_only_orphans(world: World) -> 
     world.store.put(1, NS, "keeper", uid_of(NS, "keeper"))  # live holder
     world.store.put(2, NS, "ghost", "uid-ghost")  # holder gone
     world.store.put(3, OTHER, "phoenix", "uid-first-life")  # holder recreated: another uid
-    world.store.put(4, UNSERVED, "stranger", "uid-stranger")  # cannot tell: not served
+    world.store.put(4, UNSERVED, "stranger", "uid-stranger")  # cannot tell: not served, not readable
+    world.forbidden.add(UNSERVED)
     pets = seen(
         rec,
         claim_pet("keeper", pet_id=1, finalizers=(FINALIZER,)),

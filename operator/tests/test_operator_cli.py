@@ -269,6 +269,21 @@ def test_webhook_bind_addresses(argv: list[str], env: dict[str, str], addresses:
     assert parse_config(["-n", "a", *argv], env).webhook_bind_addresses == addresses
 
 
+@pytest.mark.parametrize(("argv", "env", "addresses"), [
+    ([], {}, ("127.0.0.1",)),  # run by hand: loopback only (it was every interface)
+    ([], {"POD_IP": "10.1.2.3"}, ("10.1.2.3", "127.0.0.1")),  # the kubelet's probes; kubectl port-forward
+    ([], {"POD_IP": "127.0.0.1"}, ("127.0.0.1",)),
+    (["--health-bind-address", "0.0.0.0"], {"POD_IP": "10.1.2.3"}, ("0.0.0.0",)),  # noqa: S104 - explicit opt-in
+])
+def test_health_bind_addresses(argv: list[str], env: dict[str, str], addresses: tuple[str, ...]) -> None:
+    assert parse_config(["-n", "a", *argv], env).health_bind_addresses == addresses
+
+
+def test_health_bind_address_must_be_an_ip() -> None:
+    with pytest.raises(ConfigError, match=r"--health-bind-address 'localhost' is not an IP address"):
+        parse_config(["-n", "a", "--health-bind-address", "localhost"], {})
+
+
 @pytest.mark.parametrize(("argv", "env", "named"), [
     (["--webhook-bind-address", "localhost"], {}, "--webhook-bind-address 'localhost'"),
     ([], {"POD_IP": "pod-1"}, "$POD_IP 'pod-1'"),

@@ -279,6 +279,32 @@ def test_login_uses_kubeconfig_outside_a_pod(
     assert info.token == "secret-token"
 
 
+def test_login_reads_a_token_file_afresh_each_time(
+    registry: kopf.OperatorRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Finding 12: the harness rotates the operator's token in a file the kubeconfig names
+    (``tokenFile``). Kopf's kubeconfig reader ignores it (no token at all before); each login reads
+    it, and Kopf logs in again on a 401, so a rotated token is taken up."""
+    if os.path.exists("/var/run/secrets/kubernetes.io/serviceaccount/token"):
+        pytest.skip("running in a pod: the service account wins")
+    token = tmp_path / "token"
+    token.write_text("first-token\n")
+    kubeconfig = tmp_path / "config"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+        "contexts: [{name: c, context: {cluster: k, user: u}}]\n"
+        "clusters: [{name: k, cluster: {server: 'https://127.0.0.1:6443', insecure-skip-tls-verify: true}}]\n"
+        f"users: [{{name: u, user: {{tokenFile: {token}}}}}]\n"
+    )
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    login = handler_fn(registry, "_activities", "login")
+    info = login(settings=kopf.OperatorSettings(), logger=logging.getLogger())
+    assert (info.server, info.token) == ("https://127.0.0.1:6443", "first-token")
+    token.write_text("rotated-token-of-another-length\n")
+    info = login(settings=kopf.OperatorSettings(), logger=logging.getLogger())
+    assert info.token == "rotated-token-of-another-length"
+
+
 # --- indexing in the handlers --------------------------------------------------------------------
 
 

@@ -75,6 +75,35 @@ async def test_stop_closes_the_port_and_is_idempotent() -> None:
         await get(f"http://127.0.0.1:{port}/healthz")
 
 
-def test_default_host_listens_on_every_interface() -> None:
+def test_default_host_is_loopback() -> None:
     server = HealthServer(8080, lambda: (True, "ok"))
-    assert (server.host, server.port) == ("0.0.0.0", 8080)  # noqa: S104 - what a pod's probes need
+    assert (server.hosts, server.port) == (("127.0.0.1",), 8080)
+
+
+async def test_by_default_only_loopback_is_served() -> None:
+    """Finding 12: the health port listened on every interface (0.0.0.0); another local address of
+    the machine (127.0.0.2 stands in for it) reached it before."""
+    server = HealthServer(0, lambda: (True, "ok"))
+    await server.start()
+    try:
+        assert server._runner is not None
+        port = server._runner.addresses[0][1]
+        assert await get(f"http://127.0.0.1:{port}/healthz") == (200, "ok\n")
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await get(f"http://127.0.0.2:{port}/healthz")
+    finally:
+        await server.stop()
+
+
+async def test_every_address_given_is_served() -> None:
+    server = HealthServer(0, lambda: (True, "ok"), host=("127.0.0.1", "::1"))
+    await server.start()
+    try:
+        assert server._runner is not None
+        ports = {address[1] for address in server._runner.addresses}
+        assert len(ports) == 2  # port 0: each site gets its own; a real port is shared
+        for address in server._runner.addresses:
+            host = f"[{address[0]}]" if ":" in address[0] else address[0]
+            assert (await get(f"http://{host}:{address[1]}/healthz"))[0] == 200
+    finally:
+        await server.stop()

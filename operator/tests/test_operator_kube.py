@@ -155,3 +155,12 @@ async def test_uids_are_listed_as_metadata_only_in_pages() -> None:
         "/apis/petstore.example.com/v1/namespaces/ns2/pets"]
     assert fake.calls[1]["params"]["continue"] == "t1"
     assert all(c.get("accept") == rest.METADATA_ONLY for c in fake.calls)
+
+
+async def test_namespace_exists_is_a_bounded_read_of_the_namespace() -> None:
+    client, fake = api({"metadata": {"name": "gone-soon"}}, ApiError(404, "NotFound"))
+    assert await client.namespace_exists("gone-soon") is True
+    assert await client.namespace_exists("gone") is False
+    assert [(c["method"], c["path"], c["timeout"]) for c in fake.calls] == [
+        ("GET", "/api/v1/namespaces/gone-soon", 1.0), ("GET", "/api/v1/namespaces/gone", 1.0),
+    ]

@@ -109,10 +109,21 @@ class Lookups:
     calls: list[tuple[Any, ...]] = dataclasses.field(default_factory=list)
     store_error: Exception | None = None
     claim_error: Exception | None = None
+    hang: str | None = None  # "store" or "claim": that lookup never returns (until cancelled)
+    cancelled: list[str] = dataclasses.field(default_factory=list)
+
+    async def _hang(self, which: str) -> None:
+        if self.hang == which:
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                self.cancelled.append(which)
+                raise
 
     async def store(self, namespace: str, name: str) -> StoreView | None:
         self.calls.append(("store", namespace, name))
         await asyncio.sleep(0)
+        await self._hang("store")
         if self.store_error is not None:
             raise self.store_error
         return self.stores.get((namespace, name))
@@ -120,6 +131,7 @@ class Lookups:
     async def claim(self, pet_id: int) -> Claim | None:
         self.calls.append(("claim", pet_id))
         await asyncio.sleep(0)
+        await self._hang("claim")
         if self.claim_error is not None:
             raise self.claim_error
         return self.claims.get(pet_id)
@@ -277,6 +289,16 @@ def test_self_signed_key_is_private_and_matches_the_certificate(tmp_path: Path) 
     key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
     leaf = load_cert((tmp_path / "certs" / "tls.crt").read_bytes())
     assert key.public_key() == leaf.public_key()
+
+
+def test_self_signed_over_a_readable_key_makes_it_private(tmp_path: Path) -> None:
+    """``touch(mode=)`` leaves an existing file's mode alone: a key written over one stayed 0644."""
+    folder = tmp_path / "certs"
+    folder.mkdir()
+    (folder / "tls.key").write_bytes(b"old")
+    (folder / "tls.key").chmod(0o644)
+    self_signed(NAMES, folder)
+    assert stat.S_IMODE((folder / "tls.key").stat().st_mode) == 0o600
 
 
 def test_self_signed_subject_is_fixed_and_the_names_are_in_the_sans(tmp_path: Path) -> None:
@@ -693,6 +715,43 @@ async def test_a_failing_lookup_denies_with_500_and_a_message(
     assert "admission review u-fail failed" in caplog.text
 
 
+@pytest.mark.parametrize("hanging", ["store", "claim"])
+async def test_a_lookup_that_never_returns_is_denied_within_the_decision_bound(
+    served: Served, hanging: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Finding 3: the decision is bounded below the API server's webhook timeout, so the user gets
+    the webhook's own denial saying why (a 503 to try again) instead of the API server's "failed
+    calling webhook: context deadline exceeded"; the hung lookup is cancelled, not left behind.
+    Before, the review hung as long as the lookup did (here: for ever)."""
+    served.server.decision_timeout = 0.3
+    served.lookups.hang = hanging
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    async with asyncio.timeout(5):
+        response = await respond(served, review("CREATE", pet(tags=["cat"]), uid="u-slow"))
+    took = loop.time() - started
+    assert 0.3 <= took < 2
+    assert (response["uid"], response["allowed"], response["status"]["code"]) == ("u-slow", False, 503)
+    assert response["status"]["message"] == (
+        "the pet-operator webhook could not decide within 0.3s (the API server did not answer its reads of "
+        "the pet's store and id claim in time); nothing was admitted, try again"
+    )
+    assert served.lookups.cancelled == [hanging]
+    assert "admission review u-slow: no decision within 0.3s" in caplog.text
+
+
+def test_the_decision_bound_is_below_the_webhook_configurations_timeout() -> None:
+    """The API server gives up at timeoutSeconds (5 in deploy/webhook/): the webhook answers first."""
+    import yaml
+
+    from pet_operator.webhook import DECISION_TIMEOUT
+
+    root = Path(__file__).resolve().parents[2]
+    doc = yaml.safe_load((root / "deploy/webhook/validatingwebhookconfiguration.yaml").read_text())
+    for hook in doc["webhooks"]:
+        assert hook["timeoutSeconds"] >= DECISION_TIMEOUT + 1
+
+
 @pytest.mark.parametrize("deleting", [False, True], ids=["label-edit", "finalizer-removal"])
 async def test_updates_that_do_not_check_tags_pass_when_the_store_cannot_be_read(
     served: Served, deleting: bool
@@ -932,5 +991,6 @@ def test_defaults() -> None:
     server = WebhookServer(9443, certificates=None, stores=none, claims=none)  # type: ignore[arg-type]
     assert (server.hosts, server.port, server.reload_interval) == (("127.0.0.1",), 9443, 5.0)
     assert (server.first_request_timeout, server.keepalive_timeout, server.served) == (10.0, 120.0, None)
+    assert server.decision_timeout == 3.0
     assert PATH == "/validate-pets"
     assert MUTATE_PATH == "/mutate-pets"

@@ -80,6 +80,7 @@ def write_kubeconfig(
     client_key_pem: bytes | None = None,
     token: str | None = None,
     cluster_name: str = "pet-harness",
+    token_file: Path | None = None,
     namespace: str | None = None,
 ) -> Path:
     """Write a self-contained kubeconfig (certificates embedded) readable only by its owner."""
@@ -89,6 +90,8 @@ def write_kubeconfig(
         creds["client-key-data"] = _b64(client_key_pem)
     if token is not None:
         creds["token"] = token
+    if token_file is not None:  # read again by clients whenever it changes (a rotated token)
+        creds["tokenFile"] = str(token_file.resolve())
     context: dict[str, str] = {"cluster": cluster_name, "user": user}
     if namespace:
         context["namespace"] = namespace

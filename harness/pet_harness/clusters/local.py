@@ -217,6 +217,11 @@ class LocalCluster(Cluster):
             ["127.0.0.1", "10.0.0.1"],
         ).write(pki, "apiserver")
         self._ca.client("pet-harness-admin", ["system:masters"]).write(pki, "admin")
+        # etcd speaks TLS only and asks every client and peer for a certificate of this CA: plain
+        # HTTP on loopback would let any local user of the machine read and write the whole cluster
+        # past the API server's authentication (the `cluster up` daemon lives for days)
+        self._ca.serving("etcd", ["localhost"], ["127.0.0.1"], client_too=True).write(pki, "etcd")
+        self._ca.client("kube-apiserver-etcd-client").write(pki, "etcd-client")
         signing_key_pair().write(pki, "service-account")
         if self.audit_policy is not None:
             (self.workdir / "audit-policy.yaml").write_text(self.audit_policy)
@@ -233,8 +238,9 @@ class LocalCluster(Cluster):
 
     def _etcd_process(self, bins: binaries_mod.ControlPlaneBinaries) -> ManagedProcess:
         d = self._dir
-        client = f"http://127.0.0.1:{self.etcd_client_port}"
-        peer = f"http://127.0.0.1:{self.etcd_peer_port}"
+        pki = d / "pki"
+        client = f"https://127.0.0.1:{self.etcd_client_port}"
+        peer = f"https://127.0.0.1:{self.etcd_peer_port}"
         return ManagedProcess(
             "etcd",
             [
@@ -247,6 +253,14 @@ class LocalCluster(Cluster):
                 f"--initial-advertise-peer-urls={peer}",
                 f"--initial-cluster=pet-harness={peer}",
                 "--initial-cluster-state=new",
+                f"--cert-file={pki / 'etcd.crt'}",
+                f"--key-file={pki / 'etcd.key'}",
+                f"--trusted-ca-file={pki / 'ca.crt'}",
+                "--client-cert-auth=true",
+                f"--peer-cert-file={pki / 'etcd.crt'}",
+                f"--peer-key-file={pki / 'etcd.key'}",
+                f"--peer-trusted-ca-file={pki / 'ca.crt'}",
+                "--peer-client-cert-auth=true",
                 "--unsafe-no-fsync=true",
                 "--log-level=warn",
                 "--quota-backend-bytes=8589934592",
@@ -263,7 +277,10 @@ class LocalCluster(Cluster):
             "kube-apiserver",
             [
                 str(bins.kube_apiserver),
-                f"--etcd-servers=http://127.0.0.1:{self.etcd_client_port}",
+                f"--etcd-servers=https://127.0.0.1:{self.etcd_client_port}",
+                f"--etcd-cafile={pki / 'ca.crt'}",
+                f"--etcd-certfile={pki / 'etcd-client.crt'}",
+                f"--etcd-keyfile={pki / 'etcd-client.key'}",
                 "--bind-address=127.0.0.1",
                 "--advertise-address=127.0.0.1",
                 f"--secure-port={self.apiserver_port}",
@@ -327,8 +344,11 @@ class LocalCluster(Cluster):
         )
 
     def _etcd_healthy(self) -> bool:
-        url = f"http://127.0.0.1:{self.etcd_client_port}/health"
-        with urllib.request.urlopen(url, timeout=2) as resp:
+        pki = self._dir / "pki"
+        ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+        ctx.load_cert_chain(str(pki / "etcd-client.crt"), str(pki / "etcd-client.key"))
+        url = f"https://127.0.0.1:{self.etcd_client_port}/health"
+        with urllib.request.urlopen(url, timeout=2, context=ctx) as resp:
             return bool(resp.status == 200 and json.loads(resp.read()).get("health") == "true")
 
     def admin_ssl_context(self) -> ssl.SSLContext:
