@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import time
-import uuid
 from collections.abc import Mapping
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +11,7 @@ import yaml
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from pet_harness.waiting import wait_for
+from pet_harness import crds, namespaces
 
 GROUP = "petstore.example.com"
 VERSION = "v1"
@@ -32,8 +28,15 @@ def _repo_root() -> Path:
     return root
 
 
-REPO_ROOT = _repo_root()
-CRD_DIR = REPO_ROOT / "deploy" / "crds"
+def __getattr__(name: str) -> Path:
+    """``REPO_ROOT`` and ``CRD_DIR``, found when first asked for (PEP 562), so that importing the
+    harness from an installed wheel, with no checkout around it, works."""
+    if name == "REPO_ROOT":
+        return _repo_root()
+    if name == "CRD_DIR":
+        return _repo_root() / "deploy" / "crds"
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 CRD_NAMES = ("pets.petstore.example.com", "petstores.petstore.example.com")
 
 
@@ -45,40 +48,12 @@ def load_yaml_documents(path: Path) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
 
 
-def install_crds(api: client.ApiClient, crd_dir: Path = CRD_DIR, timeout: float = 60) -> None:
-    """Create or replace the CRDs, then wait until they are Established and pets can be listed."""
-    ext = client.ApiextensionsV1Api(api)
-    for path in sorted(crd_dir.glob("*.yaml")):
-        for doc in load_yaml_documents(path):
-            name = doc["metadata"]["name"]
-            try:
-                ext.create_custom_resource_definition(doc)
-            except ApiException as exc:
-                if exc.status != 409:
-                    raise
-                current = ext.read_custom_resource_definition(name)
-                doc["metadata"]["resourceVersion"] = current.metadata.resource_version
-                ext.replace_custom_resource_definition(name, doc)
-
-    def established(name: str) -> bool:
-        crd = ext.read_custom_resource_definition(name)
-        return any(c.type == "Established" and c.status == "True" for c in (crd.status.conditions or []))
-
-    for name in CRD_NAMES:
-        wait_for(partial(established, name), bool, timeout, f"CRD {name} Established")
-    custom = client.CustomObjectsApi(api)
-
-    def served(plural: str) -> bool:
-        try:
-            custom.list_cluster_custom_object(GROUP, VERSION, plural, limit=1)
-        except ApiException as exc:
-            if exc.status in (404, 429, 503):
-                return False
-            raise
-        return True
-
-    for plural in ("pets", "petstores"):
-        wait_for(partial(served, plural), bool, timeout, f"{plural} served")
+def install_crds(api: client.ApiClient, crd_dir: Path | None = None, timeout: float = 60) -> None:
+    """Create or replace the pet CRDs (or those in ``crd_dir``), then wait until they are
+    Established and served."""
+    folder = crd_dir if crd_dir is not None else _repo_root() / "deploy" / "crds"
+    docs = [doc for path in sorted(folder.glob("*.yaml")) for doc in load_yaml_documents(path)]
+    crds.install(api, docs, timeout)
 
 
 class PetApi:
@@ -146,69 +121,20 @@ class PetApi:
         return list(self.custom.list_namespaced_custom_object(GROUP, VERSION, self.namespace, "petstores")["items"])
 
 
+PET_RESOURCES = ((GROUP, VERSION, "pets"), (GROUP, VERSION, "petstores"))
+
+
 def unique_namespace_name(prefix: str) -> str:
-    clean = "".join(c if c.isalnum() else "-" for c in prefix.lower()).strip("-")[:40].strip("-") or "t"
-    return f"{clean}-{uuid.uuid4().hex[:6]}"
+    return namespaces.unique_name(prefix)
 
 
 def create_namespace(api: client.ApiClient, name: str, labels: Mapping[str, str] | None = None) -> str:
-    labels = {"pet-harness/owned": "true", **(labels or {})}
-    client.CoreV1Api(api).create_namespace({"metadata": {"name": name, "labels": labels}})
-    return name
+    return namespaces.create(api, name, labels)
 
 
 def delete_namespace(api: client.ApiClient, name: str, timeout: float = 30) -> None:
-    """Delete a namespace and everything the harness put in it.
-
-    The embedded cluster has no namespace controller: a deleted namespace would stay
-    Terminating forever with its objects. So the harness deletes the objects itself,
-    strips finalizers of objects whose operator is gone, and finalizes the namespace.
-    """
-    core = client.CoreV1Api(api)
-    custom = client.CustomObjectsApi(api)
-    for plural in ("pets", "petstores"):
-        with contextlib.suppress(ApiException):
-            for item in custom.list_namespaced_custom_object(GROUP, VERSION, name, plural)["items"]:
-                obj = item["metadata"]["name"]
-                with contextlib.suppress(ApiException):
-                    if item["metadata"].get("finalizers"):
-                        custom.patch_namespaced_custom_object(
-                            GROUP, VERSION, name, plural, obj, {"metadata": {"finalizers": None}},
-                            _content_type="application/merge-patch+json",
-                        )
-                    custom.delete_namespaced_custom_object(GROUP, VERSION, name, plural, obj)
-    with contextlib.suppress(ApiException):
-        core.delete_collection_namespaced_event(name)
-    for kind in ("config_map", "secret", "service_account"):
-        with contextlib.suppress(ApiException):
-            getattr(core, f"delete_collection_namespaced_{kind}")(name)
-    with contextlib.suppress(ApiException):
-        client.CoordinationV1Api(api).delete_collection_namespaced_lease(name)
-    rbac = client.RbacAuthorizationV1Api(api)
-    for kind in ("role_binding", "role"):
-        with contextlib.suppress(ApiException):
-            getattr(rbac, f"delete_collection_namespaced_{kind}")(name)
-    try:
-        core.delete_namespace(name)
-    except ApiException as exc:
-        if exc.status == 404:
-            return
-        raise
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            ns = core.read_namespace(name)
-        except ApiException as exc:
-            if exc.status == 404:
-                return
-            raise
-        if ns.spec and ns.spec.finalizers:
-            with contextlib.suppress(ApiException):
-                core.replace_namespace_finalize(
-                    name, {"metadata": {"name": name}, "spec": {"finalizers": []}}
-                )
-        time.sleep(0.1)
-    raise TimeoutError(f"namespace {name} still exists {timeout:.0f}s after its deletion")
+    """Delete a namespace and everything in it, pets and stores included (:func:`namespaces.delete`)."""
+    namespaces.delete(api, name, PET_RESOURCES, timeout)
 
 
 def get_text(api: client.ApiClient, path: str, accept: str = "application/json") -> str:

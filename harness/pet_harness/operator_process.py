@@ -13,6 +13,7 @@ from typing import Any
 
 from pet_harness.clusters.local import free_port
 from pet_harness.processes import ManagedProcess
+from pet_harness.profile import OperatorProfile
 from pet_harness.waiting import WaitTimeout, wait_for
 
 #: Kopf logs this when a patch it made did not land as sent (e.g. fields pruned by the schema).
@@ -26,8 +27,22 @@ def operator_command() -> list[str]:
     return [sys.executable, "-m", "pet_operator"]
 
 
+def pet_operator_profile(command: Sequence[str] | None = None) -> OperatorProfile:
+    """How the harness runs ``pet-operator`` (``command``: another way to start it)."""
+    from pet_harness.kube import CRD_DIR  # the checkout's CRDs, only when a pet operator is run
+
+    return OperatorProfile(
+        name="pet-operator",
+        command=(*(command or operator_command()), "--kubeconfig", "{kubeconfig}", "--health-port", "{health_port}"),
+        crds=(CRD_DIR,),
+        kubeconfig_env=False,
+        bad_log_markers=(INCONSISTENCY_MARKER,),
+    )
+
+
 class OperatorProcess:
-    """One ``pet-operator`` replica with its own kubeconfig, health port and log file."""
+    """One replica of an operator (``profile``; default ``pet-operator``) with its own kubeconfig,
+    health port and log file."""
 
     def __init__(
         self,
@@ -39,8 +54,11 @@ class OperatorProcess:
         name: str = "pet-operator",
         extra_env: dict[str, str] | None = None,
         command: Sequence[str] | None = None,
+        profile: OperatorProfile | None = None,
     ) -> None:
-        """``command`` starts the operator (default: ``pet-operator`` of this environment)."""
+        """``profile`` says how to run the operator; without one it is ``pet-operator`` of this
+        environment (or ``command``, another way to start it)."""
+        self.profile = profile or pet_operator_profile(command)
         self.kubeconfig = kubeconfig
         self.log_path = log_path
         self.namespaces = tuple(namespaces)
@@ -48,7 +66,6 @@ class OperatorProcess:
         self.extra_args = tuple(extra_args)
         self.name = name
         self.extra_env = dict(extra_env or {})
-        self.command = list(command) if command else None
         self.health_port = 0
         self.webhook_port = 0
         self._kept_log: str | None = None
@@ -59,19 +76,18 @@ class OperatorProcess:
         self.starts = 0
 
     def argv(self) -> list[str]:
-        args = [*(self.command or operator_command()), "--kubeconfig", str(self.kubeconfig),
-                "--health-port", str(self.health_port)]
-        if self.all_namespaces:
-            args.append("--all-namespaces")
-        for ns in self.namespaces:
-            args += ["--namespace", ns]
-        return [*args, *self.extra_args]
+        return self.profile.argv(health_port=self.health_port, kubeconfig=self.kubeconfig,
+                                 namespaces=self.namespaces, all_namespaces=self.all_namespaces,
+                                 extra_args=self.extra_args)
 
     def start(self, wait_ready: bool = True, timeout: float = 60) -> OperatorProcess:
         self.health_port = free_port(avoid={self.webhook_port})  # the webhook keeps its port across restarts
         env = dict(os.environ)
         env.pop("KOPF_NAMESPACE", None)
         env["PYTHONUNBUFFERED"] = "1"
+        if self.profile.kubeconfig_env:
+            env["KUBECONFIG"] = str(self.kubeconfig)
+        env.update(self.profile.env)
         env.update(self.extra_env)
         self.process = ManagedProcess(self.name, self.argv(), self.log_path, env=env).start()
         self.starts += 1
@@ -91,7 +107,7 @@ class OperatorProcess:
         return self._probe("/healthz")
 
     def readyz(self) -> tuple[int, str]:
-        return self._probe("/readyz")
+        return self._probe(self.profile.ready_path)
 
     def wait_ready(self, timeout: float = 60) -> None:
         def probe() -> tuple[int, str]:
@@ -141,7 +157,9 @@ class OperatorProcess:
         return "\n".join(self.log_text().splitlines()[-lines:])
 
     def inconsistency_lines(self) -> list[str]:
-        return [line for line in self.log_text().splitlines() if INCONSISTENCY_MARKER in line.lower()]
+        """Log lines with one of the profile's bad markers (Kopf's "inconsistencies" for pets)."""
+        markers = [m.lower() for m in self.profile.bad_log_markers]
+        return [line for line in self.log_text().splitlines() if any(m in line.lower() for m in markers)]
 
     def wait_log(self, needle: str, timeout: float = 30) -> None:
         wait_for(self.log_text, lambda text: needle in text, timeout, f"{needle!r} in the {self.name} log")
