@@ -1,12 +1,13 @@
-"""pytest plugin: a real cluster per session (per xdist worker), operators, namespaces.
+"""pytest plugin of the pet operator's suite, on top of the generic :mod:`pet_harness.pytest_core`
+(which gives ``kube_cluster``, ``kube_api``, ``make_namespace``, ``namespace`` and ``operators``).
 
 Fixtures:
 
-* ``pet_cluster`` (session): the backend chosen by ``--pet-cluster`` or ``PET_CLUSTER``
-  (``local`` by default: etcd + kube-apiserver processes), with the CRDs installed.
-  Each xdist worker has its own; an embedded control plane starts in about 4 s here.
-* ``kube_api`` (session): an admin ``kubernetes.client.ApiClient``.
-* ``namespace``: a fresh namespace, deleted with everything in it afterwards.
+* ``operator_profile`` (session): the pet operator's, so that the core's cluster has the pet CRDs
+  and its namespaces are cleared of pets and stores.
+* ``pet_cluster`` (session): the core's ``kube_cluster`` (backend from ``--pet-cluster`` or
+  ``PET_CLUSTER``; ``local`` by default: etcd + kube-apiserver processes); each xdist worker has
+  its own; an embedded control plane starts in about 4 s here.
 * ``pets``: a :class:`~pet_harness.kube.PetApi` bound to ``namespace``.
 * ``operator_factory``: starts ``pet-operator`` subprocesses under the ServiceAccount and
   RBAC of ``deploy/rbac/`` (a TokenRequest token, never admin), each serving the admission
@@ -34,13 +35,15 @@ from typing import Any
 import pytest
 import yaml
 
-from pet_harness import binaries, webhooks
-from pet_harness.clusters import Cluster, make_cluster
-from pet_harness.clusters.local import LocalCluster, free_port
+from pet_harness import webhooks
+from pet_harness.clusters import Cluster
+from pet_harness.clusters.local import free_port
 from pet_harness.fault_proxy import FaultProxy, proxied_kubeconfig
-from pet_harness.kube import PetApi, api_client, create_namespace, delete_namespace, install_crds, unique_namespace_name
-from pet_harness.operator_process import OperatorProcess
+from pet_harness.kube import PetApi, api_client
+from pet_harness.operator_process import OperatorProcess, pet_operator_profile
 from pet_harness.processes import install_signal_handlers
+from pet_harness.profile import OperatorProfile
+from pet_harness.pytest_core import CLUSTER_TIMINGS
 from pet_harness.rbac import OperatorIdentity
 from pet_harness.reaper import reap_when_gone
 from pet_harness.waiting import wait_for
@@ -52,7 +55,6 @@ _KUBE = pytest.StashKey[Any]()
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("pet-harness")
-    group.addoption("--pet-cluster", default=None, help="cluster backend: local (default), k3s or kubeconfig")
     group.addoption("--pet-report-dir", default="reports", help="where the e2e summary goes (default: reports)")
     group.addoption("--pet-summary-name", default="e2e-summary",
                     help="file name (without .md/.json) of the run's summary (default: e2e-summary)")
@@ -87,72 +89,30 @@ def _report_dir(config: pytest.Config) -> Path:
 
 
 @pytest.fixture(scope="session")
-def pet_cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
-    config = request.config
-    cluster = make_cluster(config.getoption("--pet-cluster"))
-    if isinstance(cluster, LocalCluster):
-        binaries.ensure_binaries(build=True)  # builds once, with progress, if nothing is cached
-    started = time.monotonic()
-    try:
-        cluster.start()
-        api = api_client(cluster.kubeconfig_path)
-        install_crds(api)
-    except BaseException:
-        cluster.stop()
-        raise
-    timings = {
-        "worker": _worker_id(config),
-        "backend": cluster.backend,
-        "cluster_start_seconds": round(getattr(cluster, "start_seconds", None) or time.monotonic() - started, 2),
-        "ready_with_crds_seconds": round(time.monotonic() - started, 2),
-    }
-    config.stash[_TIMINGS].update(timings)
-    try:
-        yield cluster
-    finally:
-        with contextlib.suppress(Exception):
-            api.close()
-        cluster.stop()
-        _write_worker_timings(config)
+def operator_profile() -> OperatorProfile:
+    """The pet operator, for the core plugin's cluster, namespace and operator fixtures."""
+    return pet_operator_profile()
 
 
 @pytest.fixture(scope="session")
-def kube_api(pet_cluster: Cluster) -> Iterator[Any]:
-    api = api_client(pet_cluster.kubeconfig_path)
+def pet_cluster(request: pytest.FixtureRequest, kube_cluster: Cluster) -> Iterator[Cluster]:
+    """The core plugin's ``kube_cluster`` with the pet CRDs, its start times kept for the summary."""
+    config = request.config
+    started: dict[str, float] = config.stash[CLUSTER_TIMINGS]
+    config.stash[_TIMINGS].update({"worker": _worker_id(config), "backend": kube_cluster.backend, **started})
     try:
-        yield api
+        yield kube_cluster
     finally:
-        api.close()
+        _write_worker_timings(config)
 
 
-@pytest.fixture
-def make_namespace(request: pytest.FixtureRequest, kube_api: Any) -> Iterator[Any]:
-    created: list[str] = []
-    request.node.stash[_NAMESPACES] = created
-    request.node.stash[_KUBE] = kube_api
-
-    def make(prefix: str | None = None, labels: dict[str, str] | None = None) -> str:
-        name = unique_namespace_name(prefix or request.node.name)
-        create_namespace(kube_api, name, labels)
-        created.append(name)
-        return name
-
-    try:
-        yield make
-    finally:
-        errors = []
-        for name in created:
-            try:
-                delete_namespace(kube_api, name)
-            except Exception as exc:  # noqa: BLE001 - report all, then fail
-                errors.append(f"{name}: {exc}")
-        if errors:
-            raise RuntimeError("namespace cleanup failed: " + "; ".join(errors))
-
-
-@pytest.fixture
-def namespace(make_namespace: Any) -> str:
-    return str(make_namespace())
+@pytest.fixture(autouse=True)
+def _keep_for_diagnostics(request: pytest.FixtureRequest) -> None:
+    """Failure reports show the test's namespaces: remember where to find them."""
+    if "make_namespace" in request.fixturenames:
+        factory = request.getfixturevalue("make_namespace")
+        request.node.stash[_NAMESPACES] = factory.created
+        request.node.stash[_KUBE] = factory.api
 
 
 @pytest.fixture
