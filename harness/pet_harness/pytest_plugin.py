@@ -5,6 +5,10 @@ Fixtures:
 * ``pet_cluster`` (session): the backend chosen by ``--pet-cluster`` or ``PET_CLUSTER``
   (``local`` by default: etcd + kube-apiserver processes), with the CRDs installed.
   Each xdist worker has its own; an embedded control plane starts in about 4 s here.
+* ``controller_manager``: makes sure controllers delete namespaces and collect garbage. On the
+  ``local`` backend it starts ``kube-controller-manager`` on the session's cluster the first
+  time a test asks (it then runs until the session ends); other backends have their own.
+  ``@pytest.mark.controller_manager`` asks for it too.
 * ``kube_api`` (session): an admin ``kubernetes.client.ApiClient``.
 * ``namespace``: a fresh namespace, deleted with everything in it afterwards.
 * ``pets``: a :class:`~pet_harness.kube.PetApi` bound to ``namespace``.
@@ -62,6 +66,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     install_signal_handlers()
+    config.addinivalue_line(
+        "markers", "controller_manager: the test needs namespace deletion and garbage collection "
+        "(on the local backend: kube-controller-manager runs on the session's cluster)")
     config.stash[_TIMINGS] = {}
     if not hasattr(config, "workerinput"):
         plugin = _SummaryPlugin()
@@ -114,6 +121,21 @@ def pet_cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
             api.close()
         cluster.stop()
         _write_worker_timings(config)
+
+
+@pytest.fixture
+def controller_manager(pet_cluster: Cluster) -> Cluster:
+    """The session's cluster, with a controller manager (started on first use on the local backend)."""
+    if isinstance(pet_cluster, LocalCluster):
+        manager = binaries.ensure_controller_manager(build=True)  # built once, with progress
+        pet_cluster.start_controller_manager(manager)
+    return pet_cluster
+
+
+@pytest.fixture(autouse=True)
+def _controller_manager_marker(request: pytest.FixtureRequest) -> None:
+    if request.node.get_closest_marker("controller_manager") is not None:
+        request.getfixturevalue("controller_manager")
 
 
 @pytest.fixture(scope="session")
