@@ -185,6 +185,11 @@ def delete_namespace(api: client.ApiClient, name: str, timeout: float = 30) -> N
     with contextlib.suppress(ApiException):
         client.CoordinationV1Api(api).delete_collection_namespaced_lease(name)
     rbac = client.RbacAuthorizationV1Api(api)
+    with contextlib.suppress(ApiException):  # the operator's finalizer on its RoleBinding (bindings.py)
+        for binding in rbac.list_namespaced_role_binding(name).items:
+            if binding.metadata.finalizers:
+                with contextlib.suppress(ApiException):
+                    rbac.patch_namespaced_role_binding(binding.metadata.name, name, {"metadata": {"finalizers": None}})
     for kind in ("role_binding", "role"):
         with contextlib.suppress(ApiException):
             getattr(rbac, f"delete_collection_namespaced_{kind}")(name)

@@ -125,7 +125,7 @@ class OperatorIdentity:
                 self._bind(rbac, doc, self.namespace)
             else:
                 for ns in served or ():
-                    self._bind(rbac, doc, ns)
+                    self._bind_served(rbac, doc, ns, account)
 
     def _bind(self, rbac: Any, doc: dict[str, Any], namespace: str) -> None:
         key = f"{doc['metadata']['name']}@{namespace}"
@@ -135,6 +135,31 @@ class OperatorIdentity:
         body["metadata"]["namespace"] = namespace
         _create_or_replace(rbac.create_namespaced_role_binding, rbac.replace_namespaced_role_binding,
                            rbac.read_namespaced_role_binding, body["metadata"]["name"], body, namespace)
+        self.bound_namespaces.add(key)
+
+    def _bind_served(self, rbac: Any, doc: dict[str, Any], namespace: str, account: str) -> None:
+        """The RoleBinding of a served namespace keeps its shipped name (the operator keeps that binding,
+        by name, while the namespace is deleted): each further account is one more subject of it."""
+        key = f"{SHIPPED_NAME}:{account}@{namespace}"
+        if key in self.bound_namespaces:
+            return
+        body = copy.deepcopy(doc)
+        body["metadata"]["name"] = SHIPPED_NAME
+        body["metadata"]["namespace"] = namespace
+        try:
+            rbac.create_namespaced_role_binding(namespace, body)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+            current = rbac.read_namespaced_role_binding(SHIPPED_NAME, namespace)
+            subjects = [s.to_dict() for s in current.subjects or []]
+            for subject in body["subjects"]:
+                if not any(s["name"] == subject["name"] and s.get("namespace") == subject["namespace"]
+                           for s in subjects):
+                    subjects.append(subject)
+            rbac.patch_namespaced_role_binding(
+                SHIPPED_NAME, namespace,
+                {"metadata": {"resourceVersion": current.metadata.resource_version}, "subjects": subjects})
         self.bound_namespaces.add(key)
 
     def kubeconfig(

@@ -14,6 +14,7 @@ from collections.abc import Callable
 import kopf
 
 from pet_operator import handlers, model
+from pet_operator.bindings import BindingGuard
 from pet_operator.cli import Config
 from pet_operator.events import EventRecorder
 from pet_operator.health import HealthServer
@@ -278,6 +279,9 @@ async def main(
         kube, on_phase_change=recorder.phase_changed, claims=kube, finalizers=kube,
         served=None if config.all_namespaces else frozenset(config.namespaces), pet_reader=kube,
     )
+    if not config.all_namespaces and config.role_binding:
+        # namespace mode: keep the RoleBinding of each served namespace until its pets are finalized
+        rec.bindings = BindingGuard(kube, config.namespaces, config.role_binding, may_write=lambda: rec.may_write())
     if not config.leader_elect:  # a leader-electing replica lists them when it starts leading
         try:
             rec.prime_claims(await kube.list_claims())

@@ -17,6 +17,7 @@ import aiohttp
 import kopf
 
 from pet_operator import model
+from pet_operator.claims import FINALIZER
 from pet_operator.indexes import Indexes as Indexes  # the handlers' view; re-exported
 from pet_operator.reconciler import Key, PetIndex, PetsByStore, PetSnapshot, Reconciler, StoreIndex, StoreSnapshot
 from pet_operator.rest import ApiError
@@ -46,10 +47,17 @@ async def with_retries(what: str, call: Callable[[], Awaitable[Any]]) -> None:
                 # retries failing for 3 s each, and the last decisions waited for the resync)
                 log.debug("%s: the object moved (409); its next event reconciles it", what)
                 return
-            if exc.status < 500 and exc.status != 429:
+            if exc.status == 403:
+                # Not final: RBAC can change under a running operator (a binding still reaching the API
+                # server's cache, or deleted with a namespace; bindings.py keeps that one). Retried like
+                # the rest, and after that by the next event or resync: never given up for good.
+                error: str = (f"403 Forbidden ({exc.message or exc.reason}): the operator's RBAC does not allow "
+                              "this now")
+            elif exc.status < 500 and exc.status != 429:
                 log.error("%s failed for good: %s %s", what, exc.status, exc.reason)
                 return
-            error: str = f"{exc.status} {exc.reason}"
+            else:
+                error = f"{exc.status} {exc.reason}"
         except (TimeoutError, OSError, aiohttp.ClientConnectionError) as exc:
             error = repr(exc)
         if attempt == RETRIES:
@@ -97,6 +105,23 @@ def register(registry: kopf.OperatorRegistry, rec: Reconciler, indexes: Indexes,
         ``app`` once the indexes are complete) reconciles what was indexed."""
         return indexes.complete is None or indexes.complete.is_set()
 
+    guard = rec.bindings
+
+    def pets_holding(namespace: str) -> bool:
+        """Whether the watch index shows a pet in ``namespace`` that carries the operator's finalizer."""
+        return any(FINALIZER in snap.finalizers
+                   for key in list(pets.keys()) if key[0] == namespace for snap in pets.get(key) or ())
+
+    if guard is not None:
+        @kopf.on.event("", "v1", "namespaces", id="namespace_event", registry=registry)
+        async def namespace_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+            if type == "DELETED" or not complete():  # before that, the catch-up pass guards them all
+                return
+            name = body.get("metadata", {}).get("name", "")
+            if name in guard.served:
+                await with_retries(f"RoleBinding of namespace {name}",
+                                   lambda: guard.namespace_changed(body, pets_holding))
+
     @kopf.on.event(*pets_resource, id="pet_event", registry=registry)
     async def pet_event(type: str | None, body: kopf.Body, **_: Any) -> None:
         meta = body.get("metadata", {})
@@ -120,6 +145,10 @@ def register(registry: kopf.OperatorRegistry, rec: Reconciler, indexes: Indexes,
             stores_to_count.add(previous)
         for name in stores_to_count:
             counts.request((key[0], name), pets, stores, by_store)
+        if guard is not None and key[0] in guard.terminating and complete():
+            # the last pet of a namespace being deleted lets the operator's RoleBinding go
+            await with_retries(f"RoleBinding of namespace {key[0]}",
+                               lambda: guard.release_when_done(key[0], pets_holding))
 
     @kopf.on.event(*stores_resource, id="store_event", registry=registry)
     async def store_event(type: str | None, body: kopf.Body, **_: Any) -> None:
@@ -163,6 +192,13 @@ YIELD_EVERY = 100  # a resync lets the event loop turn this often (Lease renewal
 
 async def resync_once(rec: Reconciler, pets: PetIndex, stores: StoreIndex, by_store: PetsByStore) -> None:
     await with_retries("collect orphaned id claims", lambda: rec.collect_orphans(pets, stores))
+    guard = rec.bindings
+    if guard is not None:
+        def holding(namespace: str) -> bool:
+            return any(FINALIZER in snap.finalizers
+                       for key in list(pets.keys()) if key[0] == namespace for snap in pets.get(key) or ())
+
+        await with_retries("RoleBindings of the served namespaces", lambda: guard.sweep(holding))
     for number, key in enumerate(list(pets.keys())):
         if number % YIELD_EVERY == YIELD_EVERY - 1:
             # pets whose status is right need no I/O, so nothing else would run during the pass: at

@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapp
 from typing import Any, Protocol
 
 from pet_operator import model
+from pet_operator.bindings import BindingGuard
 from pet_operator.claims import FINALIZER, Claim, ClaimStore, claim_outcome
 from pet_operator.indexes import Members
 from pet_operator.kube import NotFound
@@ -251,6 +252,8 @@ class Reconciler:
         self._by_id: Members[int] = Members()
         self.writes = 0  # status writes made, for metrics and tests
         self.observed: set[str] = set()  # uids seen on the watch streams, for readiness
+        # namespace mode: the finalizer on the operator's RoleBinding in each served namespace
+        self.bindings: BindingGuard | None = None
 
     # --- observation (called from Kopf's index functions, before any handler) ---------
 
@@ -347,6 +350,10 @@ class Reconciler:
                     raise
 
     async def _sync_live_pet(self, snap: PetSnapshot, pets: PetIndex, stores: StoreIndex) -> model.Verdict | None:
+        if self.bindings is not None and snap.namespace in self.bindings.terminating:
+            # its namespace is being deleted, and the pet with it: no new claim or finalizer, which
+            # would come after the operator's RoleBinding there may have been let go
+            return None
         store_snap: StoreSnapshot | None = (
             _first(stores.get((snap.namespace, snap.store))) if snap.store else None
         )

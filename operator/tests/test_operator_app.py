@@ -291,7 +291,9 @@ async def test_main_wires_kopf_with_the_configured_scope_and_stops_on_the_signal
     # grace 20 s: 2 s kept for the Lease and the servers, Kopf's workers cut half a second before that
     assert seen["settings"].queueing.exit_timeout == 17.5
     registry = seen["registry"]
-    assert {h.id for h in registry._watching.get_all_handlers()} == {"pet_event", "store_event"}
+    # namespace mode also watches Namespaces: the RoleBinding of each served one is kept (bindings.py)
+    extra = set() if clusterwide else {"namespace_event"}
+    assert {h.id for h in registry._watching.get_all_handlers()} == {"pet_event", "store_event", *extra}
     assert isinstance(fake.ignored, NotKopfs)
     assert kube.closed
 
