@@ -155,3 +155,31 @@ async def test_uids_are_listed_as_metadata_only_in_pages() -> None:
         "/apis/petstore.example.com/v1/namespaces/ns2/pets"]
     assert fake.calls[1]["params"]["continue"] == "t1"
     assert all(c.get("accept") == rest.METADATA_ONLY for c in fake.calls)
+
+
+async def test_the_operators_role_binding_is_read_and_only_its_finalizers_patched() -> None:
+    binding = {"metadata": {"name": "pet-operator", "resourceVersion": "4"}}
+    client, fake = api(binding, ApiError(404, "NotFound"), {"metadata": {"resourceVersion": "5"}},
+                       ApiError(404, "NotFound"))
+    assert await client.read_role_binding("shop", "pet-operator") == binding
+    assert await client.read_role_binding("shop", "pet-operator") is None
+    await client.set_role_binding_finalizers("shop", "pet-operator", ["petstore.example.com/pets-finalized"], "4")
+    path = "/apis/rbac.authorization.k8s.io/v1/namespaces/shop/rolebindings/pet-operator"
+    assert [c["path"] for c in fake.calls] == [path] * 3
+    assert fake.calls[2]["method"] == "PATCH"
+    assert fake.calls[2]["content_type"] == rest.MERGE_PATCH
+    # metadata.finalizers and the precondition only: nothing that RBAC's escalation check looks at
+    assert fake.calls[2]["body"] == {"metadata": {"finalizers": ["petstore.example.com/pets-finalized"],
+                                                  "resourceVersion": "4"}}
+    with pytest.raises(kube.NotFound, match="rolebinding shop/pet-operator"):
+        await client.set_role_binding_finalizers("shop", "pet-operator", [], "5")
+
+
+async def test_pets_with_a_finalizer_are_listed_as_metadata_only() -> None:
+    page = {"items": [{"metadata": {"name": "rex", "finalizers": ["petstore.example.com/id-claim"]}},
+                      {"metadata": {"name": "tom", "finalizers": ["other/one"]}},
+                      {"metadata": {"name": "kit"}}], "metadata": {}}
+    client, fake = api(page)
+    assert await client.pets_with_finalizer("shop", "petstore.example.com/id-claim") == ["rex"]
+    assert fake.calls[0]["path"] == "/apis/petstore.example.com/v1/namespaces/shop/pets"
+    assert fake.calls[0].get("accept") == rest.METADATA_ONLY
