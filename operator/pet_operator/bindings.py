@@ -17,7 +17,7 @@ deletion is seen gets no new one.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any, Protocol
 
 from pet_operator.claims import FINALIZER
@@ -39,7 +39,9 @@ class BindingApi(Protocol):
         self, namespace: str, name: str, finalizers: list[str], resource_version: str
     ) -> dict[str, Any]: ...
 
-    async def pets_with_finalizer(self, namespace: str, finalizer: str) -> list[str]: ...
+    async def pets_with_finalizer(self, namespace: str, finalizer: str) -> list[dict[str, Any]]: ...
+
+    async def namespace_terminating(self, name: str) -> bool: ...
 
 
 def terminating(namespace: Mapping[str, Any]) -> bool:
@@ -67,25 +69,43 @@ class BindingGuard:
         self.guarded: set[str] = set()  # served namespaces whose binding carries our finalizer
         self.released: set[str] = set()  # terminating namespaces whose binding we let go
         self._missing: set[str] = set()  # namespaces already warned about (no binding, or no right)
+        #: finalizes a deleted pet (a whole object) that no watch delivers; set where the indexes are known
+        self.finalize: Callable[[dict[str, Any]], Awaitable[None]] | None = None
 
     # --- events ---------------------------------------------------------------------------
 
-    async def namespace_changed(self, namespace: Mapping[str, Any], pets_holding: Callable[[str], bool]) -> None:
-        """A Namespace was seen on the watch: guard a live served one, release a deleted one when done."""
+    def observe(self, namespace: Mapping[str, Any]) -> str | None:
+        """Note whether a served Namespace is being deleted (no I/O); returns its name, or None if not served."""
         name = str((namespace.get("metadata") or {}).get("name") or "")
         if name not in self.served:
-            return
+            return None
         if terminating(namespace):
             self.terminating.add(name)
-            await self.release_when_done(name, pets_holding)
-        else:
+        elif name in self.terminating:  # deleted and made again
             self.terminating.discard(name)
             self.released.discard(name)
+            self.guarded.discard(name)
+        return name
+
+    async def namespace_changed(self, namespace: Mapping[str, Any], pets_holding: Callable[[str], bool]) -> None:
+        """A Namespace was seen on the watch: guard a live served one, release a deleted one when done."""
+        name = self.observe(namespace)
+        if name is None:
+            return
+        if name in self.terminating:
+            await self.release_when_done(name, pets_holding)
+        else:
             await self.guard(name)
 
     async def sweep(self, pets_holding: Callable[[str], bool]) -> None:
-        """Guard every served namespace not yet guarded; release those being deleted and done."""
+        """Guard every served namespace not yet guarded; release those being deleted and done.
+
+        Whether a namespace is being deleted is read here too, not only taken from Namespace events:
+        Kopf starts its (cluster-wide) Namespace watch only while it watches some served namespace, and
+        it does not watch one that is already being deleted when it starts."""
         for name in sorted(self.served):
+            if name not in self.terminating and await self.api.namespace_terminating(name):
+                self.terminating.add(name)
             if name in self.terminating:
                 await self.release_when_done(name, pets_holding)
             elif name not in self.guarded:
@@ -121,9 +141,16 @@ class BindingGuard:
                 or pets_holding(namespace)):
             return
         waiting = await self.api.pets_with_finalizer(namespace, FINALIZER)
+        if waiting and self.finalize is not None:
+            # pets the watch index does not hold (Kopf does not watch a namespace that was already being
+            # deleted when this replica started) are finalized from the listing
+            for body in waiting:
+                await self.finalize(body)
+            waiting = await self.api.pets_with_finalizer(namespace, FINALIZER)
         if waiting:
+            names = [str((body.get("metadata") or {}).get("name")) for body in waiting]
             log.info("namespace %s is being deleted; RoleBinding %s kept while %d pets wait on the "
-                     "operator's finalizer (%s)", namespace, self.binding, len(waiting), ", ".join(waiting[:5]))
+                     "operator's finalizer (%s)", namespace, self.binding, len(names), ", ".join(names[:5]))
             return
         binding = await self._read(namespace)
         if binding is None:

@@ -113,9 +113,17 @@ def register(registry: kopf.OperatorRegistry, rec: Reconciler, indexes: Indexes,
                    for key in list(pets.keys()) if key[0] == namespace for snap in pets.get(key) or ())
 
     if guard is not None:
+        async def finalize_unwatched(body: dict[str, Any]) -> None:
+            await rec.finalize_unwatched(body, pets, stores)
+
+        guard.finalize = finalize_unwatched
+
         @kopf.on.event("", "v1", "namespaces", id="namespace_event", registry=registry)
         async def namespace_event(type: str | None, body: kopf.Body, **_: Any) -> None:
-            if type == "DELETED" or not complete():  # before that, the catch-up pass guards them all
+            if type == "DELETED":
+                return
+            if not complete():  # noted only: the catch-up pass then guards or releases them all
+                guard.observe(body)
                 return
             name = body.get("metadata", {}).get("name", "")
             if name in guard.served:

@@ -139,14 +139,19 @@ class Kube:
         path = rest.path_of(*CUSTOM, "namespaces", namespace, plural, name)
         return await self._write("PATCH", path, body, MERGE_PATCH, gone=f"{plural} {namespace}/{name}")
 
-    async def pets_with_finalizer(self, namespace: str, finalizer: str) -> list[str]:
-        """Names of the pets in ``namespace`` that carry ``finalizer`` now (a listing of metadata only)."""
+    async def pets_with_finalizer(self, namespace: str, finalizer: str) -> list[dict[str, Any]]:
+        """The pets in ``namespace`` that carry ``finalizer`` now (whole objects: one that no watch delivers
+        is finalized from this)."""
         path = rest.path_of(*CUSTOM, "namespaces", namespace, "pets")
         return [
-            str(item["metadata"]["name"])
-            async for item in self._pages(path, {}, accept=rest.METADATA_ONLY)
-            if finalizer in (item["metadata"].get("finalizers") or ())
+            item async for item in self._pages(path, {})
+            if finalizer in ((item.get("metadata") or {}).get("finalizers") or ())
         ]
+
+    async def namespace_terminating(self, name: str) -> bool:
+        """Whether the namespace ``name`` is being deleted now (False if there is none)."""
+        body = await self._get(rest.path_of("api", "v1", "namespaces", name))
+        return body is not None and bool((body.get("metadata") or {}).get("deletionTimestamp"))
 
     # --- the operator's own RoleBinding in a served namespace (bindings.py) ---------------------
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
 import kopf
 import pytest
+from claim_fakes import FakeClaimStore, FakeFinalizers
 from operator_fakes import NS, Clock, FakeWriter, index_of, pet, pet_body
 
 from pet_operator import bindings, handlers
@@ -27,6 +29,7 @@ class FakeBindings:
         self.listed: list[str] = []
         self.read_error: ApiError | None = None
         self.version = 10
+        self.deleting: set[str] = set()  # namespaces being deleted, as a read of them says
 
     def add(self, namespace: str, name: str = "pet-operator", finalizers: tuple[str, ...] = (),
             deleting: bool = False) -> None:
@@ -50,10 +53,13 @@ class FakeBindings:
         obj["metadata"].update(finalizers=finalizers, resourceVersion=str(self.version))
         return obj
 
-    async def pets_with_finalizer(self, namespace: str, finalizer: str) -> list[str]:
+    async def namespace_terminating(self, name: str) -> bool:
+        return name in self.deleting
+
+    async def pets_with_finalizer(self, namespace: str, finalizer: str) -> list[dict[str, Any]]:
         assert finalizer == FINALIZER
         self.listed.append(namespace)
-        return self.waiting.get(namespace, [])
+        return [_held_pet(name, namespace=namespace) for name in self.waiting.get(namespace, [])]
 
 
 def ns(name: str, deleting: bool = False) -> dict[str, Any]:
@@ -275,3 +281,79 @@ async def test_a_live_pet_in_a_namespace_being_deleted_gets_no_claim_or_finalize
     rec.bindings.terminating.clear()  # the same pet elsewhere is reconciled
     assert await rec.sync_pet((NS, "rex"), index_of(snap), index_of()) is not None
     assert len(writer.calls) == 1
+
+
+async def test_before_the_start_up_is_indexed_namespaces_are_only_noted_then_the_catch_up_acts() -> None:
+    api = FakeBindings()
+    api.add(NS, finalizers=(BINDING_FINALIZER,))
+    rec = Reconciler(FakeWriter(), clock=Clock())
+    rec.bindings = BindingGuard(api, [NS])
+    indexes = handlers.Indexes(complete=asyncio.Event())
+    registry = kopf.OperatorRegistry()
+    handlers.register(registry, rec, indexes, StoreCounts(rec, handlers.with_retries, window=0))
+    await _handler(registry, "namespace_event").fn(type=None, body=ns(NS, deleting=True))  # a restart mid-deletion
+    assert api.writes == [] and rec.bindings.terminating == {NS}
+    assert indexes.complete is not None
+    indexes.complete.set()
+    await handlers.resync_once(rec, indexes.pets, indexes.stores, indexes.by_store)
+    assert [w[2] for w in api.writes] == [[]]
+
+
+async def test_pets_no_watch_delivers_are_finalized_from_the_listing_then_the_binding_goes() -> None:
+    api = FakeBindings()
+    api.add(NS, finalizers=(BINDING_FINALIZER,))
+    api.waiting[NS] = ["rex", "tom"]
+    guard = BindingGuard(api, [NS])
+    finalized: list[str] = []
+
+    async def finalize(body: dict[str, Any]) -> None:
+        finalized.append(body["metadata"]["name"])
+        api.waiting[NS].remove(body["metadata"]["name"])
+
+    guard.finalize = finalize
+    await guard.namespace_changed(ns(NS, deleting=True), nobody)
+    assert finalized == ["rex", "tom"]
+    assert api.listed == [NS, NS], "listed again after finalizing"
+    assert [w[2] for w in api.writes] == [[]]
+
+
+async def test_a_pet_still_waiting_after_finalizing_keeps_the_binding() -> None:
+    api = FakeBindings()
+    api.add(NS, finalizers=(BINDING_FINALIZER,))
+    api.waiting[NS] = ["rex"]
+    guard = BindingGuard(api, [NS])
+
+    async def finalize(body: dict[str, Any]) -> None:
+        return None  # a 409, or a pet the watch index holds: it still carries the finalizer
+
+    guard.finalize = finalize
+    await guard.namespace_changed(ns(NS, deleting=True), nobody)
+    assert api.writes == []
+    assert guard.released == set()
+
+
+async def test_the_reconciler_finalizes_an_unwatched_pet_and_leaves_watched_ones_to_sync_pet() -> None:
+    claims, finalizers = FakeClaimStore(), FakeFinalizers()
+    rec = Reconciler(FakeWriter(), clock=Clock(), claims=claims, finalizers=finalizers)
+    body = _held_pet("rex")
+    body["spec"]["id"] = 7
+    snap = PetSnapshot.from_body(body)
+    claims.put(7, NS, "rex", snap.uid)
+    await rec.finalize_unwatched(body, index_of(snap), index_of())  # the index holds it: not this path
+    assert finalizers.calls == []
+    await rec.finalize_unwatched(body, index_of(), index_of())
+    assert claims.holder(7) is None
+    assert [(c.name, c.finalizers) for c in finalizers.calls] == [("rex", [])]
+    await rec.finalize_unwatched(pet_body("tom"), index_of(), index_of())  # not being deleted: nothing
+    assert len(finalizers.calls) == 1
+
+
+async def test_the_sweep_reads_whether_a_namespace_is_being_deleted() -> None:
+    """With no Namespace event at all (Kopf watches no served namespace, so no Namespace either)."""
+    api = FakeBindings()
+    api.add(NS, finalizers=(BINDING_FINALIZER,))
+    api.deleting.add(NS)
+    guard = BindingGuard(api, [NS])
+    await guard.sweep(nobody)
+    assert guard.terminating == {NS}
+    assert [w[2] for w in api.writes] == [[]]

@@ -175,11 +175,20 @@ async def test_the_operators_role_binding_is_read_and_only_its_finalizers_patche
         await client.set_role_binding_finalizers("shop", "pet-operator", [], "5")
 
 
-async def test_pets_with_a_finalizer_are_listed_as_metadata_only() -> None:
-    page = {"items": [{"metadata": {"name": "rex", "finalizers": ["petstore.example.com/id-claim"]}},
-                      {"metadata": {"name": "tom", "finalizers": ["other/one"]}},
+async def test_pets_with_a_finalizer_are_listed_whole() -> None:
+    rex = {"metadata": {"name": "rex", "finalizers": ["petstore.example.com/id-claim"]}, "spec": {"id": 1}}
+    page = {"items": [rex, {"metadata": {"name": "tom", "finalizers": ["other/one"]}},
                       {"metadata": {"name": "kit"}}], "metadata": {}}
     client, fake = api(page)
-    assert await client.pets_with_finalizer("shop", "petstore.example.com/id-claim") == ["rex"]
+    assert await client.pets_with_finalizer("shop", "petstore.example.com/id-claim") == [rex]
     assert fake.calls[0]["path"] == "/apis/petstore.example.com/v1/namespaces/shop/pets"
-    assert fake.calls[0].get("accept") == rest.METADATA_ONLY
+    assert "accept" not in fake.calls[0], "whole objects: a pet no watch delivers is finalized from them"
+
+
+async def test_namespace_terminating() -> None:
+    client, fake = api({"metadata": {"name": "a", "deletionTimestamp": "2026-01-01T00:00:00Z"}},
+                       {"metadata": {"name": "b"}}, ApiError(404, "NotFound"))
+    assert await client.namespace_terminating("a") is True
+    assert await client.namespace_terminating("b") is False
+    assert await client.namespace_terminating("c") is False
+    assert [c["path"] for c in fake.calls] == ["/api/v1/namespaces/a", "/api/v1/namespaces/b", "/api/v1/namespaces/c"]
