@@ -8,10 +8,11 @@ the operator's RoleBinding there included, while the pets still wait on their fi
 from __future__ import annotations
 
 import signal
+import time
 from typing import Any
 
 import pytest
-from helpers import wait_phase
+from helpers import record, wait_phase
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
@@ -78,7 +79,8 @@ def _pet_deleted(pets: PetApi, name: str) -> bool:
 
 @pytest.mark.parametrize("operator_pace", ["running", "frozen-until-the-binding-is-deleted"])
 def test_deleting_a_served_namespace_with_an_active_pet(
-    make_namespace: Any, operator_factory: Any, kube_api: Any, claims_namespace: str, operator_pace: str
+    make_namespace: Any, operator_factory: Any, kube_api: Any, claims_namespace: str, operator_pace: str,
+    request: Any,
 ) -> None:
     doomed = PetApi(kube_api, make_namespace("doomed"))
     other = PetApi(kube_api, make_namespace("other"))
@@ -94,6 +96,7 @@ def test_deleting_a_served_namespace_with_an_active_pet(
         # makes the order of the report certain: its RoleBinding is deleted while the pet still waits
         op.process.signal(signal.SIGSTOP)
     try:
+        deleted_at = time.monotonic()
         client.CoreV1Api(kube_api).delete_namespace(doomed.namespace)
         if frozen:
             wait_for(lambda: _pet_deleted(doomed, "rex") and _binding_deleted(kube_api, doomed.namespace),
@@ -103,6 +106,8 @@ def test_deleting_a_served_namespace_with_an_active_pet(
             op.process.signal(signal.SIGCONT)
 
     _wait_gone(kube_api, doomed.namespace)
+    record(request, f"namespace-deletion-{operator_pace}",
+           {"seconds_from_delete_to_gone": round(time.monotonic() - deleted_at, 2)})
     assert "pet-id-611" not in _claims(kube_api, claims_namespace)
     other.create_pet("rex", {"id": 611, "name": "Rex again"})
     wait_phase(other, "rex", "Active")
