@@ -71,6 +71,30 @@ class BindingGuard:
         self._missing: set[str] = set()  # namespaces already warned about (no binding, or no right)
         #: finalizes a deleted pet (a whole object) that no watch delivers; set where the indexes are known
         self.finalize: Callable[[dict[str, Any]], Awaitable[None]] | None = None
+        # the pets of each served namespace that carry the operator's finalizer, as the watch shows them
+        # (a set per namespace, so that asking costs nothing however many pets there are)
+        self._holders: dict[str, set[str]] = {}
+
+    # --- the pets, as the watch shows them -------------------------------------------------------
+
+    def pet_seen(self, namespace: str, name: str, finalizers: Collection[str]) -> None:
+        if namespace not in self.served:
+            return
+        if FINALIZER in finalizers:
+            self._holders.setdefault(namespace, set()).add(name)
+        else:
+            self.pet_gone(namespace, name)
+
+    def pet_gone(self, namespace: str, name: str) -> None:
+        holders = self._holders.get(namespace)
+        if holders is not None:
+            holders.discard(name)
+            if not holders:
+                del self._holders[namespace]
+
+    def holding(self, namespace: str) -> bool:
+        """Whether the watch shows a pet in ``namespace`` that carries the operator's finalizer."""
+        return bool(self._holders.get(namespace))
 
     # --- events ---------------------------------------------------------------------------
 
@@ -87,7 +111,9 @@ class BindingGuard:
             self.guarded.discard(name)
         return name
 
-    async def namespace_changed(self, namespace: Mapping[str, Any], pets_holding: Callable[[str], bool]) -> None:
+    async def namespace_changed(
+        self, namespace: Mapping[str, Any], pets_holding: Callable[[str], bool] | None = None
+    ) -> None:
         """A Namespace was seen on the watch: guard a live served one, release a deleted one when done."""
         name = self.observe(namespace)
         if name is None:
@@ -97,7 +123,7 @@ class BindingGuard:
         else:
             await self.guard(name)
 
-    async def sweep(self, pets_holding: Callable[[str], bool]) -> None:
+    async def sweep(self, pets_holding: Callable[[str], bool] | None = None) -> None:
         """Guard every served namespace not yet guarded; release those being deleted and done.
 
         Whether a namespace is being deleted is read here too, not only taken from Namespace events:
@@ -134,9 +160,11 @@ class BindingGuard:
         log.info("RoleBinding %s/%s: finalizer %s added (kept until the namespace's pets are finalized)",
                  namespace, self.binding, BINDING_FINALIZER)
 
-    async def release_when_done(self, namespace: str, pets_holding: Callable[[str], bool]) -> None:
+    async def release_when_done(self, namespace: str, pets_holding: Callable[[str], bool] | None = None) -> None:
         """In a namespace being deleted, remove our finalizer from the RoleBinding once no pet there
-        carries the operator's finalizer: first by the watch index, then confirmed by a listing."""
+        carries the operator's finalizer: first by the watch (``pets_holding``, default :meth:`holding`),
+        then confirmed by a listing."""
+        pets_holding = pets_holding or self.holding
         if (namespace not in self.terminating or namespace in self.released or not self.may_write()
                 or pets_holding(namespace)):
             return

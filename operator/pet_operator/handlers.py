@@ -17,7 +17,6 @@ import aiohttp
 import kopf
 
 from pet_operator import model
-from pet_operator.claims import FINALIZER
 from pet_operator.indexes import Indexes as Indexes  # the handlers' view; re-exported
 from pet_operator.reconciler import Key, PetIndex, PetsByStore, PetSnapshot, Reconciler, StoreIndex, StoreSnapshot
 from pet_operator.rest import ApiError
@@ -106,12 +105,6 @@ def register(registry: kopf.OperatorRegistry, rec: Reconciler, indexes: Indexes,
         return indexes.complete is None or indexes.complete.is_set()
 
     guard = rec.bindings
-
-    def pets_holding(namespace: str) -> bool:
-        """Whether the watch index shows a pet in ``namespace`` that carries the operator's finalizer."""
-        return any(FINALIZER in snap.finalizers
-                   for key in list(pets.keys()) if key[0] == namespace for snap in pets.get(key) or ())
-
     if guard is not None:
         async def finalize_unwatched(body: dict[str, Any]) -> None:
             await rec.finalize_unwatched(body, pets, stores)
@@ -128,7 +121,7 @@ def register(registry: kopf.OperatorRegistry, rec: Reconciler, indexes: Indexes,
             name = body.get("metadata", {}).get("name", "")
             if name in guard.served:
                 await with_retries(f"RoleBinding of namespace {name}",
-                                   lambda: guard.namespace_changed(body, pets_holding))
+                                   lambda: guard.namespace_changed(body))
 
     @kopf.on.event(*pets_resource, id="pet_event", registry=registry)
     async def pet_event(type: str | None, body: kopf.Body, **_: Any) -> None:
@@ -139,11 +132,15 @@ def register(registry: kopf.OperatorRegistry, rec: Reconciler, indexes: Indexes,
         if type == "DELETED":
             pets.remove(key)
             by_store.place(key, None)
+            if guard is not None:
+                guard.pet_gone(*key)
             previous = rec.forget_pet(key[0], key[1], meta.get("uid", ""))
         else:
             snap = PetSnapshot.from_body(body)
             rec.observe_pet(snap)
             pets.put(key, snap)
+            if guard is not None:
+                guard.pet_seen(key[0], key[1], snap.finalizers)
             by_store.place(key, (key[0], snap.store) if snap.store else None)
             if not complete():
                 return
@@ -156,7 +153,7 @@ def register(registry: kopf.OperatorRegistry, rec: Reconciler, indexes: Indexes,
         if guard is not None and key[0] in guard.terminating and complete():
             # the last pet of a namespace being deleted lets the operator's RoleBinding go
             await with_retries(f"RoleBinding of namespace {key[0]}",
-                               lambda: guard.release_when_done(key[0], pets_holding))
+                               lambda: guard.release_when_done(key[0]))
 
     @kopf.on.event(*stores_resource, id="store_event", registry=registry)
     async def store_event(type: str | None, body: kopf.Body, **_: Any) -> None:
@@ -202,11 +199,7 @@ async def resync_once(rec: Reconciler, pets: PetIndex, stores: StoreIndex, by_st
     await with_retries("collect orphaned id claims", lambda: rec.collect_orphans(pets, stores))
     guard = rec.bindings
     if guard is not None:
-        def holding(namespace: str) -> bool:
-            return any(FINALIZER in snap.finalizers
-                       for key in list(pets.keys()) if key[0] == namespace for snap in pets.get(key) or ())
-
-        await with_retries("RoleBindings of the served namespaces", lambda: guard.sweep(holding))
+        await with_retries("RoleBindings of the served namespaces", guard.sweep)
     for number, key in enumerate(list(pets.keys())):
         if number % YIELD_EVERY == YIELD_EVERY - 1:
             # pets whose status is right need no I/O, so nothing else would run during the pass: at

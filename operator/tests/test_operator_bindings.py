@@ -248,16 +248,17 @@ def test_namespace_mode_watches_namespaces_and_all_namespaces_mode_does_not() ->
 
 
 async def test_the_last_pet_of_a_namespace_being_deleted_lets_the_binding_go() -> None:
-    api, _rec, indexes, registry = _wired([NS])
+    api, _rec, _indexes, registry = _wired([NS])
     api.add(NS)
     namespace_event, pet_event = _handler(registry, "namespace_event").fn, _handler(registry, "pet_event").fn
     await namespace_event(type="ADDED", body=ns(NS))
     assert [w[2] for w in api.writes] == [[BINDING_FINALIZER]]
-    indexes.pets.put((NS, "rex"), PetSnapshot.from_body(_held_pet("rex")))  # still waits on the operator
+    await pet_event(type="MODIFIED", body=_held_pet("rex"))  # deleted, still waits on the operator
+    api.writes.clear()
     await namespace_event(type="MODIFIED", body=ns(NS, deleting=True))
-    assert len(api.writes) == 1 and api.listed == []
+    assert api.writes == [] and api.listed == []
     await pet_event(type="DELETED", body=_held_pet("rex"))
-    assert [w[2] for w in api.writes] == [[BINDING_FINALIZER], []]
+    assert [w[2] for w in api.writes] == [[]]
 
 
 async def test_the_resync_guards_and_releases() -> None:
@@ -357,3 +358,16 @@ async def test_the_sweep_reads_whether_a_namespace_is_being_deleted() -> None:
     await guard.sweep(nobody)
     assert guard.terminating == {NS}
     assert [w[2] for w in api.writes] == [[]]
+
+
+def test_the_guard_knows_which_pets_hold_the_finalizer_per_namespace() -> None:
+    guard = BindingGuard(FakeBindings(), [NS, "other"])
+    guard.pet_seen(NS, "rex", [FINALIZER])
+    guard.pet_seen(NS, "tom", [FINALIZER, "other/one"])
+    guard.pet_seen("unserved", "kit", [FINALIZER])
+    assert guard.holding(NS) and not guard.holding("other") and not guard.holding("unserved")
+    guard.pet_seen(NS, "rex", [])  # its finalizer removed
+    assert guard.holding(NS)
+    guard.pet_gone(NS, "tom")
+    assert not guard.holding(NS)
+    guard.pet_gone(NS, "never-seen")
