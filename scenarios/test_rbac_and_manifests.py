@@ -100,6 +100,37 @@ def test_the_operator_keeps_its_role_binding_in_each_served_namespace(
     assert [s.name for s in binding.subjects] == ["pet-operator"]
 
 
+@pytest.mark.parametrize("change", ["add-a-subject", "replace-the-subjects", "label"])
+def test_the_operator_may_change_only_the_finalizers_of_its_role_binding(
+    pets: PetApi, pet_operator: Any, kube_api: Any, change: str
+) -> None:
+    """RBAC lets it patch that binding; deploy/rbac/role-binding-policy.yaml keeps it to the finalizers: it
+    cannot share its rights in the namespace with anyone."""
+    rbac_admin = client.RbacAuthorizationV1Api(kube_api)
+    wait_for(lambda: rbac_admin.read_namespaced_role_binding("pet-operator", pets.namespace).metadata.finalizers,
+             bool, 30, "the operator's finalizer on its RoleBinding")
+    current = rbac_admin.read_namespaced_role_binding("pet-operator", pets.namespace)
+    mine = [s.to_dict() for s in current.subjects]
+    someone = {"kind": "User", "name": "someone", "api_group": "rbac.authorization.k8s.io"}
+    patch = {
+        "add-a-subject": {"subjects": [*mine, someone]},
+        "replace-the-subjects": {"subjects": [someone]},
+        "label": {"metadata": {"labels": {"shared": "yes"}}},
+    }[change]
+    with _operator_api(pet_operator) as api:
+        operator_rbac = client.RbacAuthorizationV1Api(api)
+        with pytest.raises(ApiException) as caught:
+            operator_rbac.patch_namespaced_role_binding("pet-operator", pets.namespace, patch)
+        assert caught.value.status == 403
+        assert "may change only its finalizers" in caught.value.body
+        # what it needs stays allowed: a change of the finalizers alone
+        operator_rbac.patch_namespaced_role_binding(
+            "pet-operator", pets.namespace, {"metadata": {"finalizers": [*current.metadata.finalizers, "x.io/y"]}})
+    after = rbac_admin.read_namespaced_role_binding("pet-operator", pets.namespace)
+    assert [s.to_dict() for s in after.subjects] == mine
+    assert "x.io/y" in after.metadata.finalizers
+
+
 def test_the_served_namespace_role_is_the_pet_role_and_its_own_binding_by_name() -> None:
     roles = {doc["metadata"]["name"]: doc for doc in load_yaml_documents(REPO_ROOT / "deploy" / "rbac" /
                                                                           "clusterroles.yaml")}

@@ -44,6 +44,24 @@ def install_cluster_roles(api: Any) -> None:
     for doc in _docs("clusterroles.yaml"):
         _create_or_replace(rbac.create_cluster_role, rbac.replace_cluster_role, rbac.read_cluster_role,
                            doc["metadata"]["name"], copy.deepcopy(doc))
+    install_role_binding_policy(api)
+
+
+def install_role_binding_policy(api: Any) -> None:
+    """The ValidatingAdmissionPolicy (and its binding) of ``role-binding-policy.yaml``: a service account
+    bound by a RoleBinding may change only that binding's finalizers."""
+    admission = client.AdmissionregistrationV1Api(api)
+    calls = {
+        "ValidatingAdmissionPolicy": (admission.create_validating_admission_policy,
+                                      admission.replace_validating_admission_policy,
+                                      admission.read_validating_admission_policy),
+        "ValidatingAdmissionPolicyBinding": (admission.create_validating_admission_policy_binding,
+                                             admission.replace_validating_admission_policy_binding,
+                                             admission.read_validating_admission_policy_binding),
+    }
+    for doc in _docs("role-binding-policy.yaml"):
+        create, replace, read = calls[doc["kind"]]
+        _create_or_replace(create, replace, read, doc["metadata"]["name"], copy.deepcopy(doc))
 
 
 SHIPPED_NAME = "pet-operator"
