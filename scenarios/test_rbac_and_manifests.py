@@ -12,6 +12,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from pet_harness.kube import REPO_ROOT, PetApi, api_client, load_yaml_documents
+from pet_harness.waiting import wait_for
 
 DEPLOYMENT = REPO_ROOT / "deploy" / "operator" / "deployment.yaml"
 
@@ -34,13 +35,22 @@ def test_the_operator_authenticates_as_its_service_account(
 
 @pytest.mark.parametrize("what", ["secrets", "pets-elsewhere", "create-pets", "configmaps-cluster-wide",
                                   "patch-leases", "watch-leases", "patch-webhook-configuration",
-                                  "patch-mutating-webhook-configuration"])
+                                  "patch-mutating-webhook-configuration", "patch-other-role-bindings",
+                                  "patch-its-role-binding-elsewhere", "list-role-bindings"])
 def test_the_operator_is_forbidden_what_it_does_not_need(
     pets: PetApi, pet_operator: Any, make_namespace: Any, claims_namespace: str, kube_api: Any, what: str
 ) -> None:
     elsewhere = make_namespace("elsewhere")
     client.CoordinationV1Api(kube_api).create_namespaced_lease(
         claims_namespace, {"metadata": {"name": "some-lease"}, "spec": {"holderIdentity": "x"}})
+    rbac_admin = client.RbacAuthorizationV1Api(kube_api)
+    view = {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"}
+    someone = [{"kind": "User", "name": "someone", "apiGroup": "rbac.authorization.k8s.io"}]
+    rbac_admin.create_namespaced_role_binding(
+        pets.namespace, {"metadata": {"name": "someone-else"}, "roleRef": view, "subjects": someone})
+    rbac_admin.create_namespaced_role_binding(  # named like its own, in a namespace it does not serve
+        elsewhere, {"metadata": {"name": "pet-operator"}, "roleRef": view, "subjects": someone})
+    finalizer = {"metadata": {"finalizers": ["petstore.example.com/pets-finalized"]}}
     with _operator_api(pet_operator) as api:
         core = client.CoreV1Api(api)
         leases = client.CoordinationV1Api(api)
@@ -61,10 +71,75 @@ def test_the_operator_is_forbidden_what_it_does_not_need(
             # nor widen the mutating one's rules (to put its finalizer on what it does not serve)
             "patch-mutating-webhook-configuration": lambda: admission.patch_mutating_webhook_configuration(
                 "pet-operator", [{"op": "replace", "path": "/webhooks/0/rules/0/operations", "value": ["*"]}]),
+            # its finalizer goes on its own RoleBinding (by name) in the namespaces it serves, nowhere else
+            "patch-other-role-bindings": lambda: client.RbacAuthorizationV1Api(api).patch_namespaced_role_binding(
+                "someone-else", pets.namespace, finalizer),
+            "patch-its-role-binding-elsewhere": lambda: client.RbacAuthorizationV1Api(
+                api).patch_namespaced_role_binding("pet-operator", elsewhere, finalizer),
+            "list-role-bindings": lambda: client.RbacAuthorizationV1Api(api).list_namespaced_role_binding(
+                pets.namespace),
         }
         with pytest.raises(ApiException) as caught:
             calls[what]()
     assert caught.value.status == 403
+
+
+def test_the_operator_keeps_its_role_binding_in_each_served_namespace(
+    pets: PetApi, pet_operator: Any, kube_api: Any
+) -> None:
+    """Namespace mode: the finalizer that keeps its rights until its pets there are finalized (issue 13,
+    finding 1); the binding refers to the role that allows exactly that, and the operator changed nothing
+    else of it."""
+    rbac = client.RbacAuthorizationV1Api(kube_api)
+    binding = wait_for(lambda: rbac.read_namespaced_role_binding("pet-operator", pets.namespace),
+                       lambda b: "petstore.example.com/pets-finalized" in (b.metadata.finalizers or []), 30,
+                       "the operator's finalizer on its RoleBinding")
+    assert binding.role_ref.name == "pet-operator-served-namespace"
+    shipped = load_yaml_documents(REPO_ROOT / "deploy" / "rbac" / "namespaced-mode.yaml")[0]
+    assert binding.role_ref.name == shipped["roleRef"]["name"]
+    assert [s.name for s in binding.subjects] == ["pet-operator"]
+
+
+@pytest.mark.parametrize("change", ["add-a-subject", "replace-the-subjects", "label"])
+def test_the_operator_may_change_only_the_finalizers_of_its_role_binding(
+    pets: PetApi, pet_operator: Any, kube_api: Any, change: str
+) -> None:
+    """RBAC lets it patch that binding; deploy/rbac/role-binding-policy.yaml keeps it to the finalizers: it
+    cannot share its rights in the namespace with anyone."""
+    rbac_admin = client.RbacAuthorizationV1Api(kube_api)
+    wait_for(lambda: rbac_admin.read_namespaced_role_binding("pet-operator", pets.namespace).metadata.finalizers,
+             bool, 30, "the operator's finalizer on its RoleBinding")
+    current = rbac_admin.read_namespaced_role_binding("pet-operator", pets.namespace)
+    mine = [s.to_dict() for s in current.subjects]
+    someone = {"kind": "User", "name": "someone", "api_group": "rbac.authorization.k8s.io"}
+    patch = {
+        "add-a-subject": {"subjects": [*mine, someone]},
+        "replace-the-subjects": {"subjects": [someone]},
+        "label": {"metadata": {"labels": {"shared": "yes"}}},
+    }[change]
+    with _operator_api(pet_operator) as api:
+        operator_rbac = client.RbacAuthorizationV1Api(api)
+        with pytest.raises(ApiException) as caught:
+            operator_rbac.patch_namespaced_role_binding("pet-operator", pets.namespace, patch)
+        assert caught.value.status == 403
+        assert "may change only its finalizers" in caught.value.body
+        # what it needs stays allowed: a change of the finalizers alone
+        operator_rbac.patch_namespaced_role_binding(
+            "pet-operator", pets.namespace, {"metadata": {"finalizers": [*current.metadata.finalizers, "x.io/y"]}})
+    after = rbac_admin.read_namespaced_role_binding("pet-operator", pets.namespace)
+    assert [s.to_dict() for s in after.subjects] == mine
+    assert "x.io/y" in after.metadata.finalizers
+
+
+def test_the_served_namespace_role_is_the_pet_role_and_its_own_binding_by_name() -> None:
+    roles = {doc["metadata"]["name"]: doc for doc in load_yaml_documents(REPO_ROOT / "deploy" / "rbac" /
+                                                                          "clusterroles.yaml")}
+    served, pets_role = roles["pet-operator-served-namespace"]["rules"], roles["pet-operator-pets"]["rules"]
+    assert served[:-1] == pets_role
+    assert served[-1] == {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["rolebindings"],
+                          "resourceNames": ["pet-operator"], "verbs": ["get", "patch"]}
+    all_namespaces = load_yaml_documents(REPO_ROOT / "deploy" / "rbac" / "all-namespaces-mode.yaml")
+    assert "pet-operator-served-namespace" not in {doc["roleRef"]["name"] for doc in all_namespaces}
 
 
 def _pod_from_deployment(namespace: str, tweak: Any = None) -> dict[str, Any]:

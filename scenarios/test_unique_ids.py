@@ -267,6 +267,10 @@ def test_strip_finalizers_when_the_operator_is_gone_for_good(
     pets.create_pet("fido", {"id": 511, "name": "Fido"})
     wait_phase(pets, "rex", "Active")
     wait_phase(pets, "fido", "Active")
+    rbac = client.RbacAuthorizationV1Api(kube_api)
+    wait_for(lambda: rbac.read_namespaced_role_binding("pet-operator", pets.namespace).metadata.finalizers or [],
+             lambda found: "petstore.example.com/pets-finalized" in found, 20,
+             "the operator's finalizer on its RoleBinding")
     op.stop()
     # no replica answers: a spec change is refused, metadata-only updates are not reviewed at all
     with pytest.raises(ApiException) as refused:
@@ -285,3 +289,5 @@ def test_strip_finalizers_when_the_operator_is_gone_for_good(
     assert "from 2 pets; deleted 2 id claims" in done.stdout
     wait_for(pets.list_pets, lambda items: items == [], 20, "the pet to go")
     assert claims(kube_api, claims_namespace) == {}
+    # and the finalizer that kept its RoleBinding (namespace mode): the namespace can be deleted
+    assert not rbac.read_namespaced_role_binding("pet-operator", pets.namespace).metadata.finalizers

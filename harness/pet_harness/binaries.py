@@ -1,14 +1,17 @@
-"""Find or build the control-plane binaries: ``kube-apiserver`` and ``etcd``.
+"""Find or build the control-plane binaries: ``kube-apiserver`` and ``etcd``, and the
+optional ``kube-controller-manager`` (only clusters started with a controller manager need it).
 
 Lookup order, first hit wins, for each binary:
 
-1. ``TEST_ASSET_KUBE_APISERVER`` / ``TEST_ASSET_ETCD`` (a path to the binary);
-2. ``KUBEBUILDER_ASSETS`` (a folder holding both, the setup-envtest convention);
+1. ``TEST_ASSET_KUBE_APISERVER`` / ``TEST_ASSET_ETCD`` / ``TEST_ASSET_KUBE_CONTROLLER_MANAGER``
+   (a path to the binary);
+2. ``KUBEBUILDER_ASSETS`` (a folder holding them, the setup-envtest convention);
 3. the per-version cache, ``$PET_HARNESS_CACHE`` or ``~/.cache/pet-harness``;
 4. if allowed, a build from the official Go modules into that cache.
 
 The build uses throwaway Go modules under the cache, one per binary so that their
-dependency versions never merge. ``k8s.io/kubernetes`` requires its staging modules
+dependency versions never merge. ``kube-controller-manager`` is built from the same
+``k8s.io/kubernetes`` version as ``kube-apiserver``, the same way. ``k8s.io/kubernetes`` requires its staging modules
 at ``v0.0.0``; the replace directives mapping them to the matching ``v0.N.P`` are
 generated from the upstream ``go.mod``, never typed by hand.
 """
@@ -54,6 +57,10 @@ def cache_root() -> Path:
 
 def apiserver_cache_path(kubernetes_version: str = versions.KUBERNETES_VERSION) -> Path:
     return cache_root() / f"kubernetes-v{kubernetes_version}" / "kube-apiserver"
+
+
+def controller_manager_cache_path(kubernetes_version: str = versions.KUBERNETES_VERSION) -> Path:
+    return cache_root() / f"kubernetes-v{kubernetes_version}" / "kube-controller-manager"
 
 
 def etcd_cache_path(etcd_version: str = versions.ETCD_VERSION) -> Path:
@@ -115,6 +122,40 @@ def ensure_binaries(build: bool = True, progress: Progress | None = None) -> Con
     apiserver = found["kube-apiserver"][0] if "kube-apiserver" in found else build_kube_apiserver(progress=say)
     etcd = found["etcd"][0] if "etcd" in found else build_etcd(progress=say)
     return ControlPlaneBinaries(apiserver, etcd, "built")
+
+
+CONTROLLER_MANAGER_VAR = "TEST_ASSET_KUBE_CONTROLLER_MANAGER"
+
+
+def find_controller_manager(
+    environ: os._Environ[str] | dict[str, str] | None = None,
+) -> tuple[Path, str] | None:
+    """``kube-controller-manager`` from the environment or the cache: (path, source), or None."""
+    env = os.environ if environ is None else environ
+    if env.get(CONTROLLER_MANAGER_VAR):
+        return _executable(Path(env[CONTROLLER_MANAGER_VAR]), CONTROLLER_MANAGER_VAR), "env"
+    if env.get("KUBEBUILDER_ASSETS"):
+        path = Path(env["KUBEBUILDER_ASSETS"]) / "kube-controller-manager"
+        return _executable(path, "KUBEBUILDER_ASSETS"), "kubebuilder-assets"
+    cached = controller_manager_cache_path()
+    if cached.is_file() and os.access(cached, os.X_OK):
+        return cached, "cache"
+    return None
+
+
+def ensure_controller_manager(build: bool = True, progress: Progress | None = None) -> Path:
+    """``kube-controller-manager``, built (same Kubernetes version as kube-apiserver) when missing
+    and ``build`` is true."""
+    found = find_controller_manager()
+    if found is not None:
+        return found[0]
+    if not build:
+        raise BinaryError(
+            "kube-controller-manager is not built yet: run `pet-harness binaries build` "
+            f"(cache: {cache_root()}), or point {CONTROLLER_MANAGER_VAR} or KUBEBUILDER_ASSETS "
+            "at a binary you already have"
+        )
+    return build_kube_controller_manager(progress=progress or _stderr)
 
 
 def _stderr(line: str) -> None:
@@ -230,30 +271,24 @@ def _module_dir(name: str) -> Path:
 def build_kube_apiserver(
     kubernetes_version: str = versions.KUBERNETES_VERSION, progress: Progress | None = None
 ) -> Path:
-    say = progress or _stderr
-    started = time.monotonic()
-    output = apiserver_cache_path(kubernetes_version)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tag = f"v{kubernetes_version}"
-    workdir = _module_dir(f"kube-apiserver-{tag}")
-    say(f"building kube-apiserver {tag} from k8s.io/kubernetes (first build takes minutes)")
-    say("  resolving k8s.io/kubernetes and its staging modules")
-    info = json.loads(_run_go(["mod", "download", "-json", f"k8s.io/kubernetes@{tag}"], workdir, "go mod download"))
-    upstream = Path(info["GoMod"]).read_text()
-    replaces = staging_replaces(upstream, versions.staging_version(kubernetes_version))
-    if not replaces:
-        raise BinaryError(f"k8s.io/kubernetes@{tag}: its go.mod lists no k8s.io staging module at v0.0.0")
-    go_line = re.search(r"^go\s+(\S+)", upstream, re.M)
-    (workdir / "go.mod").write_text(
-        "module pet-harness.local/build/kube-apiserver\n\n"
-        f"go {go_line.group(1) if go_line else '1.24'}\n\n"
-        f"require k8s.io/kubernetes {tag}\n\n" + "\n".join(replaces) + "\n"
+    return _build_kubernetes_command(
+        "kube-apiserver", apiserver_cache_path(kubernetes_version), kubernetes_version, progress
     )
-    say(f"  {len(replaces)} staging replaces generated; downloading dependencies")
-    _run_go(["get", f"k8s.io/kubernetes/cmd/kube-apiserver@{tag}"], workdir, "go get kube-apiserver")
+
+
+def build_kube_controller_manager(
+    kubernetes_version: str = versions.KUBERNETES_VERSION, progress: Progress | None = None
+) -> Path:
+    return _build_kubernetes_command(
+        "kube-controller-manager", controller_manager_cache_path(kubernetes_version), kubernetes_version, progress
+    )
+
+
+def kubernetes_ldflags(kubernetes_version: str, stamp: str) -> str:
+    """The ``-X`` flags that make a binary built from the module report its release version."""
     major, minor, _ = kubernetes_version.split(".")
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    ldflags = " ".join(
+    tag = f"v{kubernetes_version}"
+    return " ".join(
         f"-X {pkg}.{key}={value}"
         for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version")
         for key, value in (
@@ -264,8 +299,36 @@ def build_kube_apiserver(
             ("buildDate", stamp),
         )
     )
-    _go_build(workdir, "k8s.io/kubernetes/cmd/kube-apiserver", output, f"-s -w {ldflags}", say, "kube-apiserver")
-    say(f"kube-apiserver {tag} ready after {time.monotonic() - started:.0f}s")
+
+
+def _build_kubernetes_command(
+    command: str, output: Path, kubernetes_version: str, progress: Progress | None
+) -> Path:
+    """Build ``k8s.io/kubernetes/cmd/<command>`` at ``kubernetes_version`` into ``output``."""
+    say = progress or _stderr
+    started = time.monotonic()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tag = f"v{kubernetes_version}"
+    workdir = _module_dir(f"{command}-{tag}")
+    say(f"building {command} {tag} from k8s.io/kubernetes (first build takes minutes)")
+    say("  resolving k8s.io/kubernetes and its staging modules")
+    info = json.loads(_run_go(["mod", "download", "-json", f"k8s.io/kubernetes@{tag}"], workdir, "go mod download"))
+    upstream = Path(info["GoMod"]).read_text()
+    replaces = staging_replaces(upstream, versions.staging_version(kubernetes_version))
+    if not replaces:
+        raise BinaryError(f"k8s.io/kubernetes@{tag}: its go.mod lists no k8s.io staging module at v0.0.0")
+    go_line = re.search(r"^go\s+(\S+)", upstream, re.M)
+    (workdir / "go.mod").write_text(
+        f"module pet-harness.local/build/{command}\n\n"
+        f"go {go_line.group(1) if go_line else '1.24'}\n\n"
+        f"require k8s.io/kubernetes {tag}\n\n" + "\n".join(replaces) + "\n"
+    )
+    say(f"  {len(replaces)} staging replaces generated; downloading dependencies")
+    _run_go(["get", f"k8s.io/kubernetes/cmd/{command}@{tag}"], workdir, f"go get {command}")
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    ldflags = kubernetes_ldflags(kubernetes_version, stamp)
+    _go_build(workdir, f"k8s.io/kubernetes/cmd/{command}", output, f"-s -w {ldflags}", say, command)
+    say(f"{command} {tag} ready after {time.monotonic() - started:.0f}s")
     return output
 
 

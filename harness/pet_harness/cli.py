@@ -1,6 +1,6 @@
 """``pet-harness``: build the control-plane binaries and run a cluster by hand.
 
-    pet-harness binaries build        build kube-apiserver and etcd (cached per version)
+    pet-harness binaries build        build kube-apiserver, etcd and kube-controller-manager (cached per version)
     pet-harness binaries where        show which binaries would be used, and their versions
     pet-harness cluster up            start the embedded cluster in the background
     pet-harness cluster status        is it running, where, on which ports
@@ -30,11 +30,15 @@ from pet_harness.clusters.base import ClusterError
 
 def _cmd_binaries_build(args: argparse.Namespace) -> int:
     if args.force:
-        for path in (binaries.apiserver_cache_path(), binaries.etcd_cache_path()):
+        for path in (binaries.apiserver_cache_path(), binaries.etcd_cache_path(),
+                     binaries.controller_manager_cache_path()):
             path.unlink(missing_ok=True)
     found = binaries.ensure_binaries(build=True)
+    # for clusters started with a controller manager (namespace deletion, garbage collection)
+    manager = binaries.ensure_controller_manager(build=True)
     print(f"kube-apiserver: {found.kube_apiserver} ({binaries.binary_version(found.kube_apiserver)})")
     print(f"etcd:           {found.etcd} ({binaries.binary_version(found.etcd)})")
+    print(f"kube-controller-manager: {manager} ({binaries.binary_version(manager)})")
     return 0
 
 
@@ -48,6 +52,11 @@ def _cmd_binaries_where(args: argparse.Namespace) -> int:
     print(f"source: {found.source}")
     print(f"kube-apiserver: {found.kube_apiserver} ({binaries.binary_version(found.kube_apiserver)})")
     print(f"etcd:           {found.etcd} ({binaries.binary_version(found.etcd)})")
+    manager = binaries.find_controller_manager()
+    if manager is None:
+        print("kube-controller-manager: not built yet (optional; `pet-harness binaries build` builds it)")
+    else:
+        print(f"kube-controller-manager: {manager[0]} ({manager[1]}, {binaries.binary_version(manager[0])})")
     return 0
 
 

@@ -8,6 +8,10 @@ Fixtures:
 * ``pet_cluster`` (session): the core's ``kube_cluster`` (backend from ``--pet-cluster`` or
   ``PET_CLUSTER``; ``local`` by default: etcd + kube-apiserver processes); each xdist worker has
   its own; an embedded control plane starts in about 4 s here.
+* ``controller_manager``: makes sure controllers delete namespaces and collect garbage. On the
+  ``local`` backend it starts ``kube-controller-manager`` on the session's cluster the first
+  time a test asks (it then runs until the session ends); other backends have their own.
+  ``@pytest.mark.controller_manager`` asks for it too.
 * ``pets``: a :class:`~pet_harness.kube.PetApi` bound to ``namespace``.
 * ``operator_factory``: starts ``pet-operator`` subprocesses under the ServiceAccount and
   RBAC of ``deploy/rbac/`` (a TokenRequest token, never admin), each serving the admission
@@ -35,9 +39,9 @@ from typing import Any
 import pytest
 import yaml
 
-from pet_harness import webhooks
+from pet_harness import binaries, webhooks
 from pet_harness.clusters import Cluster
-from pet_harness.clusters.local import free_port
+from pet_harness.clusters.local import LocalCluster, free_port
 from pet_harness.fault_proxy import FaultProxy, proxied_kubeconfig
 from pet_harness.kube import PetApi, api_client
 from pet_harness.operator_process import OperatorProcess, pet_operator_profile
@@ -64,6 +68,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     install_signal_handlers()
+    config.addinivalue_line(
+        "markers", "controller_manager: the test needs namespace deletion and garbage collection "
+        "(on the local backend: kube-controller-manager runs on the session's cluster)")
     config.stash[_TIMINGS] = {}
     if not hasattr(config, "workerinput"):
         plugin = _SummaryPlugin()
@@ -92,6 +99,21 @@ def _report_dir(config: pytest.Config) -> Path:
 def operator_profile() -> OperatorProfile:
     """The pet operator, for the core plugin's cluster, namespace and operator fixtures."""
     return pet_operator_profile()
+
+
+@pytest.fixture
+def controller_manager(pet_cluster: Cluster) -> Cluster:
+    """The session's cluster, with a controller manager (started on first use on the local backend)."""
+    if isinstance(pet_cluster, LocalCluster):
+        manager = binaries.ensure_controller_manager(build=True)  # built once, with progress
+        pet_cluster.start_controller_manager(manager)
+    return pet_cluster
+
+
+@pytest.fixture(autouse=True)
+def _controller_manager_marker(request: pytest.FixtureRequest) -> None:
+    if request.node.get_closest_marker("controller_manager") is not None:
+        request.getfixturevalue("controller_manager")
 
 
 @pytest.fixture(scope="session")

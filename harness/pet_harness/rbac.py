@@ -49,6 +49,24 @@ def install_cluster_roles(api: Any) -> None:
     for doc in _docs("clusterroles.yaml"):
         _create_or_replace(rbac.create_cluster_role, rbac.replace_cluster_role, rbac.read_cluster_role,
                            doc["metadata"]["name"], copy.deepcopy(doc))
+    install_role_binding_policy(api)
+
+
+def install_role_binding_policy(api: Any) -> None:
+    """The ValidatingAdmissionPolicy (and its binding) of ``role-binding-policy.yaml``: a service account
+    bound by a RoleBinding may change only that binding's finalizers."""
+    admission = client.AdmissionregistrationV1Api(api)
+    calls = {
+        "ValidatingAdmissionPolicy": (admission.create_validating_admission_policy,
+                                      admission.replace_validating_admission_policy,
+                                      admission.read_validating_admission_policy),
+        "ValidatingAdmissionPolicyBinding": (admission.create_validating_admission_policy_binding,
+                                             admission.replace_validating_admission_policy_binding,
+                                             admission.read_validating_admission_policy_binding),
+    }
+    for doc in _docs("role-binding-policy.yaml"):
+        create, replace, read = calls[doc["kind"]]
+        _create_or_replace(create, replace, read, doc["metadata"]["name"], copy.deepcopy(doc))
 
 
 SHIPPED_NAME = "pet-operator"
@@ -195,7 +213,7 @@ class OperatorIdentity:
                 self._bind(rbac, doc, self.namespace)
             else:
                 for ns in served or ():
-                    self._bind(rbac, doc, ns)
+                    self._bind_served(rbac, doc, ns, account)
 
     def _bind(self, rbac: Any, doc: dict[str, Any], namespace: str) -> None:
         key = f"{doc['metadata']['name']}@{namespace}"
@@ -205,6 +223,31 @@ class OperatorIdentity:
         body["metadata"]["namespace"] = namespace
         _create_or_replace(rbac.create_namespaced_role_binding, rbac.replace_namespaced_role_binding,
                            rbac.read_namespaced_role_binding, body["metadata"]["name"], body, namespace)
+        self.bound_namespaces.add(key)
+
+    def _bind_served(self, rbac: Any, doc: dict[str, Any], namespace: str, account: str) -> None:
+        """The RoleBinding of a served namespace keeps its shipped name (the operator keeps that binding,
+        by name, while the namespace is deleted): each further account is one more subject of it."""
+        key = f"{SHIPPED_NAME}:{account}@{namespace}"
+        if key in self.bound_namespaces:
+            return
+        body = copy.deepcopy(doc)
+        body["metadata"]["name"] = SHIPPED_NAME
+        body["metadata"]["namespace"] = namespace
+        try:
+            rbac.create_namespaced_role_binding(namespace, body)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+            current = rbac.read_namespaced_role_binding(SHIPPED_NAME, namespace)
+            subjects = [s.to_dict() for s in current.subjects or []]
+            for subject in body["subjects"]:
+                if not any(s["name"] == subject["name"] and s.get("namespace") == subject["namespace"]
+                           for s in subjects):
+                    subjects.append(subject)
+            rbac.patch_namespaced_role_binding(
+                SHIPPED_NAME, namespace,
+                {"metadata": {"resourceVersion": current.metadata.resource_version}, "subjects": subjects})
         self.bound_namespaces.add(key)
 
     def kubeconfig(

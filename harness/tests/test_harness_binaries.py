@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 import stat
@@ -412,3 +413,96 @@ def test_binary_version_reads_stderr_when_stdout_is_empty(tmp_path: Path) -> Non
     tool.write_text("#!/bin/sh\necho 'etcd Version: 3.6.16' >&2\n")
     tool.chmod(0o755)
     assert binaries.binary_version(tool) == "etcd Version: 3.6.16"
+
+
+# --- kube-controller-manager (optional) --------------------------------------------------
+
+
+def test_controller_manager_is_cached_next_to_the_apiserver_of_the_same_version() -> None:
+    assert binaries.controller_manager_cache_path().parent == binaries.apiserver_cache_path().parent
+    assert binaries.controller_manager_cache_path("1.2.3").parent.name == "kubernetes-v1.2.3"
+    assert binaries.controller_manager_cache_path().name == "kube-controller-manager"
+
+
+def test_controller_manager_not_found_and_not_required_by_find_binaries() -> None:
+    apiserver, etcd = _fill_cache()
+    assert binaries.find_controller_manager() is None
+    assert binaries.find_binaries() == binaries.ControlPlaneBinaries(apiserver, etcd, "cache")
+
+
+def test_controller_manager_lookup_order(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    cached = _fake_binary(binaries.controller_manager_cache_path())
+    assert binaries.find_controller_manager() == (cached, "cache")
+    assets = tmp_path / "assets"
+    in_assets = _fake_binary(assets / "kube-controller-manager")
+    monkeypatch.setenv("KUBEBUILDER_ASSETS", str(assets))
+    assert binaries.find_controller_manager() == (in_assets, "kubebuilder-assets")
+    given = _fake_binary(tmp_path / "mine" / "kcm")
+    monkeypatch.setenv("TEST_ASSET_KUBE_CONTROLLER_MANAGER", str(given))
+    assert binaries.find_controller_manager() == (given, "env")
+    assert binaries.find_controller_manager({}) == (cached, "cache")
+
+
+def test_controller_manager_from_a_bad_variable_is_an_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("TEST_ASSET_KUBE_CONTROLLER_MANAGER", str(_fake_binary(tmp_path / "kcm", executable=False)))
+    with pytest.raises(BinaryError, match=r"TEST_ASSET_KUBE_CONTROLLER_MANAGER.*not executable"):
+        binaries.find_controller_manager()
+
+
+def test_ensure_controller_manager_without_build_says_what_to_do(clean_env: Path) -> None:
+    with pytest.raises(BinaryError) as info:
+        binaries.ensure_controller_manager(build=False)
+    message = str(info.value)
+    assert "pet-harness binaries build" in message
+    assert "TEST_ASSET_KUBE_CONTROLLER_MANAGER" in message
+    assert not clean_env.exists(), "a lookup must not create the cache"
+
+
+def test_ensure_controller_manager_builds_it_when_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    built: list[str] = []
+
+    def fake_build(progress: binaries.Progress | None = None) -> Path:
+        built.append("kube-controller-manager")
+        return _fake_binary(binaries.controller_manager_cache_path())
+
+    monkeypatch.setattr(binaries, "build_kube_controller_manager", fake_build)
+    assert binaries.ensure_controller_manager(build=True) == binaries.controller_manager_cache_path()
+    assert binaries.ensure_controller_manager(build=True) == binaries.controller_manager_cache_path()
+    assert built == ["kube-controller-manager"], "built once, then found in the cache"
+
+
+def test_kubernetes_commands_are_built_from_the_same_module_the_same_way(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    upstream = tmp_path / "upstream.go.mod"
+    upstream.write_text("module k8s.io/kubernetes\n\ngo 1.24.0\n\nrequire (\n\tk8s.io/api v0.0.0\n)\n")
+    go_calls: list[tuple[str, ...]] = []
+    builds: list[tuple[str, Path, str]] = []
+
+    def fake_run_go(args: list[str], cwd: Path, what: str) -> str:
+        go_calls.append(tuple(args))
+        return json.dumps({"GoMod": str(upstream)}) if args[:2] == ["mod", "download"] else ""
+
+    def fake_go_build(workdir: Path, package: str, output: Path, ldflags: str, say: object, label: str) -> None:
+        builds.append((package, output, ldflags))
+        assert "require k8s.io/kubernetes v1.34.4" in (workdir / "go.mod").read_text()
+        assert "replace k8s.io/api => k8s.io/api v0.34.4" in (workdir / "go.mod").read_text()
+        _fake_binary(output)
+
+    monkeypatch.setattr(binaries, "_run_go", fake_run_go)
+    monkeypatch.setattr(binaries, "_go_build", fake_go_build)
+    quiet: binaries.Progress = lambda line: None  # noqa: E731
+    assert binaries.build_kube_controller_manager("1.34.4", quiet) == binaries.controller_manager_cache_path("1.34.4")
+    assert binaries.build_kube_apiserver("1.34.4", quiet) == binaries.apiserver_cache_path("1.34.4")
+    assert [b[0] for b in builds] == ["k8s.io/kubernetes/cmd/kube-controller-manager",
+                                      "k8s.io/kubernetes/cmd/kube-apiserver"]
+    assert ("get", "k8s.io/kubernetes/cmd/kube-controller-manager@v1.34.4") in go_calls
+    for _, _, ldflags in builds:
+        assert "-X k8s.io/component-base/version.gitVersion=v1.34.4" in ldflags
+        assert "-X k8s.io/component-base/version.gitMinor=34" in ldflags
+
+
+def test_kubernetes_ldflags() -> None:
+    flags = binaries.kubernetes_ldflags("1.34.4", "2026-01-01T00:00:00Z")
+    assert "-X k8s.io/client-go/pkg/version.gitVersion=v1.34.4" in flags
+    assert "-X k8s.io/component-base/version.buildDate=2026-01-01T00:00:00Z" in flags

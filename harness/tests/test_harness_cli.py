@@ -220,6 +220,35 @@ def test_binaries_where_with_binaries_from_the_environment(
     assert "source: env" in out
     assert f"kube-apiserver: {tmp_path / 'kube-apiserver'} (Kubernetes v1.34.4)" in out
     assert f"etcd:           {tmp_path / 'etcd'} (etcd Version: 3.6.16)" in out
+    assert "kube-controller-manager: not built yet (optional" in out
+
+
+def test_binaries_build_builds_the_controller_manager_too(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """CI's `pet-harness binaries build` must leave every binary the e2e suite may start."""
+    for name, var in (("kube-apiserver", "TEST_ASSET_KUBE_APISERVER"), ("etcd", "TEST_ASSET_ETCD")):
+        path = tmp_path / name
+        path.write_text("#!/bin/sh\necho 'v'\n")
+        path.chmod(0o755)
+        monkeypatch.setenv(var, str(path))
+    built: list[bool] = []
+
+    def fake_build(progress: object = None) -> Path:
+        built.append(True)
+        path = binaries.controller_manager_cache_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("#!/bin/sh\necho 'Kubernetes v1.34.4'\n")
+        path.chmod(0o755)
+        return path
+
+    monkeypatch.setattr(binaries, "build_kube_controller_manager", fake_build)
+    assert cli.main(["binaries", "build"]) == 0
+    assert built == [True]
+    out = capsys.readouterr().out
+    assert f"kube-controller-manager: {binaries.controller_manager_cache_path()} (Kubernetes v1.34.4)" in out
+    assert cli.main(["binaries", "where"]) == 0
+    assert "kube-controller-manager: " in capsys.readouterr().out
 
 
 def test_binary_errors_become_exit_code_1(

@@ -508,3 +508,132 @@ def test_audit_policy() -> None:
     assert {"group": "", "resources": ["events"]} in rules[1]["resources"]
     assert rules[2] == {"level": "Request", "resources": [{"group": "coordination.k8s.io", "resources": ["leases"]}]}
     assert rules[-1] == {"level": "Metadata"}, "everything else is recorded at Metadata level"
+
+
+# --- kube-controller-manager (optional) ---------------------------------------------------
+
+FAKE_CONTROLLER_MANAGER = textwrap.dedent(
+    '''\
+    """Stand-in for kube-controller-manager: /healthz over TLS, with the kubeconfig's own pair."""
+    import base64, http.server, os, ssl, sys, tempfile, yaml
+
+    flags = dict(a[2:].split("=", 1) for a in sys.argv[1:] if a.startswith("--") and "=" in a)
+    if os.environ.get("FAKE_KCM_FAIL"):
+        print("E0101 unknown controller", flush=True)
+        sys.exit(3)
+    config = yaml.safe_load(open(flags["kubeconfig"]))
+    user = config["users"][0]["user"]
+    folder = tempfile.mkdtemp()
+    for key, name in (("client-certificate-data", "c.crt"), ("client-key-data", "c.key")):
+        with open(os.path.join(folder, name), "wb") as f:
+            f.write(base64.b64decode(user[key]))
+
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            ok = self.path == "/healthz"
+            self.send_response(200 if ok else 404)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args):
+            pass
+
+
+    server = http.server.ThreadingHTTPServer((flags["bind-address"], int(flags["secure-port"])), Handler)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(os.path.join(folder, "c.crt"), os.path.join(folder, "c.key"))
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    print("kube-controller-manager serving for", config["clusters"][0]["cluster"]["server"], flush=True)
+    server.serve_forever()
+    '''
+)
+
+
+@pytest.fixture
+def fake_manager(tmp_path: Path) -> Path:
+    return _script(tmp_path / "bin" / "kube-controller-manager", f"#!{sys.executable}\n{FAKE_CONTROLLER_MANAGER}")
+
+
+def test_no_controller_manager_by_default(running: LocalCluster) -> None:
+    assert running.controller_manager is False
+    assert running.controller_manager_process is None
+    assert running.describe()["controller_manager_pid"] is None
+
+
+def test_controller_manager_runs_with_its_own_identity_and_only_the_needed_controllers(
+    fake_bins: ControlPlaneBinaries, fake_manager: Path, cluster_factory: list[LocalCluster]
+) -> None:
+    cluster = LocalCluster(fake_bins, start_timeout=10, controller_manager=True,
+                           controller_manager_binary=fake_manager)
+    cluster_factory.append(cluster)
+    cluster.start()
+    manager = cluster.controller_manager_process
+    assert manager is not None and manager.running
+    assert cluster.describe()["controller_manager_pid"] == manager.pid
+    argv = manager.argv
+    assert argv[0] == str(fake_manager)
+    assert "--controllers=namespace-controller,garbage-collector-controller" in argv
+    assert "--leader-elect=false" in argv
+    assert "--bind-address=127.0.0.1" in argv
+    assert "--use-service-account-credentials=true" in argv
+    assert f"--secure-port={cluster.controller_manager_port}" in argv
+    assert cluster.controller_manager_port not in (0, cluster.apiserver_port, cluster.etcd_client_port)
+    assert cluster.workdir is not None
+    config_path = cluster.workdir / "controller-manager.kubeconfig"
+    assert f"--kubeconfig={config_path}" in argv
+    assert _mode(config_path) == 0o600
+    config = yaml.safe_load(config_path.read_text())
+    assert config["clusters"][0]["cluster"]["server"] == cluster.server_url
+    with kube_config.new_client_from_config(config_file=str(config_path)) as api:
+        cert = _cert(Path(api.configuration.cert_file))
+    assert _names(cert, NameOID.COMMON_NAME) == [local_mod.CONTROLLER_MANAGER_USER]
+    assert _names(cert, NameOID.ORGANIZATION_NAME) == [], "its own identity, never system:masters"
+    assert "serving for " + cluster.server_url in manager.log_text()
+
+    pids = [p.pid for p in (manager, cluster.apiserver, cluster.etcd) if p is not None]
+    cluster.stop()
+    assert all(pid is not None and _gone(pid) for pid in pids)
+    assert cluster.controller_manager_process is None
+
+
+def test_controller_manager_started_on_a_running_cluster_once(
+    fake_bins: ControlPlaneBinaries, fake_manager: Path, cluster_factory: list[LocalCluster]
+) -> None:
+    cluster = LocalCluster(fake_bins, start_timeout=10)
+    cluster_factory.append(cluster)
+    with pytest.raises(ClusterError, match="not started"):
+        cluster.start_controller_manager(fake_manager)
+    cluster.start()
+    assert cluster.controller_manager_process is None
+    cluster.start_controller_manager(fake_manager)
+    manager = cluster.controller_manager_process
+    assert manager is not None and manager.running
+    cluster.start_controller_manager(fake_manager)  # already running: nothing happens
+    assert cluster.controller_manager_process is manager
+    pid = manager.pid
+    cluster.stop()
+    assert pid is not None and _gone(pid)
+
+
+def test_controller_manager_exiting_at_start_stops_everything(
+    fake_bins: ControlPlaneBinaries, fake_manager: Path, private_tmpdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_KCM_FAIL", "1")
+    cluster = LocalCluster(fake_bins, start_timeout=10, controller_manager=True,
+                           controller_manager_binary=fake_manager)
+    with pytest.raises(ClusterError, match=r"(?s)kube-controller-manager exited with code 3.*unknown controller"):
+        cluster.start()
+    assert cluster.etcd is None and cluster.apiserver is None and cluster.controller_manager_process is None
+    assert list(private_tmpdir.iterdir()) == []
+
+
+def test_controller_manager_binary_missing_fails_before_anything_starts(
+    fake_bins: ControlPlaneBinaries, private_tmpdir: Path
+) -> None:
+    cluster = LocalCluster(fake_bins, start_timeout=10, controller_manager=True)
+    with pytest.raises(BinaryError, match="kube-controller-manager is not built yet"):
+        cluster.start()
+    assert cluster.etcd is None
+    assert list(private_tmpdir.iterdir()) == []

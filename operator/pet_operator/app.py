@@ -14,6 +14,7 @@ from collections.abc import Callable
 import kopf
 
 from pet_operator import handlers, model
+from pet_operator.bindings import BindingGuard
 from pet_operator.cli import Config
 from pet_operator.events import EventRecorder
 from pet_operator.health import HealthServer
@@ -96,9 +97,25 @@ async def _all_uids(kube: Kube, namespaces: tuple[str, ...] | None) -> set[str]:
     return await kube.list_uids(model.PETS, namespaces) | await kube.list_uids(model.PETSTORES, namespaces)
 
 
+async def _watched_namespaces(kube: Kube, namespaces: tuple[str, ...]) -> tuple[str, ...]:
+    """The served namespaces that Kopf watches: not one that is already being deleted at start-up (Kopf
+    leaves it out; the RoleBinding guard finalizes its pets from a listing, bindings.py). Waiting for its
+    objects to show up on a watch would keep the operator from ever being ready."""
+    watched = []
+    for namespace in namespaces:
+        try:
+            if await kube.namespace_terminating(namespace):
+                log.info("namespace %s is being deleted: its pets are finalized without a watch", namespace)
+                continue
+        except Exception as exc:  # noqa: BLE001 - waiting for its objects is the safe side
+            log.warning("cannot read namespace %s: %s", namespace, exc)
+        watched.append(namespace)
+    return tuple(watched)
+
+
 async def initial_sync(config: Config, kube: Kube, rec: Reconciler, readiness: Readiness) -> None:
     await readiness.started.wait()
-    namespaces = None if config.all_namespaces else config.namespaces
+    namespaces = None if config.all_namespaces else await _watched_namespaces(kube, config.namespaces)
     while True:
         try:
             wanted = await _all_uids(kube, namespaces)
@@ -278,6 +295,9 @@ async def main(
         kube, on_phase_change=recorder.phase_changed, claims=kube, finalizers=kube,
         served=None if config.all_namespaces else frozenset(config.namespaces), pet_reader=kube,
     )
+    if not config.all_namespaces and config.role_binding:
+        # namespace mode: keep the RoleBinding of each served namespace until its pets are finalized
+        rec.bindings = BindingGuard(kube, config.namespaces, config.role_binding, may_write=lambda: rec.may_write())
     if not config.leader_elect:  # a leader-electing replica lists them when it starts leading
         try:
             rec.prime_claims(await kube.list_claims())

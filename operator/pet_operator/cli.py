@@ -17,6 +17,8 @@ from pathlib import Path
 
 # an RFC 1123 label: a namespace name, and each dot-separated part of a DNS name
 _NAMESPACE_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+# an object name (RFC 1123 subdomain): what a RoleBinding may be called
+_DNS_SUBDOMAIN_RE = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
 def _host_name_ok(name: str) -> bool:
@@ -63,6 +65,7 @@ class Config:
     renew_deadline: float = 10.0
     retry_period: float = 2.0
     leader_identity: str = ""
+    role_binding: str = "pet-operator"
 
     @property
     def scope(self) -> str:
@@ -92,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--claims-namespace", default=None, metavar="NS",
         help="namespace of the id claims, the operator's own (default: $POD_NAMESPACE, else pet-system)",
+    )
+    parser.add_argument(
+        "--role-binding", default="pet-operator", metavar="NAME",
+        help="namespace mode: the operator's RoleBinding in each served namespace, which it keeps (with a "
+             "finalizer) until its pets there are finalized when the namespace is deleted; '' turns that off "
+             "(default pet-operator, as deploy/rbac/namespaced-mode.yaml names it)",
     )
     parser.add_argument(
         "--event-level", default="Normal", choices=["Normal", "Warning", "None"],
@@ -222,6 +231,9 @@ def parse_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] |
             "could usually write Leases too, and so forge or delete id claims for every namespace; keep the "
             "claims in the operator's own namespace, which serves no pets"
         )
+    role_binding = args.role_binding.strip()
+    if role_binding and not _DNS_SUBDOMAIN_RE.match(role_binding):
+        raise ConfigError(f"--role-binding {role_binding!r} is not a valid object name")
     return Config(
         webhook_bind_addresses=bind_addresses,
         health_bind_addresses=health_addresses,
@@ -232,6 +244,7 @@ def parse_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] |
         renew_deadline=args.renew_deadline,
         retry_period=args.retry_period,
         leader_identity=identity,
+        role_binding=role_binding,
         webhook_port=args.webhook_port,
         webhook_cert_dir=args.webhook_cert_dir,
         webhook_configuration=args.webhook_configuration,

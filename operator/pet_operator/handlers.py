@@ -48,10 +48,17 @@ async def with_retries(what: str, call: Callable[[], Awaitable[Any]]) -> None:
                 # retries failing for 3 s each, and the last decisions waited for the resync)
                 log.debug("%s: the object moved (409); its next event reconciles it", what)
                 return
-            if exc.status < 500 and exc.status != 429:
+            if exc.status == 403:
+                # Not final: RBAC can change under a running operator (a binding still reaching the API
+                # server's cache, or deleted with a namespace; bindings.py keeps that one). Retried like
+                # the rest, and after that by the next event or resync: never given up for good.
+                error: str = (f"403 Forbidden ({exc.message or exc.reason}): the operator's RBAC does not allow "
+                              "this now")
+            elif exc.status < 500 and exc.status != 429:
                 log.error("%s failed for good: %s %s", what, exc.status, exc.reason)
                 return
-            error: str = f"{exc.status} {exc.reason}"
+            else:
+                error = f"{exc.status} {exc.reason}"
         except (TimeoutError, OSError, aiohttp.ClientConnectionError) as exc:
             error = repr(exc)
         if attempt == RETRIES:
@@ -115,6 +122,25 @@ def register(registry: kopf.OperatorRegistry, rec: Reconciler, indexes: Indexes,
         ``app`` once the indexes are complete) reconciles what was indexed."""
         return indexes.complete is None or indexes.complete.is_set()
 
+    guard = rec.bindings
+    if guard is not None:
+        async def finalize_unwatched(body: dict[str, Any]) -> None:
+            await rec.finalize_unwatched(body, pets, stores)
+
+        guard.finalize = finalize_unwatched
+
+        @kopf.on.event("", "v1", "namespaces", id="namespace_event", registry=registry)
+        async def namespace_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+            if type == "DELETED":
+                return
+            if not complete():  # noted only: the catch-up pass then guards or releases them all
+                guard.observe(body)
+                return
+            name = body.get("metadata", {}).get("name", "")
+            if name in guard.served:
+                await with_retries(f"RoleBinding of namespace {name}",
+                                   lambda: guard.namespace_changed(body))
+
     @kopf.on.event(*pets_resource, id="pet_event", registry=registry)
     async def pet_event(type: str | None, body: kopf.Body, **_: Any) -> None:
         meta = body.get("metadata", {})
@@ -124,11 +150,15 @@ def register(registry: kopf.OperatorRegistry, rec: Reconciler, indexes: Indexes,
         if type == "DELETED":
             pets.remove(key)
             by_store.place(key, None)
+            if guard is not None:
+                guard.pet_gone(*key)
             previous = rec.forget_pet(key[0], key[1], meta.get("uid", ""))
         else:
             snap = PetSnapshot.from_body(body)
             rec.observe_pet(snap)
             pets.put(key, snap)
+            if guard is not None:
+                guard.pet_seen(key[0], key[1], snap.finalizers)
             by_store.place(key, (key[0], snap.store) if snap.store else None)
             if not complete():
                 return
@@ -138,6 +168,10 @@ def register(registry: kopf.OperatorRegistry, rec: Reconciler, indexes: Indexes,
             stores_to_count.add(previous)
         for name in stores_to_count:
             counts.request((key[0], name), pets, stores, by_store)
+        if guard is not None and key[0] in guard.terminating and complete():
+            # the last pet of a namespace being deleted lets the operator's RoleBinding go
+            await with_retries(f"RoleBinding of namespace {key[0]}",
+                               lambda: guard.release_when_done(key[0]))
 
     @kopf.on.event(*stores_resource, id="store_event", registry=registry)
     async def store_event(type: str | None, body: kopf.Body, **_: Any) -> None:
@@ -181,6 +215,9 @@ YIELD_EVERY = 100  # a resync lets the event loop turn this often (Lease renewal
 
 async def resync_once(rec: Reconciler, pets: PetIndex, stores: StoreIndex, by_store: PetsByStore) -> None:
     await with_retries("collect orphaned id claims", lambda: rec.collect_orphans(pets, stores))
+    guard = rec.bindings
+    if guard is not None:
+        await with_retries("RoleBindings of the served namespaces", guard.sweep)
     for number, key in enumerate(list(pets.keys())):
         if number % YIELD_EVERY == YIELD_EVERY - 1:
             # pets whose status is right need no I/O, so nothing else would run during the pass: at

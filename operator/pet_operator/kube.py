@@ -28,6 +28,7 @@ API_CONNECTIONS = 32
 COORDINATION = ("apis", "coordination.k8s.io", "v1")
 CUSTOM = ("apis", GROUP, VERSION)
 ADMISSION = ("apis", "admissionregistration.k8s.io", "v1")
+RBAC = ("apis", "rbac.authorization.k8s.io", "v1")
 
 
 class NotFound(Exception):
@@ -141,6 +142,34 @@ class Kube:
         body = {"metadata": {"finalizers": finalizers or None, "resourceVersion": resource_version}}
         path = rest.path_of(*CUSTOM, "namespaces", namespace, plural, name)
         return await self._write("PATCH", path, body, MERGE_PATCH, gone=f"{plural} {namespace}/{name}")
+
+    async def pets_with_finalizer(self, namespace: str, finalizer: str) -> list[dict[str, Any]]:
+        """The pets in ``namespace`` that carry ``finalizer`` now (whole objects: one that no watch delivers
+        is finalized from this)."""
+        path = rest.path_of(*CUSTOM, "namespaces", namespace, "pets")
+        return [
+            item async for item in self._pages(path, {})
+            if finalizer in ((item.get("metadata") or {}).get("finalizers") or ())
+        ]
+
+    async def namespace_terminating(self, name: str) -> bool:
+        """Whether the namespace ``name`` is being deleted now (False if there is none)."""
+        body = await self._get(rest.path_of("api", "v1", "namespaces", name))
+        return body is not None and bool((body.get("metadata") or {}).get("deletionTimestamp"))
+
+    # --- the operator's own RoleBinding in a served namespace (bindings.py) ---------------------
+
+    async def read_role_binding(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return await self._get(rest.path_of(*RBAC, "namespaces", namespace, "rolebindings", name))
+
+    async def set_role_binding_finalizers(
+        self, namespace: str, name: str, finalizers: list[str], resource_version: str
+    ) -> dict[str, Any]:
+        """Replace the RoleBinding's ``metadata.finalizers`` only (so RBAC's escalation check does not
+        apply); the resourceVersion makes it fail (409) if the binding moved."""
+        body = {"metadata": {"finalizers": finalizers or None, "resourceVersion": resource_version}}
+        path = rest.path_of(*RBAC, "namespaces", namespace, "rolebindings", name)
+        return await self._write("PATCH", path, body, MERGE_PATCH, gone=f"rolebinding {namespace}/{name}")
 
     async def read_store(self, namespace: str, name: str) -> StoreView | None:
         """The store as the API server's watch cache has it (``resourceVersion=0``: no etcd read;

@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapp
 from typing import Any, Protocol
 
 from pet_operator import model
+from pet_operator.bindings import BindingGuard
 from pet_operator.claims import FINALIZER, Claim, ClaimStore, claim_outcome
 from pet_operator.indexes import Members
 from pet_operator.kube import NotFound
@@ -259,6 +260,8 @@ class Reconciler:
         self._by_id: Members[int] = Members()
         self.writes = 0  # status writes made, for metrics and tests
         self.observed: set[str] = set()  # uids seen on the watch streams, for readiness
+        # namespace mode: the finalizer on the operator's RoleBinding in each served namespace
+        self.bindings: BindingGuard | None = None
 
     # --- observation (called from Kopf's index functions, before any handler) ---------
 
@@ -344,17 +347,40 @@ class Reconciler:
         except NotLeader:
             return None  # the leader reconciles it; this replica only watches
         finally:
-            # ids released by a finalizer are handed on even if removing the finalizer failed;
-            # a promotion that fails (a conflict, say) stays queued for the retry of this call
-            while self._to_promote:
-                pet_id = self._to_promote.pop()
-                try:
-                    await self.promote_waiting(pet_id, pets, stores)
-                except BaseException:
-                    self._to_promote.add(pet_id)
-                    raise
+            await self._promote_released(pets, stores)
+
+    async def _promote_released(self, pets: PetIndex, stores: StoreIndex) -> None:
+        # ids released by a finalizer are handed on even if removing the finalizer failed;
+        # a promotion that fails (a conflict, say) stays queued for the retry of the call
+        while self._to_promote:
+            pet_id = self._to_promote.pop()
+            try:
+                await self.promote_waiting(pet_id, pets, stores)
+            except BaseException:
+                self._to_promote.add(pet_id)
+                raise
+
+    async def finalize_unwatched(self, body: Mapping[str, Any], pets: PetIndex, stores: StoreIndex) -> None:
+        """Finalize a deleted pet that no watch delivers: Kopf does not watch a namespace that was already
+        being deleted when this replica started, and its pets would wait on the operator for good. A pet
+        the watch index holds is left to :meth:`sync_pet`."""
+        snap = PetSnapshot.from_body(body)
+        key = (snap.namespace, snap.name)
+        if not snap.deleting or _first(pets.get(key)) is not None:
+            return
+        try:
+            async with self._pet_locks.hold(key):
+                await self._finalize(snap)
+        except NotLeader:
+            return
+        finally:
+            await self._promote_released(pets, stores)
 
     async def _sync_live_pet(self, snap: PetSnapshot, pets: PetIndex, stores: StoreIndex) -> model.Verdict | None:
+        if self.bindings is not None and snap.namespace in self.bindings.terminating:
+            # its namespace is being deleted, and the pet with it: no new claim or finalizer, which
+            # would come after the operator's RoleBinding there may have been let go
+            return None
         store_snap: StoreSnapshot | None = (
             _first(stores.get((snap.namespace, snap.store))) if snap.store else None
         )

@@ -85,10 +85,16 @@ def test_kopf_workers_are_not_limited() -> None:
 class FakeKube:
     """list_uids answers from ``objects`` (plural -> uids); ``failures`` are raised first."""
 
-    def __init__(self, objects: dict[str, set[str]], failures: int = 0) -> None:
+    def __init__(self, objects: dict[str, set[str]], failures: int = 0, terminating: tuple[str, ...] = ()) -> None:
         self.objects = objects
         self.failures = failures
         self.listed: list[tuple[str, tuple[str, ...] | None]] = []
+        self.terminating = terminating
+
+    async def namespace_terminating(self, name: str) -> bool:
+        if name == "unreadable":
+            raise ConnectionRefusedError("API server not up")
+        return name in self.terminating
 
     async def list_uids(self, plural: str, namespaces: tuple[str, ...] | None) -> set[str]:
         self.listed.append((plural, namespaces))
@@ -132,6 +138,20 @@ async def test_initial_sync_ready_at_once_when_everything_was_seen(
     assert readiness.check() == (True, "ok")
     assert delays == []
     assert kube.listed == [("pets", ("default", "other")), ("petstores", ("default", "other"))]
+
+
+async def test_initial_sync_leaves_out_a_namespace_already_being_deleted(
+    rec: Reconciler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kopf does not watch a namespace that is being deleted when it starts: waiting for its objects on a
+    watch would keep the operator unready, and nothing reconciled, for good (bindings.py finalizes them)."""
+    kube = FakeKube({"pets": set()}, terminating=("doomed",))
+    readiness = app.Readiness()
+    readiness.started.set()
+    fake_sleep(monkeypatch, lambda n: None)
+    await app.initial_sync(config("default", "doomed", "unreadable"), kube, rec, readiness)  # type: ignore[arg-type]
+    assert readiness.check() == (True, "ok")
+    assert kube.listed[0] == ("pets", ("default", "unreadable"))  # a namespace it cannot read: waited for
 
 
 async def test_initial_sync_lists_cluster_wide_for_all_namespaces(
@@ -216,6 +236,9 @@ async def test_initial_sync_ready_when_the_only_object_is_deleted(
 class FakeAppKube(FakeWriter):
     closed = False
 
+    async def namespace_terminating(self, name: str) -> bool:
+        return False
+
     async def list_uids(self, plural: str, namespaces: tuple[str, ...] | None) -> set[str]:
         return set()
 
@@ -291,7 +314,9 @@ async def test_main_wires_kopf_with_the_configured_scope_and_stops_on_the_signal
     # grace 20 s: 2 s kept for the Lease and the servers, Kopf's workers cut half a second before that
     assert seen["settings"].queueing.exit_timeout == 17.5
     registry = seen["registry"]
-    assert {h.id for h in registry._watching.get_all_handlers()} == {"pet_event", "store_event"}
+    # namespace mode also watches Namespaces: the RoleBinding of each served one is kept (bindings.py)
+    extra = set() if clusterwide else {"namespace_event"}
+    assert {h.id for h in registry._watching.get_all_handlers()} == {"pet_event", "store_event", *extra}
     assert isinstance(fake.ignored, NotKopfs)
     assert kube.closed
 

@@ -327,3 +327,11 @@ def test_kopfs_per_object_success_lines_only_at_debug() -> None:
         assert kopf_objects.isEnabledFor(logging.DEBUG)
     finally:
         kopf_objects.setLevel(logging.NOTSET)
+
+
+def test_role_binding_flag() -> None:
+    assert parse_config(["-n", "a"], NO_ENV).role_binding == "pet-operator"
+    assert parse_config(["-n", "a", "--role-binding", "mine.v2"], NO_ENV).role_binding == "mine.v2"
+    assert parse_config(["-n", "a", "--role-binding", ""], NO_ENV).role_binding == ""  # turned off
+    with pytest.raises(ConfigError, match="--role-binding 'Bad_Name' is not a valid object name"):
+        parse_config(["-n", "a", "--role-binding", "Bad_Name"], NO_ENV)

@@ -146,7 +146,6 @@ async def test_backoff_is_capped_at_five_seconds(
     [
         (400, "Bad Request"),
         (401, "Unauthorized"),
-        (403, "Forbidden"),
         (404, "Not Found"),
         (410, "Gone"),
         (422, "Unprocessable Entity"),
@@ -163,6 +162,28 @@ async def test_client_errors_are_not_retried(
     assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
         (logging.ERROR, f"reconcile pet default/rex failed for good: {status} {reason}")
     ]
+
+
+async def test_forbidden_is_retried_with_backoff_and_never_given_up_for_good(
+    delays: list[float], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 403 can pass (a RoleBinding still reaching the API server's cache; in a namespace being
+    deleted, issue 13 finding 1, the binding the operator keeps): retried, said clearly, and left to
+    the next event or resync, never "failed for good"."""
+    error = ApiError(status=403, reason="Forbidden", message='pets "rex" is forbidden: User cannot patch')
+    call, calls = failing(*[error] * 10)
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        await handlers.with_retries("reconcile pet default/rex", call)
+    assert calls == [handlers.RETRIES]
+    assert delays == [0.2, 0.4, 0.8, 1.6]
+    messages = [r.getMessage() for r in caplog.records]
+    assert "the operator's RBAC does not allow this now" in messages[0]
+    assert 'pets "rex" is forbidden' in messages[0]
+    assert "failed for good" not in " ".join(messages)
+    assert messages[-1].endswith("the next event or resync retries it")
+    call, calls = failing(error)
+    await handlers.with_retries("reconcile pet default/rex", call)  # and a later success ends it
+    assert calls == [2]
 
 
 async def test_unexpected_errors_propagate(delays: list[float]) -> None:

@@ -164,3 +164,40 @@ async def test_namespace_exists_is_a_bounded_read_of_the_namespace() -> None:
     assert [(c["method"], c["path"], c["timeout"]) for c in fake.calls] == [
         ("GET", "/api/v1/namespaces/gone-soon", 1.0), ("GET", "/api/v1/namespaces/gone", 1.0),
     ]
+
+
+async def test_the_operators_role_binding_is_read_and_only_its_finalizers_patched() -> None:
+    binding = {"metadata": {"name": "pet-operator", "resourceVersion": "4"}}
+    client, fake = api(binding, ApiError(404, "NotFound"), {"metadata": {"resourceVersion": "5"}},
+                       ApiError(404, "NotFound"))
+    assert await client.read_role_binding("shop", "pet-operator") == binding
+    assert await client.read_role_binding("shop", "pet-operator") is None
+    await client.set_role_binding_finalizers("shop", "pet-operator", ["petstore.example.com/pets-finalized"], "4")
+    path = "/apis/rbac.authorization.k8s.io/v1/namespaces/shop/rolebindings/pet-operator"
+    assert [c["path"] for c in fake.calls] == [path] * 3
+    assert fake.calls[2]["method"] == "PATCH"
+    assert fake.calls[2]["content_type"] == rest.MERGE_PATCH
+    # metadata.finalizers and the precondition only: nothing that RBAC's escalation check looks at
+    assert fake.calls[2]["body"] == {"metadata": {"finalizers": ["petstore.example.com/pets-finalized"],
+                                                  "resourceVersion": "4"}}
+    with pytest.raises(kube.NotFound, match="rolebinding shop/pet-operator"):
+        await client.set_role_binding_finalizers("shop", "pet-operator", [], "5")
+
+
+async def test_pets_with_a_finalizer_are_listed_whole() -> None:
+    rex = {"metadata": {"name": "rex", "finalizers": ["petstore.example.com/id-claim"]}, "spec": {"id": 1}}
+    page = {"items": [rex, {"metadata": {"name": "tom", "finalizers": ["other/one"]}},
+                      {"metadata": {"name": "kit"}}], "metadata": {}}
+    client, fake = api(page)
+    assert await client.pets_with_finalizer("shop", "petstore.example.com/id-claim") == [rex]
+    assert fake.calls[0]["path"] == "/apis/petstore.example.com/v1/namespaces/shop/pets"
+    assert "accept" not in fake.calls[0], "whole objects: a pet no watch delivers is finalized from them"
+
+
+async def test_namespace_terminating() -> None:
+    client, fake = api({"metadata": {"name": "a", "deletionTimestamp": "2026-01-01T00:00:00Z"}},
+                       {"metadata": {"name": "b"}}, ApiError(404, "NotFound"))
+    assert await client.namespace_terminating("a") is True
+    assert await client.namespace_terminating("b") is False
+    assert await client.namespace_terminating("c") is False
+    assert [c["path"] for c in fake.calls] == ["/api/v1/namespaces/a", "/api/v1/namespaces/b", "/api/v1/namespaces/c"]

@@ -5,6 +5,11 @@ This is what controller-runtime's envtest does, made stricter: random free ports
 authentication from a CA made at start, RBAC, service-account token signing (so the
 TokenRequest API works), an audit log, and teardown of every process and the work
 folder on every exit path, including a start-up that failed half-way.
+
+With ``controller_manager=True`` it also runs ``kube-controller-manager`` (built from the
+same ``k8s.io/kubernetes`` version) with only the controllers that namespace deletion and
+garbage collection need, so that deleting a namespace happens as in a real cluster. It is
+off by default: most tests do not need it and it costs start-up time and CPU.
 """
 
 from __future__ import annotations
@@ -77,6 +82,18 @@ def free_port(avoid: Collection[int] = ()) -> int:
     raise OSError(f"no free loopback port outside {sorted(avoid)} after 100 tries")
 
 
+#: The controllers a ``controller_manager=True`` cluster runs: deleting a namespace's content and the
+#: namespace (namespace-controller) and ownerReference cascades (garbage-collector-controller).
+#: serviceaccount-token-controller is not needed: each controller authenticates with a token from
+#: the TokenRequest API (``--use-service-account-credentials``), never with a legacy token Secret.
+CONTROLLERS = ("namespace-controller", "garbage-collector-controller")
+
+#: The controller manager's own identity, bound by the API server's bootstrap RBAC
+#: (``system:kube-controller-manager``): enough to create each controller's ServiceAccount in
+#: kube-system and a token for it; the controllers then act with their own bootstrap roles.
+CONTROLLER_MANAGER_USER = "system:kube-controller-manager"
+
+
 class LocalCluster(Cluster):
     backend = "local"
     owns_control_plane = True
@@ -90,9 +107,17 @@ class LocalCluster(Cluster):
         keep_workdir: bool | None = None,
         outlive_parent: bool = False,
         audit_policy: str | None = AUDIT_POLICY,
+        controller_manager: bool = False,
+        controller_manager_binary: Path | None = None,
     ) -> None:
-        """``audit_policy``: the audit policy's YAML, or None for no audit log (load runs)."""
+        """``audit_policy``: the audit policy's YAML, or None for no audit log (load runs).
+        ``controller_manager``: also run kube-controller-manager (namespace deletion, garbage
+        collection); ``controller_manager_binary`` overrides where its binary is found."""
         self._binaries = binaries
+        self.controller_manager = controller_manager
+        self._controller_manager_binary = controller_manager_binary
+        self.controller_manager_process: ManagedProcess | None = None
+        self.controller_manager_port = 0
         self._requested_workdir = workdir
         self.extra_apiserver_args = extra_apiserver_args
         self.start_timeout = start_timeout
@@ -148,6 +173,9 @@ class LocalCluster(Cluster):
             workdir=str(self.workdir),
             etcd_pid=self.etcd.pid if self.etcd else None,
             apiserver_pid=self.apiserver.pid if self.apiserver else None,
+            controller_manager_pid=(
+                self.controller_manager_process.pid if self.controller_manager_process else None
+            ),
             audit_log=str(self.audit_log_path),
             start_seconds=self.start_seconds,
         )
@@ -160,11 +188,14 @@ class LocalCluster(Cluster):
             return
         started = time.monotonic()
         bins = self._binaries or binaries_mod.ensure_binaries(build=False)
+        manager = self._manager_binary() if self.controller_manager else None
         try:
             self._prepare_workdir()
             for attempt in range(3):
                 try:
                     self._start_processes(bins)
+                    if manager is not None:
+                        self._start_controller_manager(manager)
                     break
                 except _PortCollision:
                     self._stop_processes()
@@ -187,8 +218,8 @@ class LocalCluster(Cluster):
         self._kubeconfig = None
 
     def _stop_processes(self) -> None:
-        # the API server first, so it never runs against a missing etcd
-        for attr in ("apiserver", "etcd"):
+        # the controller manager first, then the API server, so none runs against a missing peer
+        for attr in ("controller_manager_process", "apiserver", "etcd"):
             proc: ManagedProcess | None = getattr(self, attr)
             if proc is not None:
                 proc.stop(grace=10)
@@ -304,6 +335,76 @@ class LocalCluster(Cluster):
             cwd=d,
             outlive_parent=self.outlive_parent,
         )
+
+    # --- kube-controller-manager (optional) ----------------------------------------------------
+
+    def _manager_binary(self) -> Path:
+        if self._controller_manager_binary is not None:
+            return self._controller_manager_binary
+        return binaries_mod.ensure_controller_manager(build=False)
+
+    def start_controller_manager(self, binary: Path | None = None) -> None:
+        """Start kube-controller-manager on this running cluster, if it is not running yet; it is
+        stopped with the cluster. (A session's cluster gets it when the first test needs it.)"""
+        if self.controller_manager_process is not None and self.controller_manager_process.running:
+            return
+        if self.apiserver is None or not self.apiserver.running:
+            raise ClusterError("the local cluster is not started")
+        self.controller_manager = True
+        try:
+            self._start_controller_manager(binary or self._manager_binary())
+        except BaseException:
+            if self.controller_manager_process is not None:
+                self.controller_manager_process.stop(grace=5)
+                self.controller_manager_process = None
+            raise
+
+    def _start_controller_manager(self, binary: Path) -> None:
+        d = self._dir
+        if self._ca is None:
+            raise ClusterError("the local cluster is not started")
+        pair = self._ca.client(CONTROLLER_MANAGER_USER)  # its own client certificate, no group
+        config = write_kubeconfig(d / "controller-manager.kubeconfig", self.server_url, self._ca.cert_pem,
+                                  CONTROLLER_MANAGER_USER, pair.cert_pem, pair.key_pem)
+        self.controller_manager_port = free_port({self.apiserver_port, self.etcd_client_port, self.etcd_peer_port})
+        self.controller_manager_process = ManagedProcess(
+            "kube-controller-manager",
+            self.controller_manager_args(binary, config),
+            d / "logs" / "kube-controller-manager.log",
+            cwd=d,
+            outlive_parent=self.outlive_parent,
+        )
+        self.controller_manager_process.start()
+        self._wait(self.controller_manager_process, self._controller_manager_healthy,
+                   time.monotonic() + self.start_timeout, "kube-controller-manager /healthz")
+
+    def controller_manager_args(self, binary: Path, kubeconfig: Path) -> list[str]:
+        return [
+            str(binary),
+            f"--kubeconfig={kubeconfig}",
+            f"--controllers={','.join(CONTROLLERS)}",
+            "--use-service-account-credentials=true",
+            "--leader-elect=false",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={self.controller_manager_port}",
+            f"--cert-dir={self._dir / 'controller-manager-certs'}",
+            # a namespace is re-checked this often while its content is being deleted (default 5m
+            # between full resyncs; deletions themselves are driven by watch events)
+            "--namespace-sync-period=10s",
+            "--concurrent-namespace-syncs=2",
+            "--profiling=false",
+        ]
+
+    def _controller_manager_healthy(self) -> bool:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE  # its serving certificate is self-signed, made at its start
+        url = f"https://127.0.0.1:{self.controller_manager_port}/healthz"
+        try:
+            with urllib.request.urlopen(url, context=ctx, timeout=2) as resp:
+                return bool(resp.status == 200)
+        except urllib.error.HTTPError:
+            return False
 
     def _audit_args(self) -> list[str]:
         if self.audit_policy is None:
