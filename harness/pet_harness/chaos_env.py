@@ -49,6 +49,7 @@ from pet_harness.fault_proxy import FaultProxy, proxied_kubeconfig
 from pet_harness.kube import REPO_ROOT, PetApi, api_client, create_namespace, install_crds
 from pet_harness.operator_process import OperatorProcess
 from pet_harness.pet_load import PetLoad
+from pet_harness.pet_profile import pet_operator_profile
 from pet_harness.rbac import OperatorIdentity
 from pet_harness.waiting import wait_for
 from petchaos.load import lost_pets
@@ -140,7 +141,7 @@ class ChaosEnvironment:
         proxy, kubeconfig = proxied_kubeconfig(kubeconfig)
         self.proxies.append(proxy)
         op = OperatorProcess(
-            kubeconfig, self.workdir / f"{account}.log", namespaces=[PETS_NAMESPACE],
+            pet_operator_profile(), kubeconfig, self.workdir / f"{account}.log", namespaces=[PETS_NAMESPACE],
             extra_args=("--claims-namespace", OPERATOR_NAMESPACE, "--webhook-port", "0", *FAST), name=account,
         )
         op.username = self.identity.username(account)

@@ -1,10 +1,8 @@
-"""The operator as a real subprocess: start, wait until ready, kill, restart, read its log."""
+"""An operator under test as a real subprocess: start, wait until ready, kill, restart, read its log."""
 
 from __future__ import annotations
 
 import os
-import shutil
-import sys
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
@@ -16,55 +14,28 @@ from pet_harness.processes import ManagedProcess
 from pet_harness.profile import OperatorProfile
 from pet_harness.waiting import WaitTimeout, wait_for
 
-#: Kopf logs this when a patch it made did not land as sent (e.g. fields pruned by the schema).
-INCONSISTENCY_MARKER = "inconsistencies"
-
-
-def operator_command() -> list[str]:
-    exe = shutil.which("pet-operator")
-    if exe:
-        return [exe]
-    return [sys.executable, "-m", "pet_operator"]
-
-
-def pet_operator_profile(command: Sequence[str] | None = None) -> OperatorProfile:
-    """How the harness runs ``pet-operator`` (``command``: another way to start it)."""
-    from pet_harness.kube import CRD_DIR  # the checkout's CRDs, only when a pet operator is run
-
-    return OperatorProfile(
-        name="pet-operator",
-        command=(*(command or operator_command()), "--kubeconfig", "{kubeconfig}", "--health-port", "{health_port}"),
-        crds=(CRD_DIR,),
-        kubeconfig_env=False,
-        bad_log_markers=(INCONSISTENCY_MARKER,),
-    )
-
 
 class OperatorProcess:
-    """One replica of an operator (``profile``; default ``pet-operator``) with its own kubeconfig,
-    health port and log file."""
+    """One replica of an operator (``profile``) with its own kubeconfig, health port and log file."""
 
     def __init__(
         self,
+        profile: OperatorProfile,
         kubeconfig: Path,
         log_path: Path,
         namespaces: Sequence[str] = (),
         all_namespaces: bool = False,
         extra_args: Sequence[str] = (),
-        name: str = "pet-operator",
+        name: str = "",
         extra_env: dict[str, str] | None = None,
-        command: Sequence[str] | None = None,
-        profile: OperatorProfile | None = None,
     ) -> None:
-        """``profile`` says how to run the operator; without one it is ``pet-operator`` of this
-        environment (or ``command``, another way to start it)."""
-        self.profile = profile or pet_operator_profile(command)
+        self.profile = profile
         self.kubeconfig = kubeconfig
         self.log_path = log_path
         self.namespaces = tuple(namespaces)
         self.all_namespaces = all_namespaces
         self.extra_args = tuple(extra_args)
-        self.name = name
+        self.name = name or profile.name
         self.extra_env = dict(extra_env or {})
         self.health_port = 0
         self.webhook_port = 0

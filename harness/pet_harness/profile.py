@@ -2,7 +2,7 @@
 
 The harness's generic parts (clusters, processes, the pytest plugin's cluster, namespace and
 operator fixtures) know nothing about pets: they take an :class:`OperatorProfile`. The pet
-operator's profile is one instance (:func:`pet_harness.pets.pet_profile`); another operator's
+operator's profile is one instance (:func:`pet_harness.pet_profile.pet_operator_profile`); another operator's
 tests give their own (``examples/greeter/tests/conftest.py``).
 """
 

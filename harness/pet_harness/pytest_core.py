@@ -154,9 +154,9 @@ class OperatorFactory:
     def start(self, namespaces: Sequence[str] = (), all_namespaces: bool = False, extra_args: Sequence[str] = (),
               env: Mapping[str, str] | None = None, wait_ready: bool = True) -> OperatorProcess:
         index = len(self.started)
-        op = OperatorProcess(self.kubeconfig, self.log_dir / f"{self.profile.name}-{index}.log",
+        op = OperatorProcess(self.profile, self.kubeconfig, self.log_dir / f"{self.profile.name}-{index}.log",
                              namespaces=namespaces, all_namespaces=all_namespaces, extra_args=extra_args,
-                             name=f"{self.profile.name}-{index}", extra_env=dict(env or {}), profile=self.profile)
+                             name=f"{self.profile.name}-{index}", extra_env=dict(env or {}))
         self.started.append(op)
         op.start(wait_ready=wait_ready)
         return op

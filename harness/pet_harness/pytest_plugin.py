@@ -44,7 +44,8 @@ from pet_harness.clusters import Cluster
 from pet_harness.clusters.local import LocalCluster, free_port
 from pet_harness.fault_proxy import FaultProxy, proxied_kubeconfig
 from pet_harness.kube import PetApi, api_client
-from pet_harness.operator_process import OperatorProcess, pet_operator_profile
+from pet_harness.operator_process import OperatorProcess
+from pet_harness.pet_profile import pet_operator_profile
 from pet_harness.processes import install_signal_handlers
 from pet_harness.profile import OperatorProfile
 from pet_harness.pytest_core import CLUSTER_TIMINGS
@@ -197,7 +198,7 @@ def operator_factory(
             proxy, kubeconfig = proxied_kubeconfig(kubeconfig)
             proxies.append(proxy)
         op = OperatorProcess(
-            kubeconfig, log_dir / f"operator-{len(started)}.log", namespaces=namespaces,
+            pet_operator_profile(), kubeconfig, log_dir / f"operator-{len(started)}.log", namespaces=namespaces,
             all_namespaces=all_namespaces, extra_args=(*args, *extra_args),
             name=f"pet-operator-{len(started)}", extra_env=env,
         )

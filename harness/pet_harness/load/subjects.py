@@ -27,6 +27,7 @@ from pet_harness.clusters.local import free_port
 from pet_harness.kube import CRD_DIR, install_crds
 from pet_harness.load import runtimes, world
 from pet_harness.operator_process import OperatorProcess
+from pet_harness.pet_profile import pet_operator_profile
 from pet_harness.processes import ManagedProcess
 from pet_harness.rbac import OperatorIdentity
 from pet_harness.waiting import wait_for
@@ -143,10 +144,9 @@ def start_subject(
             hook = ["--webhook-port", str(port), "--webhook-cert-dir", str(cert_dir)] if webhook else \
                 ["--webhook-port", "0"]
             log = workdir / ("operator.log" if index == 0 else f"operator-{index}.log")
-            op = OperatorProcess(kubeconfig, log, namespaces=namespaces, extra_args=[*args, *hook],
-                                 name=f"pet-operator-{index}",
-                                 extra_env={"POD_NAME": f"pet-operator-{index}", **ours.env},
-                                 command=[ours.python, "-m", "pet_operator"])
+            op = OperatorProcess(pet_operator_profile([ours.python, "-m", "pet_operator"]), kubeconfig, log,
+                                 namespaces=namespaces, extra_args=[*args, *hook], name=f"pet-operator-{index}",
+                                 extra_env={"POD_NAME": f"pet-operator-{index}", **ours.env})
             op.webhook_port = port
             subject.replicas.append(op)
             if index == 0:
