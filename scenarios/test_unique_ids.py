@@ -113,7 +113,10 @@ def test_a_holder_the_operator_may_not_read_leaves_the_claim_and_the_twin_confli
     ended the reconciliation, the twin never got a status)."""
     other = make_namespace("other")
     op = operator_factory([pets.namespace, other], webhook=False)  # the twin races past admission
-    client.RbacAuthorizationV1Api(kube_api).delete_namespaced_role_binding("pet-operator", other)
+    rbac = client.RbacAuthorizationV1Api(kube_api)
+    rbac.delete_namespaced_role_binding("pet-operator", other)
+    # the operator guards its binding with a finalizer (finding 1): take the rights away for real
+    rbac.patch_namespaced_role_binding("pet-operator", other, {"metadata": {"finalizers": None}})
     client.CoordinationV1Api(kube_api).create_namespaced_lease(claims_namespace, {
         "metadata": {"name": "pet-id-513", "labels": {"petstore.example.com/id-claim": "true"},
                      "annotations": {"petstore.example.com/pet-uid": "0000-unknown"}},
