@@ -82,6 +82,10 @@ class ClaimStore(Protocol):
     async def delete_claim(self, claim: Claim) -> bool:
         """Delete exactly this claim (UID/resourceVersion preconditions); False if it changed or is gone."""
 
+    async def move_claim(self, claim: Claim, namespace: str, name: str, uid: str) -> Claim | None:
+        """Give exactly this claim (resourceVersion precondition) to another pet; None if it
+        changed or is gone."""
+
     async def list_claims(self) -> list[Claim]:
         """Every claim in the claims namespace."""
 

@@ -212,6 +212,20 @@ class Kube:
             raise
         return True
 
+    async def move_claim(self, claim: Claim, namespace: str, name: str, uid: str) -> Claim | None:
+        """Hand exactly this claim to another pet: one update (PUT, the ``update`` verb the claims
+        role has anyway) of the whole Lease, conditional on the claim's resourceVersion (the API
+        server refuses it with 409 if the Lease changed since)."""
+        body = claim_body(claim.pet_id, namespace, name, uid)
+        body["metadata"]["resourceVersion"] = claim.resource_version
+        try:
+            lease = await self._write("PUT", self._lease_path(self.claims_namespace, claim_name(claim.pet_id)), body)
+        except ApiError as exc:
+            if exc.status in (404, 409):
+                return None
+            raise
+        return claim_from_body(lease)
+
     async def list_claims(self) -> list[Claim]:
         """Every claim, listed in pages of ``LIST_PAGE``."""
         found: list[Claim] = []

@@ -341,7 +341,7 @@ class Reconciler:
                 if snap is None:
                     return None
                 if snap.deleting:
-                    await self._finalize(snap)
+                    await self._finalize(snap, pets)
                     return None
                 return await self._sync_live_pet(snap, pets, stores)
         except NotLeader:
@@ -370,7 +370,7 @@ class Reconciler:
             return
         try:
             async with self._pet_locks.hold(key):
-                await self._finalize(snap)
+                await self._finalize(snap, pets)
         except NotLeader:
             return
         finally:
@@ -534,12 +534,13 @@ class Reconciler:
             return claim_outcome(pet_id, snap.namespace, snap.name, snap.uid, claim)
         return claim_outcome(pet_id, snap.namespace, snap.name, snap.uid, None)
 
-    async def _finalize(self, snap: PetSnapshot) -> None:
-        """Release a deleted pet's claim (queueing its id for promotion), then its finalizer."""
+    async def _finalize(self, snap: PetSnapshot, pets: PetIndex) -> None:
+        """Release a deleted pet's claim (handing it to the oldest waiting pet, or queueing its id
+        for promotion), then its finalizer."""
         if FINALIZER not in snap.finalizers or self.claims is None or self.finalizers is None:
             return
         pet_id = snap.pet_id
-        if pet_id is not None and not await self._release(snap, pet_id):
+        if pet_id is not None and not await self._release(snap, pet_id, pets):
             return  # the finalizer stays: the next event or resync tries the release again
         remaining = [f for f in snap.finalizers if f != FINALIZER]
         with contextlib.suppress(NotFound):  # already gone: nothing left to release
@@ -549,15 +550,28 @@ class Reconciler:
             )
         self._finalized.discard(snap.uid)
 
-    async def _release(self, snap: PetSnapshot, pet_id: int) -> bool:
-        """Delete a deleted pet's claim, if it still holds one; True once no claim of this pet is left.
+    def _successor(self, snap: PetSnapshot, pets: PetIndex) -> PetSnapshot | None:
+        """The oldest live pet waiting for a deleted pet's id that carries our finalizer (so that a
+        delete of it releases the id in turn), or None."""
+        for other in self.pets_with_id(snap.pet_id, pets) if snap.pet_id is not None else ():
+            if other.uid != snap.uid and (FINALIZER in other.finalizers or other.uid in self._finalized):
+                return other
+        return None
 
-        The delete is preconditioned on the resourceVersion last seen, which goes stale whenever
-        anything writes the Lease (a label, an annotation, a cached read): a refused delete (409, or
-        404 if it is gone) is not a release. The claim is read afresh and the delete tried again,
-        and the finalizer is removed only once the claim is gone or is not this pet's. Otherwise the
-        id would stay held by a pet that no longer exists (and the webhook would name it) until an
-        orphan pass, with the waiting twin in Conflict meanwhile."""
+    async def _release(self, snap: PetSnapshot, pet_id: int, pets: PetIndex) -> bool:
+        """Give up a deleted pet's claim, if it still holds one; True once no claim of this pet is left.
+
+        With a pet waiting for the id, the claim is handed over in place: the same Lease is given
+        to the oldest waiting pet under a resourceVersion precondition, so the id is never free
+        for a moment (a create by anyone else would have won it in between). Without one, the
+        claim is deleted, under the same precondition.
+
+        The precondition goes stale whenever anything writes the Lease (a label, an annotation, a
+        cached read): a refused write (409, or 404 if it is gone) is not a release. The claim is
+        read afresh and the write tried again, and the finalizer is removed only once the claim is
+        gone or is not this pet's. Otherwise the id would stay held by a pet that no longer exists
+        (and the webhook would name it) until an orphan pass, with the waiting twin in Conflict
+        meanwhile."""
         claims = self.claims
         assert claims is not None
         claim = self._claims.get(pet_id)
@@ -569,14 +583,23 @@ class Reconciler:
                 break
             held = True
             self.fence()
-            if await claims.delete_claim(claim):
+            heir = self._successor(snap, pets)
+            if heir is not None:
+                moved = await claims.move_claim(claim, heir.namespace, heir.name, heir.uid)
+                if moved is not None:
+                    log.info("pet %s/%s deleted: id %d handed over to %s, the oldest pet waiting for it",
+                             snap.namespace, snap.name, pet_id, moved.holder)
+                    self._claims[pet_id] = moved
+                    self._to_promote.add(pet_id)  # the heir's (and the others') status follows
+                    return True
+            elif await claims.delete_claim(claim):
                 log.info("pet %s/%s deleted: released id %d", snap.namespace, snap.name, pet_id)
                 claim = None
                 break
             claim = await claims.read_claim(pet_id)  # changed since (409) or gone (404): look again
         self._claims.pop(pet_id, None)
         if claim is not None and claim.holder_uid == snap.uid:
-            log.warning("pet %s/%s deleted: its claim of id %d changed under every delete (%d tries); "
+            log.warning("pet %s/%s deleted: its claim of id %d changed under every release (%d tries); "
                         "the finalizer stays until the release succeeds", snap.namespace, snap.name, pet_id,
                         RELEASE_ATTEMPTS)
             return False

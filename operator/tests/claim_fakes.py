@@ -42,8 +42,8 @@ class FakeClaimStore:
     - create is create-if-absent (None when the name exists), like a POST that may 409;
     - delete carries the resourceVersion precondition (False when changed or gone);
     - every stored claim gets a fresh resourceVersion from a shared counter.
-    - ``before_delete``: called with the claim about to be deleted (to change the store
-      between a caller's read and its delete, as another client would).
+    - ``before_delete``: called with the claim about to be deleted or moved (to change the store
+      between a caller's read and its write, as another client would).
     - ``scripted_creates`` / ``scripted_reads``: answers given instead of the store's, in order.
     """
 
@@ -100,6 +100,20 @@ class FakeClaimStore:
         self.deletes.append(claim)
         await asyncio.sleep(0)
         return True
+
+    async def move_claim(self, claim: Claim, namespace: str, name: str, uid: str) -> Claim | None:
+        """Give exactly this claim to another pet (resourceVersion precondition); None if it changed
+        or is gone."""
+        await asyncio.sleep(0)
+        self.journal.append(("move_claim", claim.pet_id, claim.holder, f"{namespace}/{name}"))
+        if self.before_delete is not None:
+            self.before_delete(claim)
+        current = self.claims.get(claim.pet_id)
+        if current is None or current.resource_version != claim.resource_version:
+            return None
+        moved = self.put(claim.pet_id, namespace, name, uid)  # the atomic step
+        await asyncio.sleep(0)
+        return moved
 
     async def list_claims(self) -> list[Claim]:
         await asyncio.sleep(0)

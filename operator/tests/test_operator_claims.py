@@ -533,6 +533,49 @@ async def test_delete_promotes_the_oldest_waiting_duplicate(world: World) -> Non
     assert world.finalizers.calls[-1] == FinalizerCall("pets", NS, "holder", [], "9")
 
 
+async def test_a_deleted_holder_hands_its_claim_over_in_place_to_the_oldest_waiting_pet(world: World) -> None:
+    """Finding 8: the claim is moved to the heir on the same Lease (resourceVersion precondition),
+    never deleted first, so the id is not free for a moment (a create by anyone else in between
+    would have taken it)."""
+    rec = world.replica()
+    holder = claim_pet("holder", created="2024-01-01T00:00:00Z", finalizers=(FINALIZER,))
+    older = claim_pet("z-old", namespace=OTHER, created="2024-01-02T00:00:00Z", finalizers=(FINALIZER,))
+    pets = seen(rec, holder, older)
+    for snap in (holder, older):
+        await rec.sync_pet((snap.namespace, snap.name), pets, index_of())
+    before = world.store.claims[ID].resource_version
+    world.journal.clear()
+
+    pets.data[(NS, "holder")] = [deleting(holder)]
+    await rec.sync_pet((NS, "holder"), pets, index_of())
+
+    assert "delete_claim" not in world.journal.ops()
+    assert world.journal.ops("move_claim", "delete_claim", "create_claim") == ["move_claim"]
+    assert world.store.holder(ID) == "other/z-old"
+    assert world.store.claims[ID].resource_version != before
+    assert status_of(world.writer, OTHER, "z-old")["phase"] == "Active"
+    assert world.finalizers.calls[-1] == FinalizerCall("pets", NS, "holder", [], "9")
+
+
+async def test_a_hand_over_refused_because_the_claim_changed_is_tried_again_on_a_fresh_read(world: World) -> None:
+    rec = world.replica()
+    holder = claim_pet("holder", created="2024-01-01T00:00:00Z", finalizers=(FINALIZER,))
+    older = claim_pet("z-old", namespace=OTHER, created="2024-01-02T00:00:00Z", finalizers=(FINALIZER,))
+    pets = seen(rec, holder, older)
+    for snap in (holder, older):
+        await rec.sync_pet((snap.namespace, snap.name), pets, index_of())
+    # someone labels the Lease after the operator cached it: the first move is refused (409)
+    current = world.store.claims[ID]
+    world.store.put(ID, *current.holder_key, current.holder_uid)
+    world.journal.clear()
+
+    pets.data[(NS, "holder")] = [deleting(holder)]
+    await rec.sync_pet((NS, "holder"), pets, index_of())
+
+    assert world.journal.ops("move_claim", "read_claim") == ["move_claim", "read_claim", "move_claim"]
+    assert world.store.holder(ID) == "other/z-old"
+
+
 async def test_delete_of_a_pet_whose_claim_is_someone_elses_keeps_that_claim(world: World) -> None:
     held = world.store.put(ID, OTHER, "holder", uid_of(OTHER, "holder"))
     rec = world.replica()
@@ -584,7 +627,8 @@ async def test_a_claim_changed_since_it_was_cached_is_still_released_before_the_
     """Finding 7: the claim Lease was labelled after the pet took it, so the cached resourceVersion
     is stale and the preconditioned delete gets a 409. The claim is read again and deleted; the
     finalizer goes only after, and the waiting twin takes the id at once (before: the finalizer was
-    removed, the claim stayed, and the twin stayed Conflict until the next orphan pass)."""
+    removed, the claim stayed, and the twin stayed Conflict until the next orphan pass). With the twin
+    waiting, the write is the in-place hand-over (finding 8), refused and retried the same way."""
     rec = world.replica()
     holder = claim_pet("holder", created="2024-01-01T00:00:00Z", finalizers=(FINALIZER,))
     twin = claim_pet("twin", namespace=OTHER, created="2024-01-02T00:00:00Z", finalizers=(FINALIZER,))
@@ -600,8 +644,8 @@ async def test_a_claim_changed_since_it_was_cached_is_still_released_before_the_
     pets.data[(NS, "holder")] = [deleting(holder)]
     await rec.sync_pet((NS, "holder"), pets, index_of())
 
-    ops = world.journal.ops("delete_claim", "read_claim", "set_finalizers")
-    assert ops[:4] == ["delete_claim", "read_claim", "delete_claim", "set_finalizers"]
+    ops = world.journal.ops("delete_claim", "move_claim", "read_claim", "set_finalizers")
+    assert ops[:4] == ["move_claim", "read_claim", "move_claim", "set_finalizers"]
     assert world.store.holder(ID) == "other/twin"
     assert status_of(world.writer, OTHER, "twin")["phase"] == "Active"
 
@@ -623,7 +667,7 @@ async def test_a_claim_that_keeps_changing_keeps_the_finalizer(world: World) -> 
 
 
 async def test_a_claim_deleted_by_someone_else_meanwhile_still_promotes_the_waiting_pet(world: World) -> None:
-    """Our delete finds the claim gone (404, as False): the id is free, the twin is promoted."""
+    """Our hand-over finds the claim gone (404, as None): the id is free, the twin is promoted."""
     rec = world.replica()
     holder = claim_pet("holder", created="2024-01-01T00:00:00Z", finalizers=(FINALIZER,))
     twin = claim_pet("twin", namespace=OTHER, created="2024-01-02T00:00:00Z", finalizers=(FINALIZER,))

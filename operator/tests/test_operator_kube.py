@@ -201,3 +201,20 @@ async def test_namespace_terminating() -> None:
     assert await client.namespace_terminating("b") is False
     assert await client.namespace_terminating("c") is False
     assert [c["path"] for c in fake.calls] == ["/api/v1/namespaces/a", "/api/v1/namespaces/b", "/api/v1/namespaces/c"]
+
+
+async def test_a_claim_is_moved_by_one_update_conditional_on_its_resource_version() -> None:
+    lease = {"metadata": {"name": "pet-id-7", "resourceVersion": "12",
+                          "annotations": {"petstore.example.com/pet-uid": "u-2"}},
+             "spec": {"holderIdentity": "b/tom"}}
+    client, fake = api(lease, ApiError(409, "Conflict"))
+    old = Claim(pet_id=7, holder="a/rex", holder_uid="u-1", resource_version="11")
+    moved = await client.move_claim(old, "b", "tom", "u-2")
+    assert moved == Claim(pet_id=7, holder="b/tom", holder_uid="u-2", resource_version="12")
+    call = fake.calls[0]
+    assert call["method"] == "PUT"
+    assert call["path"] == "/apis/coordination.k8s.io/v1/namespaces/pet-system/leases/pet-id-7"
+    want = claim_body(7, "b", "tom", "u-2")
+    want["metadata"]["resourceVersion"] = "11"  # the precondition: refused if the Lease changed
+    assert call["body"] == want
+    assert await client.move_claim(old, "b", "tom", "u-2") is None  # changed since: refused
