@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from pet_operator import rest
-from pet_operator.claims import CLAIM_LABEL, Claim, claim_body, claim_from_body, claim_name
+from pet_operator.claims import CLAIM_LABEL, FINALIZER, Claim, claim_body, claim_from_body, claim_name
 from pet_operator.leader import LeaseRecord
 from pet_operator.model import GROUP, VERSION, StoreView
 from pet_operator.rest import JSON_PATCH, MERGE_PATCH, ApiError
@@ -105,6 +105,15 @@ class Kube:
         """The UID of the pet ``namespace/name`` now; None if there is none."""
         body = await self._get(rest.path_of(*CUSTOM, "namespaces", namespace, "pets", name))
         return None if body is None else str(body["metadata"]["uid"])
+
+    async def can_inherit(self, namespace: str, name: str, uid: str) -> bool:
+        """Whether the pet exists now with this UID, is not being deleted, and has our finalizer."""
+        body = await self._get(rest.path_of(*CUSTOM, "namespaces", namespace, "pets", name))
+        if body is None:
+            return False
+        meta = body.get("metadata") or {}
+        return (meta.get("uid") == uid and not meta.get("deletionTimestamp")
+                and FINALIZER in (meta.get("finalizers") or []))
 
     async def namespace_exists(self, namespace: str) -> bool:
         """Whether ``namespace`` exists now (terminating counts: its pets may still be there)."""

@@ -150,6 +150,10 @@ class PetReader(Protocol):
     async def namespace_exists(self, namespace: str) -> bool:
         """Whether the namespace exists now (a read the operator may make in every namespace)."""
 
+    async def can_inherit(self, namespace: str, name: str, uid: str) -> bool:
+        """Whether the pet ``namespace/name`` with this UID exists now, is not being deleted and
+        carries the operator's finalizer: one a claim may be handed to."""
+
 
 PhaseListener = Callable[[PetSnapshot, str | None, model.Verdict], Awaitable[None] | None]
 
@@ -550,11 +554,17 @@ class Reconciler:
             )
         self._finalized.discard(snap.uid)
 
-    def _successor(self, snap: PetSnapshot, pets: PetIndex) -> PetSnapshot | None:
-        """The oldest live pet waiting for a deleted pet's id that carries our finalizer (so that a
-        delete of it releases the id in turn), or None."""
+    async def _successor(self, snap: PetSnapshot, pets: PetIndex) -> PetSnapshot | None:
+        """The oldest pet waiting for a deleted pet's id that may inherit its claim, or None.
+
+        The watch index may lag a delete (a mass delete: the waiting twin's own deletion, even its
+        finalizer's removal, not seen yet), and a claim handed to a pet that is gone would be an
+        orphan until the next pass: so the candidate is confirmed by a fresh read (only when pets
+        wait, i.e. duplicates)."""
         for other in self.pets_with_id(snap.pet_id, pets) if snap.pet_id is not None else ():
-            if other.uid != snap.uid and (FINALIZER in other.finalizers or other.uid in self._finalized):
+            if other.uid == snap.uid or not (FINALIZER in other.finalizers or other.uid in self._finalized):
+                continue
+            if self.pet_reader is None or await self.pet_reader.can_inherit(other.namespace, other.name, other.uid):
                 return other
         return None
 
@@ -583,7 +593,7 @@ class Reconciler:
                 break
             held = True
             self.fence()
-            heir = self._successor(snap, pets)
+            heir = await self._successor(snap, pets)
             if heir is not None:
                 moved = await claims.move_claim(claim, heir.namespace, heir.name, heir.uid)
                 if moved is not None:

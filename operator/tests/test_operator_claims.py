@@ -53,6 +53,7 @@ class World:
     pets: dict[tuple[str, str], str] = dataclasses.field(default_factory=dict)
     forbidden: set[str] = dataclasses.field(default_factory=set)  # namespaces whose pets it may not read
     deleted_namespaces: set[str] = dataclasses.field(default_factory=set)
+    gone: set[tuple[str, str]] = dataclasses.field(default_factory=set)  # deleted, the index not told yet
 
     async def read_uid(self, namespace: str, name: str) -> str | None:
         self.journal.append(("read_uid", f"{namespace}/{name}"))
@@ -63,6 +64,14 @@ class World:
     async def namespace_exists(self, namespace: str) -> bool:
         self.journal.append(("namespace_exists", namespace))
         return namespace not in self.deleted_namespaces
+
+    async def can_inherit(self, namespace: str, name: str, uid: str) -> bool:
+        """Alive, not deleting, with our finalizer: true unless the test says the pet is gone
+        (``gone``) or registered it under another UID."""
+        self.journal.append(("can_inherit", f"{namespace}/{name}"))
+        if (namespace, name) in self.gone:
+            return False
+        return self.pets.get((namespace, name), uid) == uid
 
     def replica(self, served: frozenset[str] | None = SERVED, writer: FakeWriter | None = None) -> Reconciler:
         """A fresh operator process: its own instance, empty caches, the same cluster."""
@@ -555,6 +564,32 @@ async def test_a_deleted_holder_hands_its_claim_over_in_place_to_the_oldest_wait
     assert world.store.claims[ID].resource_version != before
     assert status_of(world.writer, OTHER, "z-old")["phase"] == "Active"
     assert world.finalizers.calls[-1] == FinalizerCall("pets", NS, "holder", [], "9")
+
+
+async def test_a_claim_is_not_handed_to_a_waiting_pet_that_is_already_gone(world: World) -> None:
+    """A mass delete: the index still shows the older twin waiting, but it is deleted and its
+    finalizer gone; the claim goes to the next live one (or is deleted), never to a pet that no
+    longer exists (an orphan until the next pass: seen in the e2e race test)."""
+    rec = world.replica()
+    holder = claim_pet("holder", created="2024-01-01T00:00:00Z", finalizers=(FINALIZER,))
+    ghost = claim_pet("b-ghost", namespace=OTHER, created="2024-01-02T00:00:00Z", finalizers=(FINALIZER,))
+    live = claim_pet("c-live", namespace=OTHER, created="2024-01-03T00:00:00Z", finalizers=(FINALIZER,))
+    pets = seen(rec, holder, ghost, live)
+    for snap in (holder, ghost, live):
+        await rec.sync_pet((snap.namespace, snap.name), pets, index_of())
+    world.gone.add((OTHER, "b-ghost"))
+
+    pets.data[(NS, "holder")] = [deleting(holder)]
+    await rec.sync_pet((NS, "holder"), pets, index_of())
+    assert world.store.holder(ID) == "other/c-live"
+
+    # and with nobody left alive to inherit it, the claim is deleted
+    world.gone.add((OTHER, "c-live"))
+    for key in ((OTHER, "b-ghost"), (OTHER, "c-live")):
+        del pets.data[key]
+    pets.data[(OTHER, "c-live")] = [deleting(live)]
+    await rec.sync_pet((OTHER, "c-live"), pets, index_of())
+    assert world.store.claims == {}
 
 
 async def test_a_hand_over_refused_because_the_claim_changed_is_tried_again_on_a_fresh_read(world: World) -> None:

@@ -218,3 +218,14 @@ async def test_a_claim_is_moved_by_one_update_conditional_on_its_resource_versio
     want["metadata"]["resourceVersion"] = "11"  # the precondition: refused if the Lease changed
     assert call["body"] == want
     assert await client.move_claim(old, "b", "tom", "u-2") is None  # changed since: refused
+
+
+async def test_can_inherit_reads_the_pet_afresh() -> None:
+    def pet(uid: str, **meta: Any) -> dict[str, Any]:
+        return {"metadata": {"name": "tom", "uid": uid, "finalizers": ["petstore.example.com/id-claim"], **meta}}
+
+    client, fake = api(pet("u-2"), pet("u-9"), pet("u-2", deletionTimestamp="2026-01-01T00:00:00Z"),
+                       pet("u-2", finalizers=[]), ApiError(404, "NotFound"))
+    answers = [await client.can_inherit("b", "tom", "u-2") for _ in range(5)]
+    assert answers == [True, False, False, False, False]  # alive; another pet; deleting; no finalizer; gone
+    assert {c["path"] for c in fake.calls} == {"/apis/petstore.example.com/v1/namespaces/b/pets/tom"}
