@@ -252,6 +252,10 @@ class Reconciler:
         self.clock = clock
         self.on_phase_change = on_phase_change
         self._pet_locks = KeyedLocks()
+        # releases of one id, one at a time: a deleted holder handing its claim to a twin and that
+        # twin's own finalizer (deleted meanwhile) must not interleave, or the claim would go to a
+        # pet whose finalizer had just been removed on a read made before the hand-over landed
+        self._id_locks = KeyedLocks()
         self._store_locks: dict[Key, asyncio.Lock] = {}
         self._store_dirty: set[Key] = set()
         # What we last wrote, until the watch shows it back to us (the index may lag).
@@ -544,14 +548,15 @@ class Reconciler:
         if FINALIZER not in snap.finalizers or self.claims is None or self.finalizers is None:
             return
         pet_id = snap.pet_id
-        if pet_id is not None and not await self._release(snap, pet_id, pets):
-            return  # the finalizer stays: the next event or resync tries the release again
-        remaining = [f for f in snap.finalizers if f != FINALIZER]
-        with contextlib.suppress(NotFound):  # already gone: nothing left to release
-            self.fence()
-            await self.finalizers.set_finalizers(
-                model.PETS, snap.namespace, snap.name, remaining, snap.resource_version
-            )
+        async with self._id_locks.hold(("id", str(pet_id))):
+            if pet_id is not None and not await self._release(snap, pet_id, pets):
+                return  # the finalizer stays: the next event or resync tries the release again
+            remaining = [f for f in snap.finalizers if f != FINALIZER]
+            with contextlib.suppress(NotFound):  # already gone: nothing left to release
+                self.fence()
+                await self.finalizers.set_finalizers(
+                    model.PETS, snap.namespace, snap.name, remaining, snap.resource_version
+                )
         self._finalized.discard(snap.uid)
 
     async def _successor(self, snap: PetSnapshot, pets: PetIndex) -> PetSnapshot | None:

@@ -58,6 +58,7 @@ class FakeClaimStore:
         self.before_delete: Callable[[Claim], None] | None = None
         self.scripted_creates: list[Claim | None] = []
         self.scripted_reads: list[Claim | None] = []
+        self.move_latency = 1  # yields before a move's atomic step (more: a slower request)
 
     def put(self, pet_id: int, namespace: str, name: str, uid: str) -> Claim:
         """Store a claim directly (one made earlier, by any operator)."""
@@ -104,7 +105,8 @@ class FakeClaimStore:
     async def move_claim(self, claim: Claim, namespace: str, name: str, uid: str) -> Claim | None:
         """Give exactly this claim to another pet (resourceVersion precondition); None if it changed
         or is gone."""
-        await asyncio.sleep(0)
+        for _ in range(self.move_latency):
+            await asyncio.sleep(0)
         self.journal.append(("move_claim", claim.pet_id, claim.holder, f"{namespace}/{name}"))
         if self.before_delete is not None:
             self.before_delete(claim)

@@ -54,6 +54,7 @@ class World:
     forbidden: set[str] = dataclasses.field(default_factory=set)  # namespaces whose pets it may not read
     deleted_namespaces: set[str] = dataclasses.field(default_factory=set)
     gone: set[tuple[str, str]] = dataclasses.field(default_factory=set)  # deleted, the index not told yet
+    after_can_inherit: Any = None  # called after a can_inherit answer (to delete that pet just then)
 
     async def read_uid(self, namespace: str, name: str) -> str | None:
         self.journal.append(("read_uid", f"{namespace}/{name}"))
@@ -69,9 +70,10 @@ class World:
         """Alive, not deleting, with our finalizer: true unless the test says the pet is gone
         (``gone``) or registered it under another UID."""
         self.journal.append(("can_inherit", f"{namespace}/{name}"))
-        if (namespace, name) in self.gone:
-            return False
-        return self.pets.get((namespace, name), uid) == uid
+        answer = (namespace, name) not in self.gone and self.pets.get((namespace, name), uid) == uid
+        if self.after_can_inherit is not None:
+            self.after_can_inherit(namespace, name)
+        return answer
 
     def replica(self, served: frozenset[str] | None = SERVED, writer: FakeWriter | None = None) -> Reconciler:
         """A fresh operator process: its own instance, empty caches, the same cluster."""
@@ -590,6 +592,35 @@ async def test_a_claim_is_not_handed_to_a_waiting_pet_that_is_already_gone(world
     pets.data[(OTHER, "c-live")] = [deleting(live)]
     await rec.sync_pet((OTHER, "c-live"), pets, index_of())
     assert world.store.claims == {}
+
+
+async def test_a_heir_deleted_right_after_it_was_confirmed_still_releases_the_claim(world: World) -> None:
+    """A mass delete: the holder's fresh read confirms the twin as heir, and the twin is deleted
+    just then, its finalize running while the hand-over is under way. Releases of one id run one
+    at a time, so the twin's finalize sees the claim handed to it and releases it in turn (seen in
+    the e2e race test before: the twin read the claim before the hand-over landed, removed its
+    finalizer, and the claim went to a pet that was gone, an orphan until the next pass)."""
+    rec = world.replica()
+    holder = claim_pet("holder", created="2024-01-01T00:00:00Z", finalizers=(FINALIZER,))
+    twin = claim_pet("twin", namespace=OTHER, created="2024-01-02T00:00:00Z", finalizers=(FINALIZER,))
+    pets = seen(rec, holder, twin)
+    for snap in (holder, twin):
+        await rec.sync_pet((snap.namespace, snap.name), pets, index_of())
+    twin_finalize: list[asyncio.Task[Any]] = []
+
+    def delete_the_twin(namespace: str, name: str) -> None:
+        pets.data[(OTHER, "twin")] = [deleting(twin)]
+        twin_finalize.append(asyncio.ensure_future(rec.sync_pet((OTHER, "twin"), pets, index_of())))
+
+    world.after_can_inherit = delete_the_twin
+    world.store.move_latency = 5  # the twin's finalize reads the claim while the hand-over is in flight
+    pets.data[(NS, "holder")] = [deleting(holder)]
+    await rec.sync_pet((NS, "holder"), pets, index_of())
+    world.after_can_inherit = None
+    await asyncio.gather(*twin_finalize)
+
+    assert world.store.claims == {}
+    assert world.journal.ops("move_claim", "delete_claim") == ["move_claim", "delete_claim"]
 
 
 async def test_a_hand_over_refused_because_the_claim_changed_is_tried_again_on_a_fresh_read(world: World) -> None:
