@@ -1,4 +1,5 @@
-"""The harness's API helpers (synchronous ``kubernetes`` client): CRDs, pets, namespaces."""
+"""The pet suite's API helpers (synchronous ``kubernetes`` client): the pet CRDs, ``PetApi``, namespaces
+cleared of pets; the generic client helpers are re-exported from :mod:`pet_harness.kubeclient`."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from kubernetes import client, config
-from kubernetes.client.exceptions import ApiException
+from kubernetes import client
 
 from pet_harness import crds, namespaces
+from pet_harness.kubeclient import api_client as api_client
+from pet_harness.kubeclient import get_raw as get_raw
+from pet_harness.kubeclient import get_text as get_text
 
 GROUP = "petstore.example.com"
 VERSION = "v1"
@@ -38,10 +41,6 @@ def __getattr__(name: str) -> Path:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 CRD_NAMES = ("pets.petstore.example.com", "petstores.petstore.example.com")
-
-
-def api_client(kubeconfig: Path | str) -> client.ApiClient:
-    return config.new_client_from_config(config_file=str(kubeconfig))
 
 
 def load_yaml_documents(path: Path) -> list[dict[str, Any]]:
@@ -135,25 +134,6 @@ def create_namespace(api: client.ApiClient, name: str, labels: Mapping[str, str]
 def delete_namespace(api: client.ApiClient, name: str, timeout: float = 30) -> None:
     """Delete a namespace and everything in it, pets and stores included (:func:`namespaces.delete`)."""
     namespaces.delete(api, name, PET_RESOURCES, timeout)
-
-
-def get_text(api: client.ApiClient, path: str, accept: str = "application/json") -> str:
-    """GET an API path (``/metrics``, a Table view...) and return the answer's text."""
-    method, url, headers, body, post = api.param_serialize(
-        "GET", path, header_params={"Accept": accept}, auth_settings=["BearerToken"]
-    )
-    response = api.call_api(method, url, header_params=headers, body=body, post_params=post)
-    response.read()
-    if not 200 <= response.status < 300:
-        raise ApiException(status=response.status, reason=response.reason)
-    return str(response.data.decode())
-
-
-def get_raw(api: client.ApiClient, path: str, accept: str = "application/json") -> Any:
-    """GET an API path and decode the JSON answer (for Tables and other raw views)."""
-    import json
-
-    return json.loads(get_text(api, path, accept))
 
 
 TABLE = "application/json;as=Table;v=v1;g=meta.k8s.io"

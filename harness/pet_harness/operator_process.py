@@ -128,7 +128,7 @@ class OperatorProcess:
         return "\n".join(self.log_text().splitlines()[-lines:])
 
     def inconsistency_lines(self) -> list[str]:
-        """Log lines with one of the profile's bad markers (Kopf's "inconsistencies" for pets)."""
+        """Log lines with one of the profile's bad markers."""
         markers = [m.lower() for m in self.profile.bad_log_markers]
         return [line for line in self.log_text().splitlines() if any(m in line.lower() for m in markers)]
 

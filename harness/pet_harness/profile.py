@@ -1,9 +1,9 @@
 """What the harness needs to know about an operator under test, in one typed object.
 
 The harness's generic parts (clusters, processes, the pytest plugin's cluster, namespace and
-operator fixtures) know nothing about pets: they take an :class:`OperatorProfile`. The pet
-operator's profile is one instance (:func:`pet_harness.pet_profile.pet_operator_profile`); another operator's
-tests give their own (``examples/greeter/tests/conftest.py``).
+operator fixtures) know nothing of the domain of the operator under test: they take an
+:class:`OperatorProfile`. This repository's own operator has one (in ``pet_profile.py``);
+another operator's tests give theirs (``examples/greeter/tests/conftest.py``).
 """
 
 from __future__ import annotations

@@ -17,8 +17,8 @@ operator by overriding ``operator_profile`` in its ``conftest.py``
   one is stopped at the end of the test, and a log line with one of the profile's bad markers
   fails the test.
 
-The pet operator's suite (``scenarios/``) adds its own fixtures on top of these
-(:mod:`pet_harness.pytest_plugin`).
+This repository's own suite (``scenarios/``) adds its fixtures on top of these
+(``pytest_plugin.py``).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from kubernetes import client
 from pet_harness import binaries, crds, namespaces
 from pet_harness.clusters import Cluster, make_cluster
 from pet_harness.clusters.local import LocalCluster
-from pet_harness.kube import api_client
+from pet_harness.kubeclient import api_client
 from pet_harness.operator_process import OperatorProcess
 from pet_harness.processes import install_signal_handlers
 from pet_harness.profile import OperatorProfile

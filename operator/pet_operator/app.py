@@ -15,7 +15,7 @@ import kopf
 
 from pet_operator import handlers, model
 from pet_operator.bindings import BindingGuard
-from pet_operator.cli import Config
+from pet_operator.config import Config
 from pet_operator.events import EventRecorder
 from pet_operator.health import HealthServer
 from pet_operator.indexes import Indexes

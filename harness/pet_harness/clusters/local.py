@@ -36,7 +36,7 @@ from pet_harness.reaper import Reaper, reap_when_gone
 
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 
-#: Writes are recorded with their request body (Leases, pets, claims) so that who-wrote-what
+#: Writes are recorded with their request body (Leases and custom resources) so that who-wrote-what
 #: can be proven; reads are left out to keep the log small.
 AUDIT_POLICY = """\
 apiVersion: audit.k8s.io/v1
