@@ -143,9 +143,8 @@ class ChaosEnvironment:
         op = OperatorProcess(
             pet_operator_profile(), kubeconfig, self.workdir / f"{account}.log", namespaces=[PETS_NAMESPACE],
             extra_args=("--claims-namespace", OPERATOR_NAMESPACE, "--webhook-port", "0", *FAST), name=account,
+            username=self.identity.username(account), proxy=proxy,
         )
-        op.username = self.identity.username(account)
-        op.proxy = proxy
         self.replicas.append(op)
         op.start(wait_ready=True)
         return op
@@ -300,6 +299,8 @@ class ChaosEnvironment:
 
     def action_cut_leader(self) -> dict[str, Any]:
         op = self.leader()
+        if op.proxy is None:
+            raise RuntimeError(f"{op.name} reaches the API server without a fault proxy: it cannot be cut off")
         op.proxy.set_mode("cut")
         return {"cut": op.name}
 

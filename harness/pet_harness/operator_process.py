@@ -7,9 +7,9 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from pet_harness.clusters.local import free_port
+from pet_harness.fault_proxy import FaultProxy
 from pet_harness.processes import ManagedProcess
 from pet_harness.profile import OperatorProfile
 from pet_harness.waiting import WaitTimeout, wait_for
@@ -28,7 +28,15 @@ class OperatorProcess:
         extra_args: Sequence[str] = (),
         name: str = "",
         extra_env: dict[str, str] | None = None,
+        webhook_port: int = 0,
+        username: str = "",
+        proxy: FaultProxy | None = None,
+        webhook_front: FaultProxy | None = None,
     ) -> None:
+        """``webhook_port``: the port its webhook keeps across restarts (0: none); ``username``: the
+        Kubernetes user it authenticates as, when the harness knows it; ``proxy``: the fault proxy
+        it reaches the API server through, when it has one; ``webhook_front``: the proxy in front of all
+        webhook replicas (a "Service"), when there is one."""
         self.profile = profile
         self.kubeconfig = kubeconfig
         self.log_path = log_path
@@ -38,11 +46,11 @@ class OperatorProcess:
         self.name = name or profile.name
         self.extra_env = dict(extra_env or {})
         self.health_port = 0
-        self.webhook_port = 0
+        self.webhook_port = webhook_port
         self._kept_log: str | None = None
-        self.username = ""  # the Kubernetes user it authenticates as, when the harness knows it
-        self.proxy: Any = None  # its FaultProxy to the API server, when it has one
-        self.webhook_front: Any = None  # the FaultProxy in front of all webhook replicas ("Service")
+        self.username = username
+        self.proxy = proxy
+        self.webhook_front = webhook_front
         self.process: ManagedProcess | None = None
         self.starts = 0
 

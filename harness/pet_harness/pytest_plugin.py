@@ -32,7 +32,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -149,101 +149,118 @@ def claims_namespace(make_namespace: Any) -> str:
     return str(make_namespace("pet-system"))
 
 
-@pytest.fixture
-def operator_factory(
-    request: pytest.FixtureRequest, pet_cluster: Cluster, claims_namespace: str, kube_api: Any
-) -> Iterator[Any]:
-    """Start ``pet-operator`` replicas; by default each serves the admission webhook.
+class PetOperatorFactory:
+    """Starts ``pet-operator`` replicas; by default each serves the admission webhook.
 
     The first replica that serves the webhook is registered in a ValidatingWebhookConfiguration
     and a MutatingWebhookConfiguration (the ones in ``deploy/webhook/``, pointed at its loopback
     port, with a certificate from the harness's CA), and the factory waits until the API server
     calls both. ``webhook=False`` registers neither: the operator adds its finalizer itself.
     """
-    started: list[OperatorProcess] = []
-    request.node.stash[_OPERATORS] = started
-    log_dir = Path(tempfile.mkdtemp(prefix="pet-operator-logs-"))
-    reaper = reap_when_gone(log_dir)  # removed even if this worker is killed before its teardown
-    hook: dict[str, Any] = {}
-    identity = OperatorIdentity(kube_api, claims_namespace, claims_namespace)
-    proxies: list[FaultProxy] = []
 
-    def start(
-        namespaces: tuple[str, ...] | list[str] = (), all_namespaces: bool = False,
-        extra_args: tuple[str, ...] = (), wait_ready: bool = True, env: dict[str, str] | None = None,
+    def __init__(self, cluster: Cluster, kube_api: Any, claims_namespace: str, log_dir: Path) -> None:
+        self.cluster = cluster
+        self.kube_api = kube_api
+        self.claims_namespace = claims_namespace
+        self.log_dir = log_dir
+        self.started: list[OperatorProcess] = []
+        self.identity = OperatorIdentity(kube_api, claims_namespace, claims_namespace)
+        self.proxies: list[FaultProxy] = []
+        self.cert_dir: Path | None = None  # the webhook's serving certificate, made on first use
+        self.ca_pem: bytes = b""
+        self.front: FaultProxy | None = None  # the proxy in front of every webhook replica ("Service")
+        self.configuration: str | None = None  # the webhook configurations' name, once registered
+
+    def __call__(
+        self, namespaces: Sequence[str] = (), all_namespaces: bool = False,
+        extra_args: Sequence[str] = (), wait_ready: bool = True, env: dict[str, str] | None = None,
         webhook: bool = True, service_account: str = "pet-operator", via_proxy: bool = False,
         direct_webhook: bool = False,
     ) -> OperatorProcess:
         served = list(namespaces) or [ns for ns in (env or {}).get("KOPF_NAMESPACE", "").split(",") if ns]
         # no webhook drain on SIGTERM: nothing routes by readiness here, and every test stops its
         # operators (tests of the drain give --shutdown-drain-delay in extra_args, which wins)
-        args = ["--claims-namespace", claims_namespace, "--shutdown-drain-delay", "0"]
+        args = ["--claims-namespace", self.claims_namespace, "--shutdown-drain-delay", "0"]
         if webhook and served:
-            if "dir" not in hook:
-                hook["dir"] = log_dir / "webhook-certs"
-                hook["ca"] = webhooks.write_serving_certificate(hook["dir"])
+            if self.cert_dir is None:
+                self.cert_dir = self.log_dir / "webhook-certs"
+                self.ca_pem = webhooks.write_serving_certificate(self.cert_dir)
             port = free_port()
-            args += ["--webhook-port", str(port), "--webhook-cert-dir", str(hook["dir"])]
+            args += ["--webhook-port", str(port), "--webhook-cert-dir", str(self.cert_dir)]
         else:
             port = 0
             args += ["--webhook-port", "0"]
+        index = len(self.started)
         # the optional CA-publishing right, only for replicas that publish a self-signed CA
-        identity.create(None if all_namespaces else served, service_account,
-                        publish_ca="--webhook-configuration" in extra_args)
-        kubeconfig = identity.kubeconfig(pet_cluster.kubeconfig_path, log_dir / f"operator-{len(started)}.kubeconfig",
-                                         account=service_account)
-        _wait_authorized(kubeconfig, served or [claims_namespace])
+        self.identity.create(None if all_namespaces else served, service_account,
+                             publish_ca="--webhook-configuration" in extra_args)
+        kubeconfig = self.identity.kubeconfig(self.cluster.kubeconfig_path,
+                                              self.log_dir / f"operator-{index}.kubeconfig", account=service_account)
+        _wait_authorized(kubeconfig, served or [self.claims_namespace])
         proxy = None
         if via_proxy:  # the replica reaches the API server through a fault proxy of its own
             proxy, kubeconfig = proxied_kubeconfig(kubeconfig)
-            proxies.append(proxy)
+            self.proxies.append(proxy)
+        first_hook = bool(port) and self.configuration is None
+        joins_front = bool(port) and self.front is not None
+        if first_hook and not direct_webhook:  # every webhook replica sits behind one proxy, as pods behind a Service
+            self.front = FaultProxy("127.0.0.1", port).start()
+            self.proxies.append(self.front)
         op = OperatorProcess(
-            pet_operator_profile(), kubeconfig, log_dir / f"operator-{len(started)}.log", namespaces=namespaces,
-            all_namespaces=all_namespaces, extra_args=(*args, *extra_args),
-            name=f"pet-operator-{len(started)}", extra_env=env,
+            pet_operator_profile(), kubeconfig, self.log_dir / f"operator-{index}.log", namespaces=namespaces,
+            all_namespaces=all_namespaces, extra_args=(*args, *extra_args), name=f"pet-operator-{index}",
+            extra_env=env, webhook_port=port, username=self.identity.username(service_account), proxy=proxy,
+            webhook_front=self.front if port else None,
         )
-        op.webhook_port = port
-        op.username = identity.username(service_account)
-        op.proxy = proxy
-        started.append(op)
+        self.started.append(op)
         op.start(wait_ready=wait_ready)
-        if port and "front" in hook:
-            hook["front"].add_target("127.0.0.1", port)  # one more replica behind the "Service"
-        elif port and "name" not in hook:
-            if direct_webhook:  # the API server calls this replica itself, as with `cluster up` by hand
-                url = f"https://127.0.0.1:{port}"
-            else:  # every webhook replica sits behind one proxy, as pods behind a Service
-                hook["front"] = FaultProxy("127.0.0.1", port).start()
-                proxies.append(hook["front"])
-                url = f"https://127.0.0.1:{hook['front'].port}"
-            hook["name"] = f"pet-operator-{served[0]}"[:253]
-            webhooks.register(kube_api, hook["name"], served, url, hook["ca"])  # validating and mutating
-        op.webhook_front = hook.get("front") if port else None
+        if joins_front and self.front is not None:
+            self.front.add_target("127.0.0.1", port)  # one more replica behind the "Service"
+        elif first_hook:
+            # direct: the API server calls this replica itself, as with `cluster up` by hand
+            url = f"https://127.0.0.1:{self.front.port}" if self.front is not None else f"https://127.0.0.1:{port}"
+            self.configuration = f"pet-operator-{served[0]}"[:253]
+            webhooks.register(self.kube_api, self.configuration, served, url, self.ca_pem)  # validating and mutating
         return op
 
-    try:
-        yield start
-    finally:
+    def close(self) -> list[str]:
+        """Stop everything it started; the problems found on the way (and in the logs)."""
         problems = []
-        if "name" in hook:
+        if self.configuration is not None:
             try:
-                webhooks.uninstall(kube_api, hook["name"])
+                webhooks.uninstall(self.kube_api, self.configuration)
             except Exception as exc:  # noqa: BLE001 - report it with the rest
                 problems.append(f"could not remove the webhook configurations: {exc}")
-        for op in started:
+        for op in self.started:
             op.stop()
-        for proxy in proxies:
+        for proxy in self.proxies:
             proxy.stop()
         try:
-            identity.delete()
+            self.identity.delete()
         except Exception as exc:  # noqa: BLE001 - report it with the rest
             problems.append(f"could not remove the operator's cluster role bindings: {exc}")
-        for op in started:
+        for op in self.started:
             bad = op.inconsistency_lines()
             if bad:
                 problems.append(f"{op.name} logged Kopf inconsistencies:\n" + "\n".join(bad[:5]))
-        for op in started:
+        for op in self.started:
             op.keep_log_in_memory()  # reports attach it after the folder is gone
+        return problems
+
+
+@pytest.fixture
+def operator_factory(
+    request: pytest.FixtureRequest, pet_cluster: Cluster, claims_namespace: str, kube_api: Any
+) -> Iterator[PetOperatorFactory]:
+    """A :class:`PetOperatorFactory` for this test; everything it started is stopped after it."""
+    log_dir = Path(tempfile.mkdtemp(prefix="pet-operator-logs-"))
+    reaper = reap_when_gone(log_dir)  # removed even if this worker is killed before its teardown
+    factory = PetOperatorFactory(pet_cluster, kube_api, claims_namespace, log_dir)
+    request.node.stash[_OPERATORS] = factory.started
+    try:
+        yield factory
+    finally:
+        problems = factory.close()
         shutil.rmtree(log_dir, ignore_errors=True)
         reaper.stop()
         if problems:
@@ -259,7 +276,7 @@ def _wait_authorized(kubeconfig: Path, namespaces: list[str]) -> None:
 
 
 @pytest.fixture
-def pet_operator(operator_factory: Any, namespace: str) -> OperatorProcess:
+def pet_operator(operator_factory: PetOperatorFactory, namespace: str) -> OperatorProcess:
     op: OperatorProcess = operator_factory([namespace])
     return op
 

@@ -146,8 +146,7 @@ def start_subject(
             log = workdir / ("operator.log" if index == 0 else f"operator-{index}.log")
             op = OperatorProcess(pet_operator_profile([ours.python, "-m", "pet_operator"]), kubeconfig, log,
                                  namespaces=namespaces, extra_args=[*args, *hook], name=f"pet-operator-{index}",
-                                 extra_env={"POD_NAME": f"pet-operator-{index}", **ours.env})
-            op.webhook_port = port
+                                 extra_env={"POD_NAME": f"pet-operator-{index}", **ours.env}, webhook_port=port)
             subject.replicas.append(op)
             if index == 0:
                 subject.process, subject.kubeconfig = op, kubeconfig
