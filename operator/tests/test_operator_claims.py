@@ -544,16 +544,23 @@ async def test_delete_promotes_the_oldest_waiting_duplicate(world: World) -> Non
     assert world.finalizers.calls[-1] == FinalizerCall("pets", NS, "holder", [], "9")
 
 
+async def holder_and_twin(world: World, twin: str = "twin") -> tuple[Reconciler, PetSnapshot, PetSnapshot, Any]:
+    """A replica, a pet holding id ``ID`` and an older-than-others twin waiting for it in ``OTHER``,
+    both reconciled (the twin Conflict): (replica, holder, twin, their index)."""
+    rec = world.replica()
+    holder = claim_pet("holder", created="2024-01-01T00:00:00Z", finalizers=(FINALIZER,))
+    waiting = claim_pet(twin, namespace=OTHER, created="2024-01-02T00:00:00Z", finalizers=(FINALIZER,))
+    pets = seen(rec, holder, waiting)
+    for snap in (holder, waiting):
+        await rec.sync_pet((snap.namespace, snap.name), pets, index_of())
+    return rec, holder, waiting, pets
+
+
 async def test_a_deleted_holder_hands_its_claim_over_in_place_to_the_oldest_waiting_pet(world: World) -> None:
     """Finding 8: the claim is moved to the heir on the same Lease (resourceVersion precondition),
     never deleted first, so the id is not free for a moment (a create by anyone else in between
     would have taken it)."""
-    rec = world.replica()
-    holder = claim_pet("holder", created="2024-01-01T00:00:00Z", finalizers=(FINALIZER,))
-    older = claim_pet("z-old", namespace=OTHER, created="2024-01-02T00:00:00Z", finalizers=(FINALIZER,))
-    pets = seen(rec, holder, older)
-    for snap in (holder, older):
-        await rec.sync_pet((snap.namespace, snap.name), pets, index_of())
+    rec, holder, _, pets = await holder_and_twin(world, "z-old")
     before = world.store.claims[ID].resource_version
     world.journal.clear()
 
@@ -600,12 +607,7 @@ async def test_a_heir_deleted_right_after_it_was_confirmed_still_releases_the_cl
     at a time, so the twin's finalize sees the claim handed to it and releases it in turn (seen in
     the e2e race test before: the twin read the claim before the hand-over landed, removed its
     finalizer, and the claim went to a pet that was gone, an orphan until the next pass)."""
-    rec = world.replica()
-    holder = claim_pet("holder", created="2024-01-01T00:00:00Z", finalizers=(FINALIZER,))
-    twin = claim_pet("twin", namespace=OTHER, created="2024-01-02T00:00:00Z", finalizers=(FINALIZER,))
-    pets = seen(rec, holder, twin)
-    for snap in (holder, twin):
-        await rec.sync_pet((snap.namespace, snap.name), pets, index_of())
+    rec, holder, twin, pets = await holder_and_twin(world)
     twin_finalize: list[asyncio.Task[Any]] = []
 
     def delete_the_twin(namespace: str, name: str) -> None:
@@ -624,12 +626,7 @@ async def test_a_heir_deleted_right_after_it_was_confirmed_still_releases_the_cl
 
 
 async def test_a_hand_over_refused_because_the_claim_changed_is_tried_again_on_a_fresh_read(world: World) -> None:
-    rec = world.replica()
-    holder = claim_pet("holder", created="2024-01-01T00:00:00Z", finalizers=(FINALIZER,))
-    older = claim_pet("z-old", namespace=OTHER, created="2024-01-02T00:00:00Z", finalizers=(FINALIZER,))
-    pets = seen(rec, holder, older)
-    for snap in (holder, older):
-        await rec.sync_pet((snap.namespace, snap.name), pets, index_of())
+    rec, holder, _, pets = await holder_and_twin(world, "z-old")
     # someone labels the Lease after the operator cached it: the first move is refused (409)
     current = world.store.claims[ID]
     world.store.put(ID, *current.holder_key, current.holder_uid)
