@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from pet_harness import chaos_env
+from pet_harness import chaos_runner
 
 pytestmark = [
     pytest.mark.chaos,
@@ -27,7 +27,7 @@ CI_MAX_PETS = 30
 _RUN_SUMMARIES: dict[str, dict[str, Any]] = {}
 
 
-@pytest.mark.parametrize("experiment", chaos_env.experiment_names())
+@pytest.mark.parametrize("experiment", chaos_runner.experiment_names())
 def test_experiment_keeps_the_steady_state(experiment: str, request: pytest.FixtureRequest) -> None:
     from pet_harness import binaries
 
@@ -36,11 +36,11 @@ def test_experiment_keeps_the_steady_state(experiment: str, request: pytest.Fixt
     if not results.is_absolute():
         results = Path(str(request.config.rootpath)) / results
     results = results / "chaos"
-    summary = chaos_env.run_experiment(experiment, results, rounds=CI_ROUNDS, max_pets=CI_MAX_PETS)
+    summary = chaos_runner.run_experiment(experiment, results, rounds=CI_ROUNDS, max_pets=CI_MAX_PETS)
     # this run's table so far (summary.md, as `pet-harness chaos` writes it), rewritten after each
     # experiment; summaries of earlier runs left in the folder are not this run's
     _RUN_SUMMARIES[experiment] = summary
-    (results / "summary.md").write_text(chaos_env.summary_markdown(list(_RUN_SUMMARIES.values())))
+    (results / "summary.md").write_text(chaos_runner.summary_markdown(list(_RUN_SUMMARIES.values())))
     shown = json.dumps({k: v for k, v in summary.items() if k != "final_steady_state"}, indent=2, default=str)
     assert summary["status"] == "completed", shown
     assert summary["deviated"] is False, shown

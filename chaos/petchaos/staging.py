@@ -388,14 +388,6 @@ def steal_lease(holder: str, duration: int, configuration: dict[str, Any] | None
     return {"stolen_by": holder}
 
 
-def not_available(activity: str) -> dict[str, Any]:
-    raise NotAvailableOnTarget(
-        f"petchaos {activity}: not available on target=kubernetes: restarting the control plane needs access to "
-        "its nodes (on kubeadm, move the static pod manifest out of /etc/kubernetes/manifests and back; managed "
-        "clusters do not allow it). Run this experiment on target=local (pet-harness chaos)."
-    )
-
-
 def restart_dead_replicas(timeout: float, configuration: dict[str, Any] | None,
                           sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
     """On a cluster the Deployment restarts pods; wait until all its replicas are ready again."""

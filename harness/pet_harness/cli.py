@@ -111,13 +111,13 @@ def _cmd_finalizers_strip(args: argparse.Namespace) -> int:
 def _cmd_chaos(args: argparse.Namespace) -> int:
     import datetime
 
-    from pet_harness import chaos_env
+    from pet_harness import chaos_runner
 
-    names = args.experiment or chaos_env.experiment_names()
-    missing = [n for n in names if not chaos_env.experiment_path(n).exists()]
+    names = args.experiment or chaos_runner.experiment_names()
+    missing = [n for n in names if not chaos_runner.experiment_path(n).exists()]
     if missing:
         print(f"pet-harness: error: no such experiment: {', '.join(missing)} "
-              f"(known: {', '.join(chaos_env.experiment_names())})", file=sys.stderr)
+              f"(known: {', '.join(chaos_runner.experiment_names())})", file=sys.stderr)
         return 2
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     results = Path(args.results) if args.results else Path("results") / "chaos" / stamp
@@ -138,7 +138,7 @@ def _cmd_chaos(args: argparse.Namespace) -> int:
             names = [n for n in names if n not in LOCAL_ONLY]
             print(f"pet-harness chaos: target kubernetes: skipping {', '.join(LOCAL_ONLY)} (they need node "
                   "access; name them with -e to try)", file=sys.stderr)
-        summaries = chaos_env.run_all(
+        summaries = chaos_runner.run_all(
             names, results, rounds=args.rounds, max_pets=args.max_pets,
             env_factory=lambda: ClusterTarget(settings, audit_log), audited=audit_log is not None)
     else:
@@ -146,7 +146,7 @@ def _cmd_chaos(args: argparse.Namespace) -> int:
             print("pet-harness: error: --set and --audit-log are for --target kubernetes", file=sys.stderr)
             return 2
         binaries.ensure_binaries(build=True)
-        summaries = chaos_env.run_all(names, results, rounds=args.rounds, max_pets=args.max_pets)
+        summaries = chaos_runner.run_all(names, results, rounds=args.rounds, max_pets=args.max_pets)
     print((results / "summary.md").read_text())
     print(f"results: {results}")
     return 0 if all(s["passed"] for s in summaries) else 1

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from pet_harness import chaos_env, cli
+from pet_harness import chaos_env, chaos_runner, cli
 from petchaos import actions, probes, staging
 
 
@@ -71,7 +71,7 @@ def analysis(gaps: list[float], non_leader: int = 0) -> dict[str, Any]:
 
 
 def test_summary_of_a_clean_run_passes() -> None:
-    s = chaos_env.build_summary("kill-leader", {"status": "completed", "deviated": False}, analysis([4.0, 5.0, 9.0]),
+    s = chaos_runner.build_summary("kill-leader", {"status": "completed", "deviated": False}, analysis([4.0, 5.0, 9.0]),
                                 [], {"ok": True, "duplicate_ids": 0}, 12.34, 0)
     assert s["passed"]
     assert s["failover_gap_median"] == 5.0
@@ -89,7 +89,7 @@ def test_summary_of_a_clean_run_passes() -> None:
     (None, analysis([]), [], 0),
 ])
 def test_summary_fails_on_any_bad_figure(journal: Any, audit_result: Any, lost: list[str], dups: int) -> None:
-    s = chaos_env.build_summary("x", journal, audit_result, lost, {"duplicate_ids": dups}, 1.0)
+    s = chaos_runner.build_summary("x", journal, audit_result, lost, {"duplicate_ids": dups}, 1.0)
     assert not s["passed"]
     assert s["failover_gap_median"] is None
     if journal is None:
@@ -112,7 +112,7 @@ def test_summary_fails_on_a_failed_method_activity_although_the_run_completed() 
     journal = {"status": "completed", "deviated": False,
                "run": [run_entry("kill-leader#1"), run_entry("steady-state-between-rounds", "failed"),
                        run_entry("kill-leader#2"), run_entry("restart-dead-replicas#2", None)]}
-    s = chaos_env.build_summary("kill-leader", journal, analysis([4.0]), [], {"duplicate_ids": 0}, 1.0, 0, rounds=2)
+    s = chaos_runner.build_summary("kill-leader", journal, analysis([4.0]), [], {"duplicate_ids": 0}, 1.0, 0, rounds=2)
     assert s["failed_activities"] == 2
     assert s["failed_activity_names"] == ["steady-state-between-rounds", "restart-dead-replicas#2"]
     assert s["status"] == "completed"
@@ -122,7 +122,7 @@ def test_summary_fails_on_a_failed_method_activity_although_the_run_completed() 
 
 def test_summary_passes_when_every_method_activity_succeeded() -> None:
     journal = {"status": "completed", "deviated": False, "run": [run_entry("a#1"), run_entry("a#2")]}
-    s = chaos_env.build_summary("x", journal, analysis([4.0]), [], {"duplicate_ids": 0}, 1.0, 0)
+    s = chaos_runner.build_summary("x", journal, analysis([4.0]), [], {"duplicate_ids": 0}, 1.0, 0)
     assert s["failed_activities"] == 0
     assert s["failed_activity_names"] == []
     assert s["rounds"] == 1
@@ -130,17 +130,17 @@ def test_summary_passes_when_every_method_activity_succeeded() -> None:
 
 
 def test_summary_markdown_has_a_row_per_experiment() -> None:
-    rows = [chaos_env.build_summary(n, {"status": "completed", "deviated": False}, analysis([4.2]), [],
+    rows = [chaos_runner.build_summary(n, {"status": "completed", "deviated": False}, analysis([4.2]), [],
                                     {"duplicate_ids": 0}, 3.0, rounds=r) for n, r in (("a", 1), ("b", 3))]
-    text = chaos_env.summary_markdown(rows)
+    text = chaos_runner.summary_markdown(rows)
     assert "| a | 1 | completed | False | 0 | 4.2 | 4.2 | 1 | 0 | 0 | 0 | 3.0 | True |" in text
     assert "| b | 3 | completed |" in text
 
 
 def test_summary_markdown_names_the_failed_activities() -> None:
     journal = {"status": "completed", "deviated": False, "run": [run_entry("heal#2", "failed")]}
-    row = chaos_env.build_summary("c", journal, analysis([]), [], {"duplicate_ids": 0}, 3.0, rounds=2)
-    assert "| c | 2 | completed | False | 1 (heal#2) |" in chaos_env.summary_markdown([row])
+    row = chaos_runner.build_summary("c", journal, analysis([]), [], {"duplicate_ids": 0}, 3.0, rounds=2)
+    assert "| c | 2 | completed | False | 1 (heal#2) |" in chaos_runner.summary_markdown([row])
 
 
 # --- derived experiments (rounds) ---------------------------------------------------------------
@@ -167,7 +167,7 @@ def experiment(timeout: Any = 40) -> dict[str, Any]:
 
 def test_one_round_is_the_experiment_itself() -> None:
     source = experiment()
-    derived = chaos_env.derive_experiment(source, 1)
+    derived = chaos_runner.derive_experiment(source, 1)
     assert derived == source
     assert derived is not source
 
@@ -175,7 +175,7 @@ def test_one_round_is_the_experiment_itself() -> None:
 def test_three_rounds_repeat_the_method_with_a_steady_state_check_between_rounds() -> None:
     source = experiment(timeout=40)
     before = copy.deepcopy(source)
-    derived = chaos_env.derive_experiment(source, 3)
+    derived = chaos_runner.derive_experiment(source, 3)
     assert source == before  # not mutated
     method = derived["method"]
     assert len(method) == 3 * 2 + 2
@@ -198,9 +198,9 @@ def test_three_rounds_repeat_the_method_with_a_steady_state_check_between_rounds
 
 
 def test_the_check_between_rounds_takes_the_hypothesis_timeout() -> None:
-    assert chaos_env.derive_experiment(experiment(timeout=7), 2)["method"][2]["provider"]["arguments"] == {
+    assert chaos_runner.derive_experiment(experiment(timeout=7), 2)["method"][2]["provider"]["arguments"] == {
         "timeout": 7}
-    default = chaos_env.derive_experiment(experiment(timeout=None), 2)["method"][2]
+    default = chaos_runner.derive_experiment(experiment(timeout=None), 2)["method"][2]
     assert default["provider"]["arguments"] == {"timeout": 30}
 
 
@@ -208,20 +208,20 @@ def test_references_to_method_activities_follow_the_round() -> None:
     source = experiment()
     source["method"].append({"ref": "kill"})
     source["method"].append({"ref": "steady-state"})
-    method = chaos_env.derive_experiment(source, 2)["method"]
+    method = chaos_runner.derive_experiment(source, 2)["method"]
     assert [a.get("ref") for a in method if "ref" in a] == ["kill#1", "steady-state", "kill#2", "steady-state"]
 
 
 @pytest.mark.parametrize("rounds", [0, -2])
 def test_rounds_below_one_are_refused(rounds: int) -> None:
     with pytest.raises(ValueError, match=rf"rounds must be an integer >= 1, got {rounds}"):
-        chaos_env.derive_experiment(experiment(), rounds)
+        chaos_runner.derive_experiment(experiment(), rounds)
 
 
 def test_every_real_experiment_derives_to_activities_that_exist() -> None:
-    for name in chaos_env.experiment_names():
-        source = json.loads(chaos_env.experiment_path(name).read_text())
-        derived = chaos_env.derive_experiment(source, 3)
+    for name in chaos_runner.experiment_names():
+        source = json.loads(chaos_runner.experiment_path(name).read_text())
+        derived = chaos_runner.derive_experiment(source, 3)
         assert len(derived["method"]) == 3 * len(source["method"]) + 2, name
         timeout = source["steady-state-hypothesis"]["probes"][0]["provider"]["arguments"]["timeout"]
         for activity in derived["method"]:
@@ -241,7 +241,7 @@ def test_an_environment_that_does_not_start_is_a_failed_experiment(tmp_path: Pat
             pass
 
     (tmp_path / "kill-leader-journal.json").write_text('{"status": "completed", "deviated": false}')
-    s = chaos_env.run_experiment("kill-leader", tmp_path, env_factory=Broken)
+    s = chaos_runner.run_experiment("kill-leader", tmp_path, env_factory=Broken)
     assert not s["passed"]
     assert s["deviated"] is True  # no journal of this run
     assert "no cluster today" in s["error"]
@@ -264,19 +264,19 @@ class Unstartable:
 
 
 def test_rounds_run_a_derived_copy_written_to_the_results(tmp_path: Path) -> None:
-    source_path = chaos_env.experiment_path("kill-leader")
+    source_path = chaos_runner.experiment_path("kill-leader")
     source_text = source_path.read_text()
-    s = chaos_env.run_experiment("kill-leader", tmp_path, env_factory=Unstartable, rounds=3)
+    s = chaos_runner.run_experiment("kill-leader", tmp_path, env_factory=Unstartable, rounds=3)
     assert source_path.read_text() == source_text  # the source is never modified
     derived = json.loads((tmp_path / "kill-leader-experiment.json").read_text())
-    assert derived == chaos_env.derive_experiment(json.loads(source_text), 3)
+    assert derived == chaos_runner.derive_experiment(json.loads(source_text), 3)
     assert s["rounds"] == 3
     assert json.loads((tmp_path / "kill-leader-summary.json").read_text())["rounds"] == 3
 
 
 def test_one_round_runs_the_source_and_leaves_no_derived_copy(tmp_path: Path) -> None:
     (tmp_path / "kill-leader-experiment.json").write_text("{}")  # from an earlier run with rounds
-    s = chaos_env.run_experiment("kill-leader", tmp_path, env_factory=Unstartable)
+    s = chaos_runner.run_experiment("kill-leader", tmp_path, env_factory=Unstartable)
     assert s["rounds"] == 1
     assert not (tmp_path / "kill-leader-experiment.json").exists()
 
@@ -284,10 +284,10 @@ def test_one_round_runs_the_source_and_leaves_no_derived_copy(tmp_path: Path) ->
 def test_the_default_environment_gets_max_pets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     Unstartable.made.clear()
     monkeypatch.setattr(chaos_env, "ChaosEnvironment", Unstartable)
-    s = chaos_env.run_experiment("kill-leader", tmp_path, max_pets=77)
+    s = chaos_runner.run_experiment("kill-leader", tmp_path, max_pets=77)
     assert Unstartable.made == [{"max_pets": 77}]
     assert "no cluster today" in s["error"]
-    chaos_env.run_experiment("kill-leader", tmp_path, env_factory=Unstartable, max_pets=5)
+    chaos_runner.run_experiment("kill-leader", tmp_path, env_factory=Unstartable, max_pets=5)
     assert Unstartable.made[-1] == {}  # an injected factory is called as it is
 
 
@@ -298,7 +298,7 @@ def test_the_default_environment_gets_max_pets(tmp_path: Path, monkeypatch: pyte
 ])
 def test_run_experiment_refuses_bad_sizes(tmp_path: Path, kwargs: dict[str, int], message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        chaos_env.run_experiment("kill-leader", tmp_path, env_factory=Unstartable, **kwargs)
+        chaos_runner.run_experiment("kill-leader", tmp_path, env_factory=Unstartable, **kwargs)
     assert not (tmp_path / "kill-leader-summary.json").exists()
 
 
@@ -310,11 +310,11 @@ def test_run_all_passes_rounds_and_max_pets_on(
     def fake_run(name: str, results: Path, *, rounds: int = 1,
                  max_pets: int = 30, **kwargs: Any) -> dict[str, Any]:
         calls.append((name, rounds, max_pets))
-        return chaos_env.build_summary(name, {"status": "completed", "deviated": False}, analysis([4.0]), [],
+        return chaos_runner.build_summary(name, {"status": "completed", "deviated": False}, analysis([4.0]), [],
                                        {"duplicate_ids": 0}, 1.0, rounds=rounds)
 
-    monkeypatch.setattr(chaos_env, "run_experiment", fake_run)
-    chaos_env.run_all(["kill-leader", "cut-leader"], tmp_path, rounds=4, max_pets=60)
+    monkeypatch.setattr(chaos_runner, "run_experiment", fake_run)
+    chaos_runner.run_all(["kill-leader", "cut-leader"], tmp_path, rounds=4, max_pets=60)
     assert calls == [("kill-leader", 4, 60), ("cut-leader", 4, 60)]
     err = capsys.readouterr().err
     assert "running kill-leader (4 rounds, at most 60 pets)" in err
@@ -323,7 +323,7 @@ def test_run_all_passes_rounds_and_max_pets_on(
 
 
 def test_chaos_command_passes_the_control_url_and_journal(tmp_path: Path) -> None:
-    cmd = chaos_env.chaos_command(Path("e.json"), tmp_path / "j.json", tmp_path / "l.log",
+    cmd = chaos_runner.chaos_command(Path("e.json"), tmp_path / "j.json", tmp_path / "l.log",
                                   {"control_url": "http://127.0.0.1:1", "target": "local"})
     assert cmd[cmd.index("--journal-path") + 1] == str(tmp_path / "j.json")
     assert "control_url=http://127.0.0.1:1" in cmd
@@ -333,11 +333,11 @@ def test_chaos_command_passes_the_control_url_and_journal(tmp_path: Path) -> Non
 
 
 def test_every_experiment_is_valid_json_with_the_probe_and_rollbacks() -> None:
-    names = chaos_env.experiment_names()
+    names = chaos_runner.experiment_names()
     assert set(names) >= {"kill-leader", "freeze-leader", "cut-leader", "delete-lease", "restart-apiserver",
                           "restart-etcd"}
     for name in names:
-        doc = json.loads(chaos_env.experiment_path(name).read_text())
+        doc = json.loads(chaos_runner.experiment_path(name).read_text())
         probe = doc["steady-state-hypothesis"]["probes"][0]
         assert probe["tolerance"] is True
         assert probe["provider"]["module"] == "petchaos.probes"
@@ -350,13 +350,13 @@ def test_every_experiment_is_valid_json_with_the_probe_and_rollbacks() -> None:
             assert callable(getattr(module, activity["provider"]["func"])), activity
 
 
-@pytest.mark.parametrize("name", chaos_env.experiment_names())
+@pytest.mark.parametrize("name", chaos_runner.experiment_names())
 def test_chaos_toolkit_accepts_every_experiment(name: str) -> None:
     """chaoslib's own validation: schema, and every python activity's module, function and arguments."""
     from chaoslib.experiment import ensure_experiment_is_valid
     from chaoslib.loader import load_experiment
 
-    ensure_experiment_is_valid(load_experiment(str(chaos_env.experiment_path(name))))
+    ensure_experiment_is_valid(load_experiment(str(chaos_runner.experiment_path(name))))
 
 
 # --- provider against a fake control server -----------------------------------------------------
@@ -505,10 +505,10 @@ def test_cli_on_a_cluster_skips_the_control_plane_restarts_and_passes_the_settin
         seen.update(names=names, audited=audited, env=env_factory())
         results.mkdir(parents=True, exist_ok=True)
         (results / "summary.md").write_text("")
-        return [chaos_env.build_summary(n, {"status": "completed", "deviated": False}, None, [],
+        return [chaos_runner.build_summary(n, {"status": "completed", "deviated": False}, None, [],
                                         {"duplicate_ids": 0}, 1.0, audited=audited) for n in names]
 
-    monkeypatch.setattr(chaos_env, "run_all", fake_run_all)
+    monkeypatch.setattr(chaos_runner, "run_all", fake_run_all)
     assert cli.main(["chaos", "--target", "kubernetes", "--set", "operator_namespace=ops", "--max-pets", "12",
                      "--results", str(tmp_path)]) == 0
     assert "restart-apiserver" not in seen["names"]
@@ -534,10 +534,10 @@ def test_cli_refuses_bad_cluster_settings(args: list[str], message: str, capsys:
 
 def test_a_summary_without_an_audit_log_passes_on_the_rest() -> None:
     journal = {"status": "completed", "deviated": False}
-    unaudited = chaos_env.build_summary("k", journal, None, [], {"duplicate_ids": 0}, 1.0, audited=False)
+    unaudited = chaos_runner.build_summary("k", journal, None, [], {"duplicate_ids": 0}, 1.0, audited=False)
     assert (unaudited["passed"], unaudited["audited"], unaudited["writes_by_non_leaders"]) == (True, False, None)
-    assert chaos_env.build_summary("k", journal, None, [], {"duplicate_ids": 0}, 1.0)["passed"] is False
-    lost = chaos_env.build_summary("k", journal, None, ["p"], {"duplicate_ids": 0}, 1.0, audited=False)
+    assert chaos_runner.build_summary("k", journal, None, [], {"duplicate_ids": 0}, 1.0)["passed"] is False
+    lost = chaos_runner.build_summary("k", journal, None, ["p"], {"duplicate_ids": 0}, 1.0, audited=False)
     assert lost["passed"] is False
 
 
@@ -564,10 +564,10 @@ def test_cli_runs_the_experiments_and_fails_on_a_deviation(
 
     def fake_run(name: str, results: Path, *, rounds: int = 1,
                  max_pets: int = 30, **kwargs: Any) -> dict[str, Any]:
-        return chaos_env.build_summary(name, {"status": "completed", "deviated": outcomes[name]}, analysis([4.0]),
+        return chaos_runner.build_summary(name, {"status": "completed", "deviated": outcomes[name]}, analysis([4.0]),
                                        [], {"duplicate_ids": 0}, 1.0, rounds=rounds)
 
-    monkeypatch.setattr(chaos_env, "run_experiment", fake_run)
+    monkeypatch.setattr(chaos_runner, "run_experiment", fake_run)
     assert cli.main(["chaos", "-e", "kill-leader", "--results", str(tmp_path)]) == 0
     assert json.loads((tmp_path / "summary.json").read_text())[0]["experiment"] == "kill-leader"
     assert "| kill-leader |" in (tmp_path / "summary.md").read_text()
@@ -584,9 +584,9 @@ def test_cli_fails_on_a_failed_method_activity(
                  max_pets: int = 30, **kwargs: Any) -> dict[str, Any]:
         journal = {"status": "completed", "deviated": False, "run": [run_entry("steady-state-between-rounds",
                                                                                "failed")]}
-        return chaos_env.build_summary(name, journal, analysis([4.0]), [], {"duplicate_ids": 0}, 1.0, rounds=rounds)
+        return chaos_runner.build_summary(name, journal, analysis([4.0]), [], {"duplicate_ids": 0}, 1.0, rounds=rounds)
 
-    monkeypatch.setattr(chaos_env, "run_experiment", fake_run)
+    monkeypatch.setattr(chaos_runner, "run_experiment", fake_run)
     assert cli.main(["chaos", "-e", "kill-leader", "--results", str(tmp_path)]) == 1
     assert "1 (steady-state-between-rounds)" in capsys.readouterr().out
 
@@ -604,7 +604,7 @@ def test_cli_runs_longer_by_default_and_takes_rounds_and_max_pets(
         (results / "summary.md").write_text("")
         return []
 
-    monkeypatch.setattr(chaos_env, "run_all", fake_run_all)
+    monkeypatch.setattr(chaos_runner, "run_all", fake_run_all)
     assert cli.main(["chaos", "-e", "kill-leader", "--results", str(tmp_path)]) == 0
     assert cli.main(["chaos", "-e", "kill-leader", "--results", str(tmp_path), "--rounds", "1",
                      "--max-pets", "30"]) == 0
@@ -626,7 +626,7 @@ def test_cli_refuses_bad_rounds_and_max_pets(
         raise AssertionError("ran despite a bad argument")
 
     monkeypatch.setattr(cli.binaries, "ensure_binaries", must_not_run)
-    monkeypatch.setattr(chaos_env, "run_all", must_not_run)
+    monkeypatch.setattr(chaos_runner, "run_all", must_not_run)
     with pytest.raises(SystemExit) as exc:
         cli.main(["chaos", "-e", "kill-leader", *args])
     assert exc.value.code == 2
