@@ -1,6 +1,6 @@
 """Chaos experiments against a real cluster (``target: kubernetes``), e.g. staging.
 
-:class:`ClusterTarget` is what :func:`pet_harness.chaos_env.run_experiment` runs an experiment
+:class:`ClusterTarget` is what :func:`pet_harness.chaos_runner.run_experiment` runs an experiment
 "in" when the operator already runs on a cluster (the Deployment of ``deploy/operator``):
 nothing is started; ``chaos run`` gets ``--var target=kubernetes`` and the configuration
 keys given (``petchaos.staging.DEFAULTS``, ``petchaos.load.LOAD_DEFAULTS``); the load is the
