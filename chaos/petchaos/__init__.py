@@ -2,7 +2,8 @@
 
 Every function takes Chaos Toolkit's ``configuration``, with these keys:
 
-* ``control_url``: the control server (:mod:`pet_harness.chaos_control`) of a :class:`pet_harness.chaos_env.ChaosEnvironment`
+* ``control_url``: the control server (:mod:`pet_harness.chaos_control`) of a
+  :class:`pet_harness.chaos_env.ChaosEnvironment`
   (``pet-harness chaos`` passes it with ``--var control_url=...``);
 * ``target``: ``local`` (the embedded cluster and operator processes of a
   :class:`pet_harness.chaos_env.ChaosEnvironment`, through its control server) or

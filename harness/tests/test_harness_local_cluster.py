@@ -637,3 +637,28 @@ def test_controller_manager_binary_missing_fails_before_anything_starts(
         cluster.start()
     assert cluster.etcd is None
     assert list(private_tmpdir.iterdir()) == []
+
+
+def test_distinct_ports_never_repeat_a_port_the_kernel_hands_out_twice(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pet_harness.clusters import local
+
+    handed = iter([41000, 41000, 41000, 41001, 41000, 41001, 41002])
+
+    class Socket:
+        def __init__(self, *args: object) -> None:
+            self.port = 0
+
+        def __enter__(self) -> Socket:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+        def bind(self, address: tuple[str, int]) -> None:
+            self.port = next(handed)
+
+        def getsockname(self) -> tuple[str, int]:
+            return ("127.0.0.1", self.port)
+
+    monkeypatch.setattr(local.socket, "socket", Socket)
+    assert local.distinct_ports(3) == [41000, 41001, 41002]

@@ -82,6 +82,15 @@ def free_port(avoid: Collection[int] = ()) -> int:
     raise OSError(f"no free loopback port outside {sorted(avoid)} after 100 tries")
 
 
+def distinct_ports(count: int) -> list[int]:
+    """``count`` free loopback ports, all different: the kernel may hand out one port twice in a row
+    (seen in CI: etcd and kube-apiserver were given the same one)."""
+    ports: list[int] = []
+    for _ in range(count):
+        ports.append(free_port(ports))
+    return ports
+
+
 #: The controllers a ``controller_manager=True`` cluster runs: deleting a namespace's content and the
 #: namespace (namespace-controller) and ownerReference cascades (garbage-collector-controller).
 #: serviceaccount-token-controller is not needed: each controller authenticates with a token from
@@ -258,7 +267,7 @@ class LocalCluster(Cluster):
             (self.workdir / "audit-policy.yaml").write_text(self.audit_policy)
 
     def _start_processes(self, bins: binaries_mod.ControlPlaneBinaries) -> None:
-        self.etcd_client_port, self.etcd_peer_port, self.apiserver_port = free_port(), free_port(), free_port()
+        self.etcd_client_port, self.etcd_peer_port, self.apiserver_port = distinct_ports(3)
         self.etcd = self._etcd_process(bins)
         self.etcd.start()
         deadline = time.monotonic() + self.start_timeout
