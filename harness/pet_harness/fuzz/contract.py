@@ -155,21 +155,33 @@ def _envelope(body: Any, kind: str, out: list[Broken]) -> Mapping[str, Any] | No
 
 # --- schema rules ------------------------------------------------------------------------------
 
+def _spec(body: Any, kind: str, fields: Sequence[str], status_fields: Sequence[str], strict: bool,
+          required: bool, out: list[Broken]) -> Mapping[str, Any] | None:
+    """The spec whose fields are to be checked, after the envelope, the spec's presence and type,
+    and (strict) unknown fields; None when there is nothing more to check (``out`` says why)."""
+    top = _envelope(body, kind, out)
+    if top is None or out:
+        return None
+    spec = top.get("spec")
+    if spec is None:
+        if required:
+            out.append(Broken("spec.required", "spec"))
+        return None
+    if not isinstance(spec, Mapping):
+        out.append(Broken("spec.type", "spec"))
+        return None
+    if strict:
+        _unknown(top, spec, fields, out, status_fields)
+    return spec
+
+
 def pet_schema(body: Any, strict: bool = True) -> list[Broken]:
     """The rules of the contract's Pet table that hold for every single object."""
     out: list[Broken] = []
-    top = _envelope(body, "Pet", out)
-    if top is None or out:
+    # the contract requires id and name, so a pet without spec breaks both
+    spec = _spec(body, "Pet", PET_FIELDS, PET_STATUS_FIELDS, strict, required=True, out=out)
+    if spec is None:
         return out
-    spec = top.get("spec")
-    if spec is None:  # the contract requires id and name, so a pet without spec breaks both
-        out.append(Broken("spec.required", "spec"))
-        return out
-    if not isinstance(spec, Mapping):
-        out.append(Broken("spec.type", "spec"))
-        return out
-    if strict:
-        _unknown(top, spec, PET_FIELDS, out)
     if not _present(spec, "id"):
         out.append(Broken("spec.id.required", "spec.id"))
     elif not is_integer(spec["id"]):
@@ -210,17 +222,10 @@ def pet_schema(body: Any, strict: bool = True) -> list[Broken]:
 
 def store_schema(body: Any, strict: bool = True) -> list[Broken]:
     out: list[Broken] = []
-    top = _envelope(body, "PetStore", out)
-    if top is None or out:
+    # a store needs nothing: absent allowedTags allow any tag
+    spec = _spec(body, "PetStore", STORE_FIELDS, STORE_STATUS_FIELDS, strict, required=False, out=out)
+    if spec is None:
         return out
-    spec = top.get("spec")
-    if spec is None:  # a store needs nothing: absent allowedTags allow any tag
-        return out
-    if not isinstance(spec, Mapping):
-        out.append(Broken("spec.type", "spec"))
-        return out
-    if strict:
-        _unknown(top, spec, STORE_FIELDS, out, STORE_STATUS_FIELDS)
     # Kubernetes: the contract gives allowedTags "the same format as Pet tags" and no count; the
     # shipped bound of 256 is a project choice the model shares (named so that it can be found).
     _tag_list(spec, "allowedTags", 256, out)
