@@ -21,7 +21,7 @@ import datetime
 import inspect
 import logging
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator, Mapping
 from typing import Any, Protocol
 
 from pet_operator import model
@@ -304,14 +304,16 @@ class Reconciler:
     def _heir(self, snap: PetSnapshot, pets: PetIndex) -> PetSnapshot | None:
         """The oldest pet waiting for ``snap``'s id that is older than ``snap`` and already carries
         our finalizer (so a delete of it releases the id), or None: a free id goes to it first."""
-        if snap.pet_id is None:
-            return None
-        for other in self.pets_with_id(snap.pet_id, pets):
-            if _age(other) >= _age(snap):
-                return None
-            if other.uid != snap.uid and (FINALIZER in other.finalizers or other.uid in self._finalized):
-                return other
+        for other in self._waiting_for(snap, pets):
+            return other if _age(other) < _age(snap) else None
         return None
+
+    def _waiting_for(self, snap: PetSnapshot, pets: PetIndex) -> Iterator[PetSnapshot]:
+        """The other live pets with ``snap``'s id that already carry our finalizer (so that a delete
+        of one releases the id in turn), oldest first."""
+        for other in self.pets_with_id(snap.pet_id, pets) if snap.pet_id is not None else ():
+            if other.uid != snap.uid and (FINALIZER in other.finalizers or other.uid in self._finalized):
+                yield other
 
     def moved_from(self, key: Key) -> str | None:
         """The store a pet named before its latest change, once, if it changed stores."""
@@ -566,9 +568,7 @@ class Reconciler:
         finalizer's removal, not seen yet), and a claim handed to a pet that is gone would be an
         orphan until the next pass: so the candidate is confirmed by a fresh read (only when pets
         wait, i.e. duplicates)."""
-        for other in self.pets_with_id(snap.pet_id, pets) if snap.pet_id is not None else ():
-            if other.uid == snap.uid or not (FINALIZER in other.finalizers or other.uid in self._finalized):
-                continue
+        for other in self._waiting_for(snap, pets):
             if self.pet_reader is None or await self.pet_reader.can_inherit(other.namespace, other.name, other.uid):
                 return other
         return None
