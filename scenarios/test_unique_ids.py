@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from helpers import phase_of, record, wait_phase
+from helpers import phase_of, record, wait_pet, wait_phase
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
@@ -72,7 +72,11 @@ def test_duplicate_id_in_another_namespace_conflicts_then_takes_over(
     pets.delete_pet("holder")
     wait_phase(other, "older-twin", "Active", "Reconciled")
     takeover = time.monotonic() - deleted_at
-    young = wait_phase(other, "younger-twin", "Conflict", "DuplicateId")
+    # the younger twin was Conflict already (naming the old holder): wait for its status to name the heir
+    young = wait_pet(other, "younger-twin",
+                     lambda p: f"{other.namespace}/older-twin" in ((p.get("status") or {}).get("message") or ""),
+                     "its Conflict names the new holder")
+    assert (young["status"]["phase"], young["status"]["reason"]) == ("Conflict", "DuplicateId")
     assert f"{other.namespace}/older-twin" in young["status"]["message"]
     assert claims(kube_api, claims_namespace)["pet-id-502"].spec.holder_identity == f"{other.namespace}/older-twin"
     record(request, "unique-ids-takeover", {"seconds_from_delete_to_active": round(takeover, 3)})
