@@ -73,7 +73,8 @@ def selects(service_monitor: Mapping[str, Any], service: Mapping[str, Any]) -> l
     port_names = {p.get("name") for p in service.get("spec", {}).get("ports", [])}
     for endpoint in spec.get("endpoints", []):
         if endpoint.get("port") and endpoint["port"] not in port_names:
-            problems.append(f"endpoint port {endpoint['port']!r} is not a port name of the Service {sorted(port_names)}")
+            problems.append(f"endpoint port {endpoint['port']!r} is not a port name of the Service "
+                            f"{sorted(port_names)}")
     return problems
 
 
