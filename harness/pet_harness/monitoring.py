@@ -148,3 +148,68 @@ def rule_file(
 def alerts(prometheus_rule: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Every alerting rule of a PrometheusRule."""
     return [r for g in prometheus_rule["spec"]["groups"] for r in g["rules"] if "alert" in r]
+
+
+def served_plural(api: Any, api_version: str, kind: str) -> str | None:
+    """The plural under which the API server serves ``kind`` of ``group/version``, or None."""
+    from kubernetes import client  # the client is only needed here
+    from kubernetes.client.exceptions import ApiException
+
+    group, _, version = api_version.rpartition("/")
+    try:
+        resources = client.CustomObjectsApi(api).get_api_resources(group, version)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    for resource in resources.resources or []:
+        if resource.kind == kind and "/" not in resource.name:
+            return str(resource.name)
+    return None
+
+
+def create(api: Any, document: Mapping[str, Any], dry_run: bool = False) -> dict[str, Any]:
+    """Create a namespaced custom object (a ServiceMonitor, a PrometheusRule, ...), with a clear
+    error when the cluster does not serve its kind (its CRD is not installed)."""
+    from kubernetes import client
+
+    api_version, kind = document["apiVersion"], document["kind"]
+    plural = served_plural(api, api_version, kind)
+    if plural is None:
+        name = document.get("metadata", {}).get("name")
+        raise MonitoringError(
+            f"{kind} {name!r}: this cluster does not serve kind {kind} of {api_version}; install its CRD first "
+            "(the Prometheus Operator's: pet_harness.upstream_crds.documents() in the harness, or on a real "
+            "cluster `kubectl apply --server-side -f` the CRD files of the Prometheus Operator release; see "
+            "docs/observability.md)")
+    group, version = api_version.split("/")
+    namespace = document["metadata"].get("namespace", "default")
+    kwargs = {"dry_run": "All"} if dry_run else {}
+    created: dict[str, Any] = client.CustomObjectsApi(api).create_namespaced_custom_object(
+        group, version, namespace, plural, dict(document), **kwargs)
+    return created
+
+
+def apiserver_job(kubeconfig: Path, workdir: Path, name: str = "apiserver") -> ScrapeJob:
+    """A scrape job for the API server's own ``/metrics`` (admission webhook calls, requests),
+    authenticated with the kubeconfig's client certificate (written under ``workdir``), labelled
+    ``job="apiserver"`` as kube-prometheus does."""
+    import base64
+    from urllib.parse import urlsplit
+
+    config = yaml.safe_load(kubeconfig.read_text())
+    context = next(c for c in config["contexts"] if c["name"] == config["current-context"])["context"]
+    cluster = next(c for c in config["clusters"] if c["name"] == context["cluster"])["cluster"]
+    user = next(u for u in config["users"] if u["name"] == context["user"])["user"]
+    if "client-certificate-data" not in user:
+        raise MonitoringError(f"{kubeconfig}: its user has no client certificate to scrape the API server with")
+    workdir.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for key, field in (("ca_file", "certificate-authority-data"), ("cert_file", "client-certificate-data"),
+                       ("key_file", "client-key-data")):
+        path = workdir / f"apiserver-{key}.pem"
+        path.write_bytes(base64.b64decode(cluster[field] if key == "ca_file" else user[field]))
+        path.chmod(0o600)
+        files[key] = str(path)
+    server = urlsplit(cluster["server"])
+    return ScrapeJob(name=name, targets=[(server.netloc, {})], scheme=server.scheme, tls=files)

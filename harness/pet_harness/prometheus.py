@@ -213,6 +213,10 @@ class PrometheusServer:
             raise PrometheusError(f"{expr!r} gives {len(result)} series, expected one: {result}")
         return float(result[0]["value"][1])
 
+    def metric_names(self) -> list[str]:
+        """Every metric name Prometheus has stored."""
+        return list(self._get("/api/v1/label/__name__/values"))
+
     def targets(self) -> list[dict[str, Any]]:
         return list(self._get("/api/v1/targets", {"state": "active"})["activeTargets"])
 
