@@ -267,6 +267,9 @@ class Reconciler:
         # pets by id, from the watch: who waits for an id, without a pass over every pet
         self._by_id: Members[int] = Members()
         self.writes = 0  # status writes made, for metrics and tests
+        # metrics hook: counters pet_operator.metrics reads when scraped
+        self.id_conflicts = 0  # pets this replica turned Conflict (DuplicateId)
+        self.orphans_collected = 0  # orphaned id claims this replica deleted
         self.observed: set[str] = set()  # uids seen on the watch streams, for readiness
         # namespace mode: the finalizer on the operator's RoleBinding in each served namespace
         self.bindings: BindingGuard | None = None
@@ -423,6 +426,8 @@ class Reconciler:
                 "pet %s/%s: %s -> %s (%s)",
                 snap.namespace, snap.name, previous_phase or "-", verdict.phase.value, verdict.reason,
             )
+            if verdict.phase is model.Phase.CONFLICT:
+                self.id_conflicts += 1  # metrics hook
             if self.on_phase_change is not None:
                 result = self.on_phase_change(snap, previous_phase, verdict)
                 if inspect.isawaitable(result):
@@ -441,6 +446,11 @@ class Reconciler:
         """Fill the claim cache from a listing (at start-up), sparing a read per pet."""
         for claim in claims:
             self._claims[claim.pet_id] = claim
+
+    @property
+    def claims_held(self) -> int:
+        """Id claims in the cache (metrics hook: ``pet_operator_id_claims_held``)."""
+        return len(self._claims)
 
     def forget_claims(self) -> None:
         """Drop the claim cache (leadership lost: another leader may change claims meanwhile)."""
@@ -537,7 +547,8 @@ class Reconciler:
             if claim.holder_uid != snap.uid and await self._is_orphan(claim, pets):
                 log.info("collecting orphaned claim of id %d (holder %s is gone)", pet_id, claim.holder)
                 self.fence()
-                await self.claims.delete_claim(claim)
+                if await self.claims.delete_claim(claim):
+                    self.orphans_collected += 1  # metrics hook
                 self._claims.pop(pet_id, None)
                 continue
             self._claims[pet_id] = claim
@@ -652,6 +663,7 @@ class Reconciler:
                 log.info("collected orphaned claim of id %d (holder %s is gone)", claim.pet_id, claim.holder)
                 self._claims.pop(claim.pet_id, None)
                 collected += 1
+                self.orphans_collected += 1  # metrics hook
                 await self.promote_waiting(claim.pet_id, pets, stores)
         return collected
 
