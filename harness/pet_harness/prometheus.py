@@ -52,6 +52,16 @@ def find_tool(name: str) -> Path:
     return Path(found)
 
 
+def unavailable() -> str | None:
+    """Why Prometheus or promtool cannot be used here (the message names the fix), or None."""
+    for name in ("prometheus", "promtool"):
+        try:
+            find_tool(name)
+        except PrometheusError as exc:
+            return str(exc)
+    return None
+
+
 def promtool(*args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """Run ``promtool`` with ``args``; the result (check ``returncode``, ``stdout``, ``stderr``)."""
     return subprocess.run([str(find_tool("promtool")), *args], cwd=cwd, capture_output=True, text=True,
