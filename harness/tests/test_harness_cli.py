@@ -234,15 +234,15 @@ def test_binaries_build_builds_the_controller_manager_too(
         monkeypatch.setenv(var, str(path))
     built: list[bool] = []
 
-    def fake_build(progress: object = None) -> Path:
-        built.append(True)
+    def fake_build(command: str, progress: object = None) -> Path:
+        built.append(command == "kube-controller-manager")
         path = binaries.controller_manager_cache_path()
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("#!/bin/sh\necho 'Kubernetes v1.34.4'\n")
         path.chmod(0o755)
         return path
 
-    monkeypatch.setattr(binaries, "build_kube_controller_manager", fake_build)
+    monkeypatch.setattr(binaries, "build_kubernetes_command", fake_build)
     assert cli.main(["binaries", "build"]) == 0
     assert built == [True]
     out = capsys.readouterr().out
@@ -322,3 +322,35 @@ def test_keyboard_interrupt_exits_130(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(cluster_daemon, "status", interrupted)
     assert cli.main(["cluster", "status"]) == 130
+
+
+def test_binaries_build_node_builds_the_node_commands_and_names_missing_packages(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for name, var in (("kube-apiserver", "TEST_ASSET_KUBE_APISERVER"), ("etcd", "TEST_ASSET_ETCD")):
+        path = tmp_path / name
+        path.write_text("#!/bin/sh\necho 'v'\n")
+        path.chmod(0o755)
+        monkeypatch.setenv(var, str(path))
+    built: list[str] = []
+
+    def fake_build(command: str, progress: object = None) -> Path:
+        built.append(command)
+        path = binaries.kubernetes_command_cache_path(command)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("#!/bin/sh\necho 'Kubernetes v1.34.4'\n")
+        path.chmod(0o755)
+        return path
+
+    monkeypatch.setattr(binaries, "build_kubernetes_command", fake_build)
+    from pet_harness.clusters import node_packages
+
+    monkeypatch.setattr(node_packages, "missing_packages", lambda: ["tini"])
+    assert cli.main(["binaries", "build"]) == 0
+    assert built == ["kube-controller-manager"], "the default build stays as cheap as before"
+    capsys.readouterr()
+    assert cli.main(["binaries", "build", "--node"]) == 0
+    assert built == ["kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy"]
+    out = capsys.readouterr().out
+    assert f"kubelet: {binaries.kubernetes_command_cache_path('kubelet')} (Kubernetes v1.34.4)" in out
+    assert "apt-get install tini" in out
