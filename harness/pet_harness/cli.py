@@ -3,7 +3,7 @@
     pet-harness binaries build        build kube-apiserver, etcd and kube-controller-manager (cached per version);
                                       --node also kube-scheduler, kubelet and kube-proxy
     pet-harness binaries where        show which binaries would be used, and their versions
-    pet-harness cluster up            start the embedded cluster in the background
+    pet-harness cluster up            start the embedded cluster in the background (--node: with a real node)
     pet-harness cluster status        is it running, where, on which ports
     pet-harness cluster kubeconfig    print the admin kubeconfig's path
     pet-harness cluster down          stop it; nothing is left running
@@ -74,7 +74,7 @@ def _cmd_binaries_where(args: argparse.Namespace) -> int:
 
 
 def _cmd_cluster_up(args: argparse.Namespace) -> int:
-    state = cluster_daemon.up(args.name)
+    state = cluster_daemon.up(args.name, node=args.node)
     print(f"cluster {args.name!r} is up at {state['server']} (supervisor pid {state['supervisor_pid']})",
           file=sys.stderr)
     print(f"use it with:  export KUBECONFIG={state['kubeconfig']}", file=sys.stderr)
@@ -177,7 +177,7 @@ def _at_least_one(text: str) -> int:
 
 
 def _cmd_cluster_serve(args: argparse.Namespace) -> int:
-    return cluster_daemon.serve(args.name)
+    return cluster_daemon.serve(args.name, node=args.node)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -205,6 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = cluster_sub.add_parser(action, help=text) if text else cluster_sub.add_parser(action)
         p.add_argument("--name", default="default", help="cluster name (default: default)")
+        if action in ("up", "serve"):
+            p.add_argument("--node", action="store_true",
+                           help="with a real node: kube-scheduler, containerd, kubelet, kube-proxy (root; "
+                                "docs/harness.md, The node backend)")
         p.set_defaults(func=func)
     fin = sub.add_parser("finalizers", help="clean up after the operator is uninstalled")
     fin_sub = fin.add_subparsers(dest="action", required=True)

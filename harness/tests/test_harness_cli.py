@@ -308,12 +308,20 @@ def test_cluster_up_prints_the_kubeconfig_path(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     state = {"status": "running", "server": "https://127.0.0.1:1", "supervisor_pid": 42, "kubeconfig": "/k"}
-    monkeypatch.setattr(cluster_daemon, "up", lambda name: state)
+    asked: list[tuple[str, bool]] = []
+
+    def up(name: str, node: bool = False) -> dict[str, Any]:
+        asked.append((name, node))
+        return state
+
+    monkeypatch.setattr(cluster_daemon, "up", up)
     assert cli.main(["cluster", "up", "--name", "dev"]) == 0
     captured = capsys.readouterr()
     assert captured.out == "/k\n"
     assert "export KUBECONFIG=/k" in captured.err
     assert "pet-harness cluster down --name dev" in captured.err
+    assert cli.main(["cluster", "up", "--name", "n", "--node"]) == 0
+    assert asked == [("dev", False), ("n", True)]
 
 
 def test_keyboard_interrupt_exits_130(monkeypatch: pytest.MonkeyPatch) -> None:
