@@ -107,15 +107,16 @@ def node_lock(timeout: float, say: Say = _quiet, lock_file: Path = LOCK_FILE) ->
 # --- the state record ---------------------------------------------------------------------------
 
 
-def read_state(path: Path = STATE_FILE) -> dict[str, Any]:
+def read_state(path: Path | None = None) -> dict[str, Any]:
     try:
-        data: dict[str, Any] = json.loads(path.read_text())
+        data: dict[str, Any] = json.loads((path or STATE_FILE).read_text())
     except (OSError, ValueError):
         return {}
     return data
 
 
-def write_state(state: dict[str, Any], path: Path = STATE_FILE) -> None:
+def write_state(state: dict[str, Any], path: Path | None = None) -> None:
+    path = path or STATE_FILE
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
@@ -399,6 +400,61 @@ def teardown(state: dict[str, Any], say: Say = _quiet) -> list[str]:
     for line in report:
         say(f"node teardown: {line}")
     return report
+
+
+def machine_snapshot() -> dict[str, Any]:
+    """What a node may change, as it is now: compare with :func:`leftovers` after a teardown."""
+    return {
+        "sysctls": node_network.record_sysctls(),
+        "nft_tables": sorted(node_network.nft_tables()),
+        "chains": sorted(node_network.chains_with_prefix(KUBE_CHAIN_PREFIXES)),
+        "host_paths": snapshot_paths(),
+    }
+
+
+def leftovers(before: dict[str, Any], workdir: str, bridge: str, pod_cidr: str, service_cidr: str) -> list[str]:
+    """Everything a node left that was not there in ``before`` (a :func:`machine_snapshot`): its
+    processes, mounts, links, chains, nft tables, cgroups, conntrack entries, host paths, sysctls,
+    work folder and state file. Empty when the teardown left nothing."""
+    left = []
+    pids = [pid for pid in processes_mentioning(workdir) if _running(pid)] if workdir else []
+    if pids:  # the components, and the shims (their -address is the node's containerd socket)
+        left.append(f"processes naming {workdir}: {pids}")
+    in_cgroups = cgroup_pids(cgroup_dirs())
+    if in_cgroups:
+        left.append(f"processes in the pods' cgroups: {in_cgroups}")
+    folders = cgroup_dirs()
+    if folders:
+        left.append(f"cgroups: {[str(f) for f in folders[:5]]}")
+    mounts = mounts_under([workdir, *before.get("host_paths", {}).keys()]) if workdir else []
+    if mounts:
+        left.append(f"mounts: {mounts[:5]}")
+    if node_network.link_exists(bridge):
+        left.append(f"link {bridge} with ports {node_network.bridge_ports(bridge)}")
+    chains = sorted(set(node_network.chains_with_prefix([*KUBE_CHAIN_PREFIXES, node_network.GUARD_CHAIN]))
+                    - {tuple(c) for c in before.get("chains", [])})
+    if chains:
+        left.append(f"iptables chains: {chains}")
+    tables = sorted(node_network.nft_tables() - {tuple(t) for t in before.get("nft_tables", [])})
+    if tables:
+        left.append(f"nft tables: {tables}")
+    entries = node_network.conntrack_entries(pod_cidr, service_cidr)
+    if entries:
+        left.append(f"conntrack entries: {entries[:3]}")
+    now = snapshot_paths(tuple(before.get("host_paths", {}).keys()))
+    changed_paths = [path for path, entries_before in before.get("host_paths", {}).items()
+                     if now.get(path) != entries_before]
+    if changed_paths:
+        left.append(f"host paths changed: {changed_paths}")
+    sysctls = {name: value for name, value in node_network.record_sysctls().items()
+               if before.get("sysctls", {}).get(name, value).split() != value.split()}
+    if sysctls:
+        left.append(f"sysctls changed: {sysctls}")
+    if workdir and os.path.exists(workdir):
+        left.append(f"work folder {workdir}")
+    if STATE_FILE.exists():
+        left.append(f"state file {STATE_FILE}")
+    return left
 
 
 def sweep_stale(say: Say = _quiet) -> list[str]:
