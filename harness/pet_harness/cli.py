@@ -7,6 +7,7 @@
     pet-harness cluster status        is it running, where, on which ports
     pet-harness cluster kubeconfig    print the admin kubeconfig's path
     pet-harness cluster down          stop it; nothing is left running
+    pet-harness node-bench            start and stop the node cluster N times: start, pod, memory, teardown
     pet-harness finalizers strip      remove the operator's finalizers once it is gone for good
     pet-harness chaos                 run the Chaos Toolkit experiments of chaos/experiments, 3 rounds each,
                                       at most 100 pets (--rounds, --max-pets; docs/chaos.md)
@@ -176,6 +177,19 @@ def _at_least_one(text: str) -> int:
     return value
 
 
+def _cmd_node_bench(args: argparse.Namespace) -> int:
+    import datetime
+
+    from pet_harness.node_bench import bench
+
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    results = Path(args.results) if args.results else Path("results") / "node-bench" / stamp
+    bench(args.runs, results)
+    print((results / "summary.md").read_text())
+    print(f"results: {results}")
+    return 0
+
+
 def _cmd_cluster_serve(args: argparse.Namespace) -> int:
     return cluster_daemon.serve(args.name, node=args.node)
 
@@ -210,6 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
                            help="with a real node: kube-scheduler, containerd, kubelet, kube-proxy (root; "
                                 "docs/harness.md, The node backend)")
         p.set_defaults(func=func)
+    node_bench = sub.add_parser("node-bench", help="start and stop the node cluster N times; figures to a file")
+    node_bench.add_argument("--runs", type=_at_least_one, default=5, metavar="N", help="runs (default: 5)")
+    node_bench.add_argument("--results", default=None, help="results folder (default: results/node-bench/<timestamp>)")
+    node_bench.set_defaults(func=_cmd_node_bench)
     fin = sub.add_parser("finalizers", help="clean up after the operator is uninstalled")
     fin_sub = fin.add_subparsers(dest="action", required=True)
     strip = fin_sub.add_parser("strip", help="remove petstore.example.com/id-claim from pets (and the claims)")
