@@ -1,8 +1,10 @@
-"""A node cluster leaves nothing behind: after a normal stop, after an exception, after SIGKILL of
-its owner (the watcher tears it down), and after SIGKILL of owner and watcher both (the next start
-sweeps it). Each test runs a pod first, so there are containers, shims, mounts, veths, conntrack
-entries and cgroups to clean; :func:`leftovers` checks processes, mounts, links, iptables chains,
-nft tables, cgroups, conntrack entries, host paths, sysctls, the work folder and the state file.
+"""A node cluster leaves nothing behind: after a normal stop, after an exception, after Ctrl-C of its
+owner (its watcher killed first), after SIGKILL of its owner (the watcher tears it down), after
+SIGKILL of owner and watcher both (the next start sweeps it), and a link of the bridge's name that
+is not the node's is refused and left alone. Each test runs a pod first, so there are containers,
+shims, mounts, veths, conntrack entries and cgroups to clean; ``node_teardown.leftovers`` checks
+processes, mounts, links, iptables chains, nft tables, cgroups, conntrack entries, host paths,
+sysctls, the work folder and the state file.
 
 Marker ``node`` (tox env ``node``); each test starts its own node cluster.
 """
@@ -24,6 +26,7 @@ from kubernetes import client
 from node_support import require_root, restricted_pod, wait_ready
 
 from pet_harness.clusters import node_teardown
+from pet_harness.clusters.base import ClusterError
 from pet_harness.clusters.node import NodeCluster
 from pet_harness.kubeclient import api_client
 from pet_harness.processes import pid_alive
@@ -93,11 +96,10 @@ _OWNER = textwrap.dedent("""
     sys.path.insert(0, sys.argv[1])
     from pet_harness.clusters.node import NodeCluster
     from test_node_teardown import _run_a_pod, _facts
-    cluster = NodeCluster()
-    cluster.start()
-    _run_a_pod(cluster)
-    print(json.dumps(_facts(cluster)), flush=True)
-    time.sleep(600)
+    with NodeCluster() as cluster:
+        _run_a_pod(cluster)
+        print(json.dumps(_facts(cluster)), flush=True)
+        time.sleep(600)
 """)
 
 
@@ -111,6 +113,21 @@ def _owner_with_a_pod() -> tuple[subprocess.Popen[str], tuple[str, str, str, str
         pytest.fail(f"the owner process failed to start its node (exit {proc.returncode})")
     workdir, bridge, pod_cidr, service_cidr = json.loads(line)
     return proc, (workdir, bridge, pod_cidr, service_cidr)
+
+
+def _watcher_of(owner: int) -> int:
+    watchers = [pid for pid in node_teardown.processes_mentioning(f"--watch {owner}") if pid_alive(pid)]
+    assert len(watchers) == 1, watchers
+    return watchers[0]
+
+
+def test_ctrl_c_of_the_owner_tears_the_node_down_itself(before: dict[str, Any]) -> None:
+    proc, facts = _owner_with_a_pod()
+    os.kill(_watcher_of(proc.pid), signal.SIGKILL)  # so that only the owner's own teardown can clean up
+    os.kill(proc.pid, signal.SIGINT)
+    proc.wait(120)
+    assert proc.returncode != 0, "KeyboardInterrupt ends the owner"
+    assert node_teardown.leftovers(before, *facts) == []
 
 
 def test_sigkill_of_the_owner_leaves_nothing_once_the_watcher_ran(before: dict[str, Any]) -> None:
@@ -127,9 +144,7 @@ def test_sigkill_of_the_owner_leaves_nothing_once_the_watcher_ran(before: dict[s
 
 def test_a_node_whose_owner_and_watcher_were_killed_is_swept_at_the_next_start(before: dict[str, Any]) -> None:
     proc, facts = _owner_with_a_pod()
-    watchers = [pid for pid in node_teardown.processes_mentioning(f"--watch {proc.pid}") if pid_alive(pid)]
-    assert len(watchers) == 1, watchers
-    os.kill(watchers[0], signal.SIGKILL)  # the watcher first, or it would clean up at once
+    os.kill(_watcher_of(proc.pid), signal.SIGKILL)  # the watcher first, or it would clean up at once
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(10)
     assert node_teardown.STATE_FILE.exists(), "nobody cleaned up yet"
@@ -140,3 +155,16 @@ def test_a_node_whose_owner_and_watcher_were_killed_is_swept_at_the_next_start(b
         new_facts = _facts(cluster)
     assert node_teardown.leftovers(before, *facts) == []
     assert node_teardown.leftovers(before, *new_facts) == []
+
+
+def test_a_link_with_the_bridge_name_that_is_not_ours_is_refused_and_left_alone(before: dict[str, Any]) -> None:
+    bridge = "petharness0"
+    subprocess.run(["ip", "link", "add", bridge, "type", "bridge"], check=True)  # someone else's
+    try:
+        cluster = NodeCluster()
+        with pytest.raises(ClusterError, match=rf"interface {bridge} exists already and is not this node's"):
+            cluster.start()
+        assert Path(f"/sys/class/net/{bridge}").exists(), "the teardown must not delete what it did not make"
+    finally:
+        subprocess.run(["ip", "link", "delete", bridge], check=False)
+    assert node_teardown.leftovers(before, "", bridge, "10.244.0.0/24", "10.97.0.0/24") == []

@@ -174,7 +174,7 @@ class NodeCluster(LocalCluster):
             "owner_pid": os.getpid(),
             "owner_start": node_teardown.process_start_time(os.getpid()),
             "workdir": str(d),
-            "bridge": layout.bridge,
+            "bridge": "",  # set once the bridge is known to be this node's (see _network_up)
             "pod_cidr": layout.pod_cidr,
             "service_cidr": layout.service_cidr,
             "kube_proxy": str(self._node_bins["kube-proxy"]),
@@ -195,6 +195,9 @@ class NodeCluster(LocalCluster):
         if clashes:
             raise ClusterError(f"the node's ranges are in use on this machine: {'; '.join(clashes)}; "
                                "choose others (NodeCluster(pod_cidr=..., service_cidr=...))")
+        # recorded only now: a bridge of that name that was there before is not ours to delete
+        self._state["bridge"] = layout.bridge
+        node_teardown.write_state(self._state)
         node_network.create_bridge(layout.bridge, layout.node_ip_cidr)
         node_network.install_guard(layout.bridge)
 
