@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from pet_harness import binaries, cli, cluster_daemon, processes, versions
+from pet_harness.clusters.base import ClusterError
 from pet_harness.waiting import wait_for
 
 
@@ -362,3 +363,21 @@ def test_binaries_build_node_builds_the_node_commands_and_names_missing_packages
     out = capsys.readouterr().out
     assert f"kubelet: {binaries.kubernetes_command_cache_path('kubelet')} (Kubernetes v1.34.4)" in out
     assert "apt-get install tini" in out
+
+
+def test_status_shows_each_component_of_a_node_cluster_and_whether_it_runs(clean_env: Path) -> None:
+    _write_state("node", status="running", supervisor_pid=os.getpid(), backend="node",
+           components={"kubelet": os.getpid(), "containerd": 0, "kube-proxy": None})
+    state = cluster_daemon.status("node")
+    assert state["components"] == {
+        "kubelet": {"pid": os.getpid(), "running": True},
+        "containerd": {"pid": 0, "running": False},
+        "kube-proxy": {"pid": None, "running": False},
+    }
+
+
+def test_up_refuses_to_switch_a_running_cluster_between_node_and_no_node(clean_env: Path) -> None:
+    _write_state("dev", status="running", supervisor_pid=os.getpid(), backend="local")
+    with pytest.raises(ClusterError, match=r"cluster 'dev' is running without a node: .*cluster down --name dev"):
+        cluster_daemon.up("dev", node=True)
+    assert cluster_daemon.up("dev")["backend"] == "local", "the running one is returned as it is"

@@ -20,6 +20,7 @@ import contextlib
 import json
 import os
 import ssl
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -28,7 +29,7 @@ from typing import Any
 
 from pet_harness import binaries as binaries_mod
 from pet_harness.clusters import node_network, node_teardown
-from pet_harness.clusters.base import ClusterError, write_kubeconfig
+from pet_harness.clusters.base import ClusterError, write_kubeconfig, write_private
 from pet_harness.clusters.local import LocalCluster, _PortCollision, distinct_ports
 from pet_harness.clusters.node_config import NodeLayout, write_node_files
 from pet_harness.clusters.node_images import image_tars, import_images, toolbox_reference
@@ -232,12 +233,13 @@ class NodeCluster(LocalCluster):
         import_images(tool("ctr"), layout.containerd_socket, image_tars(self._say))
 
     def _containerd_ready(self) -> bool:
-        import subprocess
-
         if not self._layout.containerd_socket.exists():
             return False
-        proc = subprocess.run([tool("ctr"), "--address", str(self._layout.containerd_socket), "version"],
-                              capture_output=True, timeout=10)
+        try:
+            proc = subprocess.run([tool("ctr"), "--address", str(self._layout.containerd_socket), "version"],
+                                  capture_output=True, timeout=10)
+        except subprocess.TimeoutExpired:
+            return False
         return proc.returncode == 0
 
     # --- control plane for a node ----------------------------------------------------------------
@@ -270,9 +272,7 @@ class NodeCluster(LocalCluster):
         pki = d / "pki"
         if self._ca is None:
             raise ClusterError("the node cluster is not started")
-        from pet_harness.clusters.base import write_private
-
-        write_private(pki / "ca.key", self._ca.key_pem)
+        write_private(pki / "ca.key", self._ca.key_pem)  # the controller manager's certificate signer
         return [
             str(binary),
             f"--kubeconfig={kubeconfig}",
