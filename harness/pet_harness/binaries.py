@@ -1,19 +1,20 @@
-"""Find or build the control-plane binaries: ``kube-apiserver`` and ``etcd``, and the
-optional ``kube-controller-manager`` (only clusters started with a controller manager need it).
+"""Find or build the control-plane binaries: ``kube-apiserver`` and ``etcd``, the optional
+``kube-controller-manager`` (only clusters started with a controller manager need it), and for a
+cluster with a node ``kube-scheduler``, ``kubelet`` and ``kube-proxy``.
 
 Lookup order, first hit wins, for each binary:
 
-1. ``TEST_ASSET_KUBE_APISERVER`` / ``TEST_ASSET_ETCD`` / ``TEST_ASSET_KUBE_CONTROLLER_MANAGER``
-   (a path to the binary);
+1. ``TEST_ASSET_KUBE_APISERVER`` / ``TEST_ASSET_ETCD`` / ``TEST_ASSET_KUBE_CONTROLLER_MANAGER`` /
+   ``TEST_ASSET_KUBE_SCHEDULER`` / ``TEST_ASSET_KUBELET`` / ``TEST_ASSET_KUBE_PROXY`` (a path to the binary);
 2. ``KUBEBUILDER_ASSETS`` (a folder holding them, the setup-envtest convention);
 3. the per-version cache, ``$PET_HARNESS_CACHE`` or ``~/.cache/pet-harness``;
 4. if allowed, a build from the official Go modules into that cache.
 
 The build uses throwaway Go modules under the cache, one per binary so that their
-dependency versions never merge. ``kube-controller-manager`` is built from the same
-``k8s.io/kubernetes`` version as ``kube-apiserver``, the same way. ``k8s.io/kubernetes`` requires its staging modules
-at ``v0.0.0``; the replace directives mapping them to the matching ``v0.N.P`` are
-generated from the upstream ``go.mod``, never typed by hand.
+dependency versions never merge. ``kube-controller-manager`` and the node's commands are built
+from the same ``k8s.io/kubernetes`` version as ``kube-apiserver``, the same way.
+``k8s.io/kubernetes`` requires its staging modules at ``v0.0.0``; the replace directives mapping
+them to the matching ``v0.N.P`` are generated from the upstream ``go.mod``, never typed by hand.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def apiserver_cache_path(kubernetes_version: str = versions.KUBERNETES_VERSION) 
 
 
 def controller_manager_cache_path(kubernetes_version: str = versions.KUBERNETES_VERSION) -> Path:
-    return cache_root() / f"kubernetes-v{kubernetes_version}" / "kube-controller-manager"
+    return kubernetes_command_cache_path("kube-controller-manager", kubernetes_version)
 
 
 def etcd_cache_path(etcd_version: str = versions.ETCD_VERSION) -> Path:
@@ -124,38 +125,86 @@ def ensure_binaries(build: bool = True, progress: Progress | None = None) -> Con
     return ControlPlaneBinaries(apiserver, etcd, "built")
 
 
-CONTROLLER_MANAGER_VAR = "TEST_ASSET_KUBE_CONTROLLER_MANAGER"
+#: The other commands built from ``k8s.io/kubernetes`` beside kube-apiserver, each with the
+#: variable that points at a binary the user already has.
+KUBERNETES_COMMAND_VARS = {
+    "kube-controller-manager": "TEST_ASSET_KUBE_CONTROLLER_MANAGER",
+    "kube-scheduler": "TEST_ASSET_KUBE_SCHEDULER",
+    "kubelet": "TEST_ASSET_KUBELET",
+    "kube-proxy": "TEST_ASSET_KUBE_PROXY",
+}
+CONTROLLER_MANAGER_VAR = KUBERNETES_COMMAND_VARS["kube-controller-manager"]
+
+#: What a cluster with a node needs beyond the control plane and the controller manager
+#: (``pet-harness binaries build --node``).
+NODE_COMMANDS = ("kube-scheduler", "kubelet", "kube-proxy")
+
+
+def kubernetes_command_cache_path(command: str, kubernetes_version: str = versions.KUBERNETES_VERSION) -> Path:
+    if command not in KUBERNETES_COMMAND_VARS:
+        raise BinaryError(
+            f"unknown Kubernetes command {command!r}: one of {', '.join(KUBERNETES_COMMAND_VARS)}"
+        )
+    return cache_root() / f"kubernetes-v{kubernetes_version}" / command
+
+
+def find_kubernetes_command(
+    command: str, environ: os._Environ[str] | dict[str, str] | None = None,
+) -> tuple[Path, str] | None:
+    """``command`` (one of :data:`KUBERNETES_COMMAND_VARS`) from the environment or the cache:
+    (path, source), or None."""
+    env = os.environ if environ is None else environ
+    var = KUBERNETES_COMMAND_VARS.get(command)
+    if var is None:
+        raise BinaryError(
+            f"unknown Kubernetes command {command!r}: one of {', '.join(KUBERNETES_COMMAND_VARS)}"
+        )
+    if env.get(var):
+        return _executable(Path(env[var]), var), "env"
+    if env.get("KUBEBUILDER_ASSETS"):
+        path = Path(env["KUBEBUILDER_ASSETS"]) / command
+        return _executable(path, "KUBEBUILDER_ASSETS"), "kubebuilder-assets"
+    cached = kubernetes_command_cache_path(command)
+    if cached.is_file() and os.access(cached, os.X_OK):
+        return cached, "cache"
+    return None
+
+
+def ensure_kubernetes_command(command: str, build: bool = True, progress: Progress | None = None) -> Path:
+    """``command``, built (same Kubernetes version as kube-apiserver) when missing and ``build``
+    is true."""
+    found = find_kubernetes_command(command)
+    if found is not None:
+        return found[0]
+    if not build:
+        flag = " --node" if command in NODE_COMMANDS else ""
+        raise BinaryError(
+            f"{command} is not built yet: run `pet-harness binaries build{flag}` "
+            f"(cache: {cache_root()}), or point {KUBERNETES_COMMAND_VARS[command]} or "
+            "KUBEBUILDER_ASSETS at a binary you already have"
+        )
+    return build_kubernetes_command(command, progress=progress or _stderr)
 
 
 def find_controller_manager(
     environ: os._Environ[str] | dict[str, str] | None = None,
 ) -> tuple[Path, str] | None:
     """``kube-controller-manager`` from the environment or the cache: (path, source), or None."""
-    env = os.environ if environ is None else environ
-    if env.get(CONTROLLER_MANAGER_VAR):
-        return _executable(Path(env[CONTROLLER_MANAGER_VAR]), CONTROLLER_MANAGER_VAR), "env"
-    if env.get("KUBEBUILDER_ASSETS"):
-        path = Path(env["KUBEBUILDER_ASSETS"]) / "kube-controller-manager"
-        return _executable(path, "KUBEBUILDER_ASSETS"), "kubebuilder-assets"
-    cached = controller_manager_cache_path()
-    if cached.is_file() and os.access(cached, os.X_OK):
-        return cached, "cache"
-    return None
+    return find_kubernetes_command("kube-controller-manager", environ)
 
 
 def ensure_controller_manager(build: bool = True, progress: Progress | None = None) -> Path:
     """``kube-controller-manager``, built (same Kubernetes version as kube-apiserver) when missing
     and ``build`` is true."""
-    found = find_controller_manager()
-    if found is not None:
-        return found[0]
-    if not build:
-        raise BinaryError(
-            "kube-controller-manager is not built yet: run `pet-harness binaries build` "
-            f"(cache: {cache_root()}), or point {CONTROLLER_MANAGER_VAR} or KUBEBUILDER_ASSETS "
-            "at a binary you already have"
-        )
-    return build_kube_controller_manager(progress=progress or _stderr)
+    return ensure_kubernetes_command("kube-controller-manager", build, progress)
+
+
+def ensure_node_binaries(build: bool = True, progress: Progress | None = None) -> dict[str, Path]:
+    """kube-controller-manager and :data:`NODE_COMMANDS`, each built when missing and ``build``."""
+    return {
+        command: ensure_kubernetes_command(command, build, progress)
+        for command in ("kube-controller-manager", *NODE_COMMANDS)
+    }
 
 
 def _stderr(line: str) -> None:
@@ -279,8 +328,15 @@ def build_kube_apiserver(
 def build_kube_controller_manager(
     kubernetes_version: str = versions.KUBERNETES_VERSION, progress: Progress | None = None
 ) -> Path:
+    return build_kubernetes_command("kube-controller-manager", kubernetes_version, progress)
+
+
+def build_kubernetes_command(
+    command: str, kubernetes_version: str = versions.KUBERNETES_VERSION, progress: Progress | None = None
+) -> Path:
+    """Build ``k8s.io/kubernetes/cmd/<command>`` into the cache (one of :data:`KUBERNETES_COMMAND_VARS`)."""
     return _build_kubernetes_command(
-        "kube-controller-manager", controller_manager_cache_path(kubernetes_version), kubernetes_version, progress
+        command, kubernetes_command_cache_path(command, kubernetes_version), kubernetes_version, progress
     )
 
 

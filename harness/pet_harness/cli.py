@@ -1,11 +1,13 @@
 """``pet-harness``: build the control-plane binaries and run a cluster by hand.
 
-    pet-harness binaries build        build kube-apiserver, etcd and kube-controller-manager (cached per version)
+    pet-harness binaries build        build kube-apiserver, etcd and kube-controller-manager (cached per version);
+                                      --node also kube-scheduler, kubelet and kube-proxy
     pet-harness binaries where        show which binaries would be used, and their versions
-    pet-harness cluster up            start the embedded cluster in the background
+    pet-harness cluster up            start the embedded cluster in the background (--node: with a real node)
     pet-harness cluster status        is it running, where, on which ports
     pet-harness cluster kubeconfig    print the admin kubeconfig's path
     pet-harness cluster down          stop it; nothing is left running
+    pet-harness node-bench            start and stop the node cluster N times: start, pod, memory, teardown
     pet-harness finalizers strip      remove the operator's finalizers once it is gone for good
     pet-harness chaos                 run the Chaos Toolkit experiments of chaos/experiments, 3 rounds each,
                                       at most 100 pets (--rounds, --max-pets; docs/chaos.md)
@@ -29,16 +31,26 @@ from pet_harness.clusters.base import ClusterError
 
 
 def _cmd_binaries_build(args: argparse.Namespace) -> int:
+    extra = ("kube-controller-manager", *(binaries.NODE_COMMANDS if args.node else ()))
     if args.force:
         for path in (binaries.apiserver_cache_path(), binaries.etcd_cache_path(),
-                     binaries.controller_manager_cache_path()):
+                     *(binaries.kubernetes_command_cache_path(c) for c in extra)):
             path.unlink(missing_ok=True)
     found = binaries.ensure_binaries(build=True)
-    # for clusters started with a controller manager (namespace deletion, garbage collection)
-    manager = binaries.ensure_controller_manager(build=True)
+    # kube-controller-manager for clusters started with one (namespace deletion, garbage collection);
+    # with --node also what a cluster with a node runs
+    built = {command: binaries.ensure_kubernetes_command(command, build=True) for command in extra}
     print(f"kube-apiserver: {found.kube_apiserver} ({binaries.binary_version(found.kube_apiserver)})")
     print(f"etcd:           {found.etcd} ({binaries.binary_version(found.etcd)})")
-    print(f"kube-controller-manager: {manager} ({binaries.binary_version(manager)})")
+    for command, path in built.items():
+        print(f"{command}: {path} ({binaries.binary_version(path)})")
+    if args.node:
+        from pet_harness.clusters.node_packages import missing_packages
+
+        missing = missing_packages()
+        if missing:
+            print(f"Debian packages the node still needs: {' '.join(missing)} "
+                  f"(apt-get install {' '.join(missing)})")
     return 0
 
 
@@ -52,16 +64,18 @@ def _cmd_binaries_where(args: argparse.Namespace) -> int:
     print(f"source: {found.source}")
     print(f"kube-apiserver: {found.kube_apiserver} ({binaries.binary_version(found.kube_apiserver)})")
     print(f"etcd:           {found.etcd} ({binaries.binary_version(found.etcd)})")
-    manager = binaries.find_controller_manager()
-    if manager is None:
-        print("kube-controller-manager: not built yet (optional; `pet-harness binaries build` builds it)")
-    else:
-        print(f"kube-controller-manager: {manager[0]} ({manager[1]}, {binaries.binary_version(manager[0])})")
+    for command in ("kube-controller-manager", *binaries.NODE_COMMANDS):
+        located = binaries.find_kubernetes_command(command)
+        if located is None:
+            flag = " --node" if command in binaries.NODE_COMMANDS else ""
+            print(f"{command}: not built yet (optional; `pet-harness binaries build{flag}` builds it)")
+        else:
+            print(f"{command}: {located[0]} ({located[1]}, {binaries.binary_version(located[0])})")
     return 0
 
 
 def _cmd_cluster_up(args: argparse.Namespace) -> int:
-    state = cluster_daemon.up(args.name)
+    state = cluster_daemon.up(args.name, node=args.node)
     print(f"cluster {args.name!r} is up at {state['server']} (supervisor pid {state['supervisor_pid']})",
           file=sys.stderr)
     print(f"use it with:  export KUBECONFIG={state['kubeconfig']}", file=sys.stderr)
@@ -163,8 +177,21 @@ def _at_least_one(text: str) -> int:
     return value
 
 
+def _cmd_node_bench(args: argparse.Namespace) -> int:
+    import datetime
+
+    from pet_harness.node_bench import bench
+
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    results = Path(args.results) if args.results else Path("results") / "node-bench" / stamp
+    bench(args.runs, results)
+    print((results / "summary.md").read_text())
+    print(f"results: {results}")
+    return 0
+
+
 def _cmd_cluster_serve(args: argparse.Namespace) -> int:
-    return cluster_daemon.serve(args.name)
+    return cluster_daemon.serve(args.name, node=args.node)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -176,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     bins_sub = bins.add_subparsers(dest="action", required=True)
     build = bins_sub.add_parser("build", help="build what is missing from the cache (shows progress)")
     build.add_argument("--force", action="store_true", help="rebuild even if cached")
+    build.add_argument("--node", action="store_true",
+                       help="also kube-scheduler, kubelet and kube-proxy, for `cluster up --node` (minutes)")
     build.set_defaults(func=_cmd_binaries_build)
     bins_sub.add_parser("where", help="show the binaries in use").set_defaults(func=_cmd_binaries_where)
 
@@ -190,7 +219,15 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = cluster_sub.add_parser(action, help=text) if text else cluster_sub.add_parser(action)
         p.add_argument("--name", default="default", help="cluster name (default: default)")
+        if action in ("up", "serve"):
+            p.add_argument("--node", action="store_true",
+                           help="with a real node: kube-scheduler, containerd, kubelet, kube-proxy (root; "
+                                "docs/harness.md, The node backend)")
         p.set_defaults(func=func)
+    node_bench = sub.add_parser("node-bench", help="start and stop the node cluster N times; figures to a file")
+    node_bench.add_argument("--runs", type=_at_least_one, default=5, metavar="N", help="runs (default: 5)")
+    node_bench.add_argument("--results", default=None, help="results folder (default: results/node-bench/<timestamp>)")
+    node_bench.set_defaults(func=_cmd_node_bench)
     fin = sub.add_parser("finalizers", help="clean up after the operator is uninstalled")
     fin_sub = fin.add_subparsers(dest="action", required=True)
     strip = fin_sub.add_parser("strip", help="remove petstore.example.com/id-claim from pets (and the claims)")

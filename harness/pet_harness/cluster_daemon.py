@@ -24,7 +24,7 @@ from typing import Any
 from pet_harness.binaries import cache_root, ensure_binaries
 from pet_harness.clusters.base import ClusterError, write_private
 from pet_harness.clusters.local import LocalCluster
-from pet_harness.processes import pid_alive
+from pet_harness.processes import ManagedProcess, pid_alive
 
 
 def _is_ours(pid: int, marker: str) -> bool:
@@ -57,12 +57,19 @@ def _write_state(name: str, **state: Any) -> None:
     tmp.replace(directory / "state.json")
 
 
-def serve(name: str) -> int:
-    """Run the cluster in the foreground until SIGTERM or SIGINT (the supervisor)."""
+def serve(name: str, node: bool = False) -> int:
+    """Run the cluster in the foreground until SIGTERM or SIGINT (the supervisor); ``node``: the
+    cluster with a real node (:class:`~pet_harness.clusters.node.NodeCluster`)."""
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    cluster = LocalCluster()
+    cluster: LocalCluster
+    if node:
+        from pet_harness.clusters.node import NodeCluster
+
+        cluster = NodeCluster(progress=lambda line: print(line, flush=True))
+    else:
+        cluster = LocalCluster()
     try:
         cluster.start()
         from pet_harness.kube import api_client, install_crds
@@ -74,7 +81,7 @@ def serve(name: str) -> int:
         info.update(status="running", supervisor_pid=os.getpid(), kubeconfig=str(kubeconfig))
         _write_state(name, **info)
         while not stop.wait(1):
-            for proc in (cluster.etcd, cluster.apiserver):
+            for proc in _components(cluster).values():
                 if proc is not None and not proc.running:
                     raise ClusterError(f"{proc.name} exited unexpectedly with code {proc.returncode}")
     except BaseException as exc:  # noqa: BLE001 - the state file tells `cluster up` what went wrong
@@ -86,18 +93,37 @@ def serve(name: str) -> int:
     return 0
 
 
-def up(name: str, timeout: float = 120) -> dict[str, Any]:
-    """Start the named cluster in the background and return its state once it serves."""
+def _components(cluster: LocalCluster) -> dict[str, ManagedProcess | None]:
+    if hasattr(cluster, "components"):
+        found: dict[str, ManagedProcess | None] = cluster.components()
+        return found
+    return {"etcd": cluster.etcd, "kube-apiserver": cluster.apiserver}
+
+
+def up(name: str, timeout: float = 120, node: bool = False) -> dict[str, Any]:
+    """Start the named cluster in the background and return its state once it serves; ``node``:
+    with a real node (root, the node's packages and ``binaries build --node``; it may first wait
+    for another node cluster of this machine to end)."""
     state = read_state(name)
     if state and state.get("status") == "running" and pid_alive(int(state["supervisor_pid"])):
+        if bool(state.get("backend") == "node") != node:
+            raise ClusterError(f"cluster {name!r} is running {'without' if node else 'with'} a node: "
+                               f"`pet-harness cluster down --name {name}` first")
         return state
     ensure_binaries(build=True)
+    if node:
+        from pet_harness.binaries import ensure_node_binaries
+        from pet_harness.clusters.node_packages import check_packages
+
+        check_packages()
+        ensure_node_binaries(build=True)
+        timeout = max(timeout, 420)  # a node may wait up to 300 s for another node cluster to end
     directory = state_dir(name)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "state.json").unlink(missing_ok=True)
     log = open(directory / "supervisor.log", "ab")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pet_harness.cli", "cluster", "serve", "--name", name],
+        [sys.executable, "-m", "pet_harness.cli", "cluster", "serve", "--name", name, *(["--node"] if node else [])],
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
     )
     log.close()
@@ -120,7 +146,7 @@ def up(name: str, timeout: float = 120) -> dict[str, Any]:
     raise ClusterError(f"cluster {name!r} did not become ready in {timeout:.0f}s; see {directory / 'supervisor.log'}")
 
 
-def down(name: str, timeout: float = 60) -> bool:
+def down(name: str, timeout: float = 120) -> bool:
     """Stop the named cluster; returns False if it was not running."""
     state = read_state(name)
     if not state:
@@ -137,11 +163,17 @@ def down(name: str, timeout: float = 60) -> bool:
         if pid_alive(pid):
             os.kill(pid, signal.SIGKILL)  # its children die with it (PDEATHSIG)
     workdir = str(state.get("workdir") or "\0never")
-    for key in ("apiserver_pid", "etcd_pid"):
-        child = state.get(key)
+    children = [state.get("apiserver_pid"), state.get("etcd_pid"), *(state.get("components") or {}).values()]
+    for child in children:
         if child and pid_alive(int(child)) and _is_ours(int(child), workdir):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(int(child), signal.SIGKILL)
+    if state.get("backend") == "node":  # a supervisor killed before its teardown: sweep its node now
+        from pet_harness.clusters import node_teardown
+
+        if int(node_teardown.read_state().get("owner_pid") or 0) == pid:
+            with node_teardown.node_lock(timeout):
+                node_teardown.sweep_stale()
     shutil.rmtree(state_dir(name), ignore_errors=True)
     return was_running
 
@@ -154,4 +186,10 @@ def status(name: str) -> dict[str, Any]:
     if state.get("status") == "running" and not pid_alive(pid):
         state["status"] = "dead (supervisor gone; run `pet-harness cluster down` to clean up)"
     state["name"] = name
+    components = state.get("components")
+    if isinstance(components, dict):
+        state["components"] = {
+            component: {"pid": pid, "running": bool(pid) and pid_alive(int(pid))}
+            for component, pid in components.items()
+        }
     return state

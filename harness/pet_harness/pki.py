@@ -85,6 +85,12 @@ class CertificateAuthority:
     def cert_pem(self) -> bytes:
         return self._cert.public_bytes(serialization.Encoding.PEM)
 
+    @property
+    def key_pem(self) -> bytes:
+        """The CA's private key (PKCS#8 PEM), for a component that signs with it (the controller
+        manager's certificate signer)."""
+        return _key_pem(self._key)
+
     def _issue(
         self,
         subject: x509.Name,

@@ -461,11 +461,11 @@ def test_ensure_controller_manager_without_build_says_what_to_do(clean_env: Path
 def test_ensure_controller_manager_builds_it_when_missing(monkeypatch: pytest.MonkeyPatch) -> None:
     built: list[str] = []
 
-    def fake_build(progress: binaries.Progress | None = None) -> Path:
-        built.append("kube-controller-manager")
+    def fake_build(command: str, progress: binaries.Progress | None = None) -> Path:
+        built.append(command)
         return _fake_binary(binaries.controller_manager_cache_path())
 
-    monkeypatch.setattr(binaries, "build_kube_controller_manager", fake_build)
+    monkeypatch.setattr(binaries, "build_kubernetes_command", fake_build)
     assert binaries.ensure_controller_manager(build=True) == binaries.controller_manager_cache_path()
     assert binaries.ensure_controller_manager(build=True) == binaries.controller_manager_cache_path()
     assert built == ["kube-controller-manager"], "built once, then found in the cache"
@@ -506,3 +506,62 @@ def test_kubernetes_ldflags() -> None:
     flags = binaries.kubernetes_ldflags("1.34.4", "2026-01-01T00:00:00Z")
     assert "-X k8s.io/client-go/pkg/version.gitVersion=v1.34.4" in flags
     assert "-X k8s.io/component-base/version.buildDate=2026-01-01T00:00:00Z" in flags
+
+
+# --- the node's commands (kube-scheduler, kubelet, kube-proxy) ----------------------------
+
+
+@pytest.mark.parametrize("command", binaries.NODE_COMMANDS)
+def test_node_commands_are_cached_next_to_the_apiserver(command: str) -> None:
+    assert binaries.kubernetes_command_cache_path(command) == binaries.apiserver_cache_path().parent / command
+
+
+def test_an_unknown_kubernetes_command_is_refused_by_name() -> None:
+    with pytest.raises(BinaryError, match=r"unknown Kubernetes command 'kubectl': one of .*kubelet"):
+        binaries.kubernetes_command_cache_path("kubectl")
+    with pytest.raises(BinaryError, match=r"'kube-dns'"):
+        binaries.find_kubernetes_command("kube-dns")
+
+
+@pytest.mark.parametrize(("command", "var"), [
+    ("kubelet", "TEST_ASSET_KUBELET"), ("kube-proxy", "TEST_ASSET_KUBE_PROXY"),
+    ("kube-scheduler", "TEST_ASSET_KUBE_SCHEDULER"),
+])
+def test_node_command_lookup_order(command: str, var: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    assert binaries.find_kubernetes_command(command) is None
+    cached = _fake_binary(binaries.kubernetes_command_cache_path(command))
+    assert binaries.find_kubernetes_command(command) == (cached, "cache")
+    assets = tmp_path / "assets"
+    in_assets = _fake_binary(assets / command)
+    monkeypatch.setenv("KUBEBUILDER_ASSETS", str(assets))
+    assert binaries.find_kubernetes_command(command) == (in_assets, "kubebuilder-assets")
+    given = _fake_binary(tmp_path / "mine" / command)
+    monkeypatch.setenv(var, str(given))
+    assert binaries.find_kubernetes_command(command) == (given, "env")
+
+
+def test_ensure_a_node_command_without_build_names_the_node_flag(clean_env: Path) -> None:
+    with pytest.raises(BinaryError) as info:
+        binaries.ensure_kubernetes_command("kubelet", build=False)
+    message = str(info.value)
+    assert "pet-harness binaries build --node" in message
+    assert "TEST_ASSET_KUBELET" in message
+    assert not clean_env.exists(), "a lookup must not create the cache"
+
+
+def test_ensure_node_binaries_builds_only_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    present = _fake_binary(binaries.kubernetes_command_cache_path("kube-controller-manager"))
+    built: list[str] = []
+
+    def fake_build(command: str, kubernetes_version: str = "", progress: object = None) -> Path:
+        built.append(command)
+        return _fake_binary(binaries.kubernetes_command_cache_path(command))
+
+    monkeypatch.setattr(binaries, "build_kubernetes_command", fake_build)
+    found = binaries.ensure_node_binaries(build=True)
+    assert built == list(binaries.NODE_COMMANDS)
+    assert found["kube-controller-manager"] == present
+    assert set(found) == {"kube-controller-manager", *binaries.NODE_COMMANDS}
+    built.clear()
+    binaries.ensure_node_binaries(build=True)
+    assert built == [], "a second call finds everything in the cache"

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from pet_harness import binaries, cli, cluster_daemon, processes, versions
+from pet_harness.clusters.base import ClusterError
 from pet_harness.waiting import wait_for
 
 
@@ -234,15 +235,15 @@ def test_binaries_build_builds_the_controller_manager_too(
         monkeypatch.setenv(var, str(path))
     built: list[bool] = []
 
-    def fake_build(progress: object = None) -> Path:
-        built.append(True)
+    def fake_build(command: str, progress: object = None) -> Path:
+        built.append(command == "kube-controller-manager")
         path = binaries.controller_manager_cache_path()
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("#!/bin/sh\necho 'Kubernetes v1.34.4'\n")
         path.chmod(0o755)
         return path
 
-    monkeypatch.setattr(binaries, "build_kube_controller_manager", fake_build)
+    monkeypatch.setattr(binaries, "build_kubernetes_command", fake_build)
     assert cli.main(["binaries", "build"]) == 0
     assert built == [True]
     out = capsys.readouterr().out
@@ -308,12 +309,20 @@ def test_cluster_up_prints_the_kubeconfig_path(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     state = {"status": "running", "server": "https://127.0.0.1:1", "supervisor_pid": 42, "kubeconfig": "/k"}
-    monkeypatch.setattr(cluster_daemon, "up", lambda name: state)
+    asked: list[tuple[str, bool]] = []
+
+    def up(name: str, node: bool = False) -> dict[str, Any]:
+        asked.append((name, node))
+        return state
+
+    monkeypatch.setattr(cluster_daemon, "up", up)
     assert cli.main(["cluster", "up", "--name", "dev"]) == 0
     captured = capsys.readouterr()
     assert captured.out == "/k\n"
     assert "export KUBECONFIG=/k" in captured.err
     assert "pet-harness cluster down --name dev" in captured.err
+    assert cli.main(["cluster", "up", "--name", "n", "--node"]) == 0
+    assert asked == [("dev", False), ("n", True)]
 
 
 def test_keyboard_interrupt_exits_130(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -322,3 +331,53 @@ def test_keyboard_interrupt_exits_130(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(cluster_daemon, "status", interrupted)
     assert cli.main(["cluster", "status"]) == 130
+
+
+def test_binaries_build_node_builds_the_node_commands_and_names_missing_packages(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for name, var in (("kube-apiserver", "TEST_ASSET_KUBE_APISERVER"), ("etcd", "TEST_ASSET_ETCD")):
+        path = tmp_path / name
+        path.write_text("#!/bin/sh\necho 'v'\n")
+        path.chmod(0o755)
+        monkeypatch.setenv(var, str(path))
+    built: list[str] = []
+
+    def fake_build(command: str, progress: object = None) -> Path:
+        built.append(command)
+        path = binaries.kubernetes_command_cache_path(command)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("#!/bin/sh\necho 'Kubernetes v1.34.4'\n")
+        path.chmod(0o755)
+        return path
+
+    monkeypatch.setattr(binaries, "build_kubernetes_command", fake_build)
+    from pet_harness.clusters import node_packages
+
+    monkeypatch.setattr(node_packages, "missing_packages", lambda: ["tini"])
+    assert cli.main(["binaries", "build"]) == 0
+    assert built == ["kube-controller-manager"], "the default build stays as cheap as before"
+    capsys.readouterr()
+    assert cli.main(["binaries", "build", "--node"]) == 0
+    assert built == ["kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy"]
+    out = capsys.readouterr().out
+    assert f"kubelet: {binaries.kubernetes_command_cache_path('kubelet')} (Kubernetes v1.34.4)" in out
+    assert "apt-get install tini" in out
+
+
+def test_status_shows_each_component_of_a_node_cluster_and_whether_it_runs(clean_env: Path) -> None:
+    _write_state("node", status="running", supervisor_pid=os.getpid(), backend="node",
+           components={"kubelet": os.getpid(), "containerd": 0, "kube-proxy": None})
+    state = cluster_daemon.status("node")
+    assert state["components"] == {
+        "kubelet": {"pid": os.getpid(), "running": True},
+        "containerd": {"pid": 0, "running": False},
+        "kube-proxy": {"pid": None, "running": False},
+    }
+
+
+def test_up_refuses_to_switch_a_running_cluster_between_node_and_no_node(clean_env: Path) -> None:
+    _write_state("dev", status="running", supervisor_pid=os.getpid(), backend="local")
+    with pytest.raises(ClusterError, match=r"cluster 'dev' is running without a node: .*cluster down --name dev"):
+        cluster_daemon.up("dev", node=True)
+    assert cluster_daemon.up("dev")["backend"] == "local", "the running one is returned as it is"

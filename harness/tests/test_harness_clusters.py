@@ -187,8 +187,8 @@ def test_unknown_backend_names_value_and_allowed_list(monkeypatch: pytest.Monkey
         make_cluster()
     message = str(info.value)
     assert "'kind'" in message
-    assert "local, k3s, kubeconfig" in message
-    assert BACKENDS == ("local", "k3s", "kubeconfig")
+    assert "local, node, k3s, kubeconfig" in message
+    assert BACKENDS == ("local", "node", "k3s", "kubeconfig")
 
 
 def test_make_cluster_local() -> None:

@@ -1,4 +1,7 @@
-"""Choose a cluster backend by name: the CLI flag, else ``PET_CLUSTER``, else ``local``."""
+"""Choose a cluster backend by name: the CLI flag, else ``PET_CLUSTER``, else ``local``.
+
+``node`` is the embedded cluster with a real node (kubelet, containerd, kube-proxy; root only).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ import os
 
 from pet_harness.clusters.base import Cluster, ClusterError
 
-BACKENDS = ("local", "k3s", "kubeconfig")
+BACKENDS = ("local", "node", "k3s", "kubeconfig")
 
 
 def backend_name(explicit: str | None = None) -> str:
@@ -22,6 +25,10 @@ def make_cluster(explicit: str | None = None) -> Cluster:
         from pet_harness.clusters.local import LocalCluster
 
         return LocalCluster()
+    if name == "node":
+        from pet_harness.clusters.node import NodeCluster
+
+        return NodeCluster()
     if name == "k3s":
         from pet_harness.clusters.external import K3sCluster
 

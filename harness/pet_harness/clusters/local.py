@@ -15,6 +15,7 @@ off by default: most tests do not need it and it costs start-up time and CPU.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import shutil
@@ -106,6 +107,12 @@ CONTROLLER_MANAGER_USER = "system:kube-controller-manager"
 class LocalCluster(Cluster):
     backend = "local"
     owns_control_plane = True
+    #: the work folder's name prefix in $TMPDIR (stale folders of this prefix are swept at start)
+    workdir_prefix = WORKDIR_PREFIX
+    #: whether a watcher removes the work folder if this process dies without its teardown
+    reap_workdir = True
+    #: the API server's service range (its first address is the ``kubernetes`` Service's)
+    service_cidr = "10.0.0.0/24"
 
     def __init__(
         self,
@@ -240,9 +247,9 @@ class LocalCluster(Cluster):
             self.workdir.mkdir(parents=True, exist_ok=True)
         else:
             sweep_stale_workdirs()
-            self.workdir = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX))
+            self.workdir = Path(tempfile.mkdtemp(prefix=self.workdir_prefix))
             self._owns_workdir = True
-            if not self.keep_workdir and not self.outlive_parent:
+            if self.reap_workdir and not self.keep_workdir and not self.outlive_parent:
                 self._reaper = reap_when_gone(self.workdir)  # removed even if this process is killed
         (self.workdir / "owner.pid").write_text(str(os.getpid()))
         pki = self.workdir / "pki"
@@ -254,7 +261,7 @@ class LocalCluster(Cluster):
             "kube-apiserver",
             ["localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
              "kubernetes.default.svc.cluster.local"],
-            ["127.0.0.1", "10.0.0.1"],
+            self._apiserver_ips(),
         ).write(pki, "apiserver")
         self._ca.client("pet-harness-admin", ["system:masters"]).write(pki, "admin")
         # etcd speaks TLS only and asks every client and peer for a certificate of this CA: plain
@@ -328,12 +335,11 @@ class LocalCluster(Cluster):
                 f"--tls-cert-file={pki / 'apiserver.crt'}",
                 f"--tls-private-key-file={pki / 'apiserver.key'}",
                 f"--client-ca-file={pki / 'ca.crt'}",
-                "--authorization-mode=RBAC",
                 f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
                 f"--service-account-key-file={pki / 'service-account.crt'}",
                 f"--service-account-signing-key-file={pki / 'service-account.key'}",
-                "--service-cluster-ip-range=10.0.0.0/24",
-                "--disable-admission-plugins=ServiceAccount",
+                f"--service-cluster-ip-range={self.service_cidr}",
+                *self._apiserver_mode_args(),
                 "--endpoint-reconciler-type=none",
                 "--allow-privileged=true",
                 "--profiling=false",
@@ -344,6 +350,15 @@ class LocalCluster(Cluster):
             cwd=d,
             outlive_parent=self.outlive_parent,
         )
+
+    def _apiserver_ips(self) -> list[str]:
+        """The addresses in the API server's serving certificate."""
+        return ["127.0.0.1", str(next(ipaddress.ip_network(self.service_cidr).hosts()))]
+
+    def _apiserver_mode_args(self) -> list[str]:
+        """Authorization and admission: RBAC, and no ServiceAccount admission (no controller makes
+        the default service accounts)."""
+        return ["--authorization-mode=RBAC", "--disable-admission-plugins=ServiceAccount"]
 
     # --- kube-controller-manager (optional) ----------------------------------------------------
 

@@ -1,0 +1,147 @@
+"""The node backend, for real: a Ready node, restricted pods running from images made here, the pod
+network (pod to pod, pod to Service through kube-proxy) and nothing reaching outside the machine.
+
+Marker ``node`` (tox env ``node``): root, the node's Debian packages and ``pet-harness binaries
+build --node``. One node cluster for the module.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+from kubernetes import client
+from node_support import (
+    POD_UID,
+    pids_with_cmdline,
+    require_root,
+    restricted_namespace,
+    restricted_pod,
+    uids_of,
+    wait_phase,
+    wait_ready,
+)
+
+from pet_harness import versions
+from pet_harness.clusters.base import ClusterError
+from pet_harness.clusters.node import NodeCluster
+from pet_harness.clusters.node_network import GUARD_CHAIN
+from pet_harness.kubeclient import api_client
+
+pytestmark = pytest.mark.node
+
+
+@pytest.fixture(scope="module")
+def node_cluster() -> Iterator[NodeCluster]:
+    require_root()
+    cluster = NodeCluster()
+    with cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def core(node_cluster: NodeCluster) -> Iterator[client.CoreV1Api]:
+    api = api_client(node_cluster.kubeconfig_path)
+    try:
+        yield client.CoreV1Api(api)
+    finally:
+        api.close()
+
+
+def test_the_node_is_ready_with_the_pinned_kubelet_on_its_bridge_address(
+    node_cluster: NodeCluster, core: client.CoreV1Api
+) -> None:
+    node = core.read_node(node_cluster.node_name)
+    ready = [c for c in node.status.conditions if c.type == "Ready"]
+    assert ready and ready[0].status == "True", node.status.conditions
+    assert node.status.node_info.kubelet_version == f"v{versions.KUBERNETES_VERSION}"
+    assert node.status.node_info.container_runtime_version.startswith("containerd://")
+    addresses = {a.type: a.address for a in node.status.addresses}
+    assert node_cluster.layout is not None
+    assert addresses["InternalIP"] == node_cluster.layout.node_ip
+    running = {name: proc is not None and proc.running for name, proc in node_cluster.components().items()}
+    assert all(running.values()), running
+
+
+def test_a_restricted_pod_runs_as_65532_from_an_image_made_here(
+    node_cluster: NodeCluster, core: client.CoreV1Api
+) -> None:
+    ns = restricted_namespace(core, "restricted-pod")
+    core.create_namespaced_pod(ns, restricted_pod("sleeper", node_cluster.toolbox_image, ["listen", "7001"]))
+    pod = wait_ready(core, ns, "sleeper")
+    assert pod.status.phase == "Running"
+    assert pod.status.pod_ip.startswith(node_cluster.pod_cidr.rsplit(".", 1)[0] + ".")
+    # the container's process on this machine runs as the pod's uid, not root
+    pids = pids_with_cmdline("/toolbox listen 7001")
+    assert pids, "the container's process is not on the machine"
+    assert all(uids_of(pid) == [POD_UID] * 4 for pid in pids), [uids_of(p) for p in pids]
+
+
+def test_pod_security_restricted_refuses_a_root_pod(node_cluster: NodeCluster, core: client.CoreV1Api) -> None:
+    ns = restricted_namespace(core, "refuses-root")
+    pod = restricted_pod("root", node_cluster.toolbox_image, ["sleep"])
+    pod["spec"]["securityContext"] = {"runAsUser": 0}
+    with pytest.raises(client.ApiException) as info:
+        core.create_namespaced_pod(ns, pod)
+    assert info.value.status == 403
+    assert "violates PodSecurity" in str(info.value.body)
+
+
+def _connect(core: client.CoreV1Api, ns: str, image: str, name: str, target: str) -> tuple[str, str]:
+    """Run a pod that connects to ``target``; its final phase and its log."""
+    core.create_namespaced_pod(ns, restricted_pod(name, image, ["connect", target, "3"], restart="Never"))
+    pod = wait_phase(core, ns, name, {"Succeeded", "Failed"})
+    return pod.status.phase, core.read_namespaced_pod_log(name, ns)
+
+
+def test_pods_reach_pods_and_services_on_the_node_but_nothing_outside_the_machine(
+    node_cluster: NodeCluster, core: client.CoreV1Api
+) -> None:
+    ns = restricted_namespace(core, "network")
+    image = node_cluster.toolbox_image
+    core.create_namespaced_pod(ns, restricted_pod("server", image, ["listen", "8080"], labels={"app": "server"}))
+    server = wait_ready(core, ns, "server")
+    service = core.create_namespaced_service(ns, {
+        "metadata": {"name": "server"},
+        "spec": {"selector": {"app": "server"}, "ports": [{"port": 80, "targetPort": 8080}]},
+    })
+    assert service.spec.cluster_ip.startswith(node_cluster.service_cidr.rsplit(".", 1)[0] + ".")
+
+    phase, log = _connect(core, ns, image, "to-pod", f"{server.status.pod_ip}:8080")
+    assert (phase, log.strip()) == ("Succeeded", f"connected to {server.status.pod_ip}:8080"), log
+    phase, log = _connect(core, ns, image, "to-service", f"{service.spec.cluster_ip}:80")
+    assert phase == "Succeeded", f"through kube-proxy's rules: {log}"
+
+    phase, log = _connect(core, ns, image, "to-outside", "1.1.1.1:53")
+    assert phase == "Failed", log
+    assert "cannot connect to 1.1.1.1:53" in log and "network is unreachable" in log, log
+
+
+@pytest.mark.parametrize("binary", ["iptables", "ip6tables"])
+def test_the_guard_chain_is_the_first_forward_rule(node_cluster: NodeCluster, binary: str) -> None:
+    forward = subprocess.run([binary, "-w", "5", "-t", "mangle", "-S", "FORWARD"], capture_output=True, text=True,
+                             check=True).stdout.splitlines()
+    rules = [line for line in forward if line.startswith("-A ")]
+    assert rules[0] == f"-A FORWARD -j {GUARD_CHAIN}", rules
+    guard = subprocess.run([binary, "-w", "5", "-t", "mangle", "-S", GUARD_CHAIN], capture_output=True, text=True,
+                           check=True).stdout
+    bridge = node_cluster.layout.bridge if node_cluster.layout else "?"
+    assert f"-A {GUARD_CHAIN} -i {bridge} -o {bridge} -j RETURN" in guard
+    assert f"-A {GUARD_CHAIN} -i {bridge} -j DROP" in guard
+    assert f"-A {GUARD_CHAIN} -o {bridge} -j DROP" in guard
+
+
+def test_pods_have_no_default_route(node_cluster: NodeCluster) -> None:
+    """The only route the CNI network gives besides the pod range is the service range."""
+    assert node_cluster.layout is not None
+    text = next(node_cluster.layout.cni_conf_dir.glob("*.conflist")).read_text()
+    assert '"isDefaultGateway": false' in text and '"ipMasq": false' in text
+    assert f'"dst": "{node_cluster.service_cidr}"' in text and "0.0.0.0/0" not in text
+
+
+def test_a_second_node_cluster_on_the_machine_fails_naming_the_first(node_cluster: NodeCluster) -> None:
+    second = NodeCluster(lock_timeout=1)
+    with pytest.raises(ClusterError, match=r"another node cluster holds .*only one runs on a machine at a time"):
+        second.start()
+    assert node_cluster.kubelet is not None and node_cluster.kubelet.running, "the first one is untouched"
