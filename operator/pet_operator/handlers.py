@@ -20,7 +20,8 @@ import kopf
 
 from pet_operator import model, rest
 from pet_operator.indexes import Indexes as Indexes  # the handlers' view; re-exported
-from pet_operator.reconciler import Key, PetIndex, PetsByStore, PetSnapshot, Reconciler, StoreIndex, StoreSnapshot
+from pet_operator.model import Key, PetIndex, PetsByStore, PetSnapshot, StoreIndex, StoreSnapshot
+from pet_operator.reconciler import Reconciler
 from pet_operator.rest import ApiError
 from pet_operator.store_counts import StoreCounts
 
@@ -107,7 +108,7 @@ def register(registry: kopf.OperatorRegistry, rec: Reconciler, indexes: Indexes,
              counts: StoreCounts | None = None) -> StoreCounts:
     """Register the operator's indexes and handlers on ``registry``; returns the store counter the
     handlers request counts from (``counts``, or a new one)."""
-    counts = counts if counts is not None else StoreCounts(rec, with_retries)
+    counts = counts if counts is not None else StoreCounts(rec.recount, with_retries)
     kopf.on.login(id="login", registry=registry)(login)
 
     pets_resource = (model.GROUP, model.VERSION, model.PETS)
