@@ -46,6 +46,8 @@ class OperatorProcess:
         self.name = name or profile.name
         self.extra_env = dict(extra_env or {})
         self.health_port = 0
+        #: the port of its Prometheus metrics, a free one at each start; 0 when its profile serves none
+        self.metrics_port = 0
         self.webhook_port = webhook_port
         self._kept_log: str | None = None
         self.username = username
@@ -57,10 +59,12 @@ class OperatorProcess:
     def argv(self) -> list[str]:
         return self.profile.argv(health_port=self.health_port, kubeconfig=self.kubeconfig,
                                  namespaces=self.namespaces, all_namespaces=self.all_namespaces,
-                                 extra_args=self.extra_args)
+                                 extra_args=self.extra_args, metrics_port=self.metrics_port)
 
     def start(self, wait_ready: bool = True, timeout: float = 60) -> OperatorProcess:
         self.health_port = free_port(avoid={self.webhook_port})  # the webhook keeps its port across restarts
+        self.metrics_port = (free_port(avoid={self.webhook_port, self.health_port}) if self.profile.serves_metrics
+                             else 0)
         env = dict(os.environ)
         env.pop("KOPF_NAMESPACE", None)
         env["PYTHONUNBUFFERED"] = "1"
@@ -81,6 +85,21 @@ class OperatorProcess:
                 return int(resp.status), resp.read().decode()
         except urllib.error.HTTPError as exc:
             return int(exc.code), exc.read().decode()
+
+    @property
+    def metrics_url(self) -> str | None:
+        """Where its Prometheus metrics are served now; None if its profile serves none (or not started)."""
+        if not self.metrics_port:
+            return None
+        return f"http://127.0.0.1:{self.metrics_port}{self.profile.metrics_path}"
+
+    def metrics_text(self, timeout: float = 5) -> str:
+        """One scrape of its metrics, in the Prometheus text format."""
+        if not self.metrics_port:
+            raise RuntimeError(f"{self.name} serves no metrics (its profile's command has no {{metrics_port}})")
+        url = f"http://127.0.0.1:{self.metrics_port}{self.profile.metrics_path}"
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return str(resp.read().decode())
 
     def healthz(self) -> tuple[int, str]:
         return self._probe("/healthz")

@@ -26,7 +26,8 @@ def pet_operator_profile(command: Sequence[str] | None = None) -> OperatorProfil
 
     return OperatorProfile(
         name="pet-operator",
-        command=(*(command or operator_command()), "--kubeconfig", "{kubeconfig}", "--health-port", "{health_port}"),
+        command=(*(command or operator_command()), "--kubeconfig", "{kubeconfig}", "--health-port", "{health_port}",
+                 "--metrics-port", "{metrics_port}"),
         crds=(CRD_DIR,),
         kubeconfig_env=False,
         bad_log_markers=(INCONSISTENCY_MARKER,),

@@ -21,7 +21,9 @@ class OperatorProfile:
     """How to install, start and probe one operator.
 
     ``command`` is the argv that starts it; ``{python}`` becomes this interpreter, ``{health_port}``
-    the port the harness chose for its readiness endpoint, ``{kubeconfig}`` the kubeconfig it gets.
+    the port the harness chose for its readiness endpoint, ``{kubeconfig}`` the kubeconfig it gets,
+    and ``{metrics_port}`` (if the command has it) a free port for its Prometheus metrics, served at
+    ``http://127.0.0.1:{metrics_port}{metrics_path}``: each replica gets its own, never a fixed one.
     Namespaces to serve are appended as ``namespace_flag NS`` pairs (``all_namespaces_flag`` for a
     cluster-wide run). The harness probes ``http://127.0.0.1:{health_port}{ready_path}`` and calls
     the operator ready on a 200.
@@ -37,10 +39,19 @@ class OperatorProfile:
     env: Mapping[str, str] = dataclasses.field(default_factory=dict)
     #: log lines that mean the operator misbehaved (each test using it fails if one shows up)
     bad_log_markers: tuple[str, ...] = ()
+    metrics_path: str = "/metrics"
+
+    @property
+    def serves_metrics(self) -> bool:
+        """Whether the command takes a ``{metrics_port}`` (the harness then picks one per start)."""
+        return any("{metrics_port}" in part for part in self.command)
 
     def argv(self, *, health_port: int, kubeconfig: Path, namespaces: Sequence[str] = (),
-             all_namespaces: bool = False, extra_args: Sequence[str] = ()) -> list[str]:
-        values = {"python": sys.executable, "health_port": str(health_port), "kubeconfig": str(kubeconfig)}
+             all_namespaces: bool = False, extra_args: Sequence[str] = (), metrics_port: int = 0) -> list[str]:
+        if self.serves_metrics and not metrics_port:
+            raise ValueError(f"operator {self.name!r} takes a {{metrics_port}}: give it a port (1..65535)")
+        values = {"python": sys.executable, "health_port": str(health_port), "kubeconfig": str(kubeconfig),
+                  "metrics_port": str(metrics_port)}
         args = [part.format(**values) for part in self.command]
         if all_namespaces:
             if self.all_namespaces_flag is None:

@@ -33,3 +33,8 @@ def _split(version: str) -> tuple[int, int, int]:
     if len(parts) != 3 or not all(p.isdigit() for p in parts):
         raise ValueError(f"version {version!r} is not of the form MAJOR.MINOR.PATCH")
     return int(parts[0]), int(parts[1]), int(parts[2])
+
+#: ``github.com/prometheus-operator/prometheus-operator`` module version whose CRDs
+#: (ServiceMonitor, PrometheusRule, ...) the harness installs; the CRD files ship in the module
+#: under ``example/prometheus-operator-crd/``.
+PROMETHEUS_OPERATOR_VERSION = "0.85.0"

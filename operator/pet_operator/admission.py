@@ -20,6 +20,16 @@ class Decision:
     allowed: bool
     message: str = ""
     code: int = 200
+    #: the rule(s) that denied, a name from a small fixed set (the metrics' ``rule`` label)
+    rule: str = ""
+
+
+#: rule names of denials (the contract's reasons where it has one)
+RULE_TAGS = "TagsNotAllowed"
+RULE_ID = "DuplicateId"
+RULE_NOT_SERVED = "NamespaceNotServed"
+RULE_TIMEOUT = "DecisionTimeout"
+RULE_ERROR = "DecisionError"
 
 
 ALLOW = Decision(True)
@@ -135,6 +145,7 @@ def review_pet(
         return ALLOW
     spec = new.get("spec") or {}
     problems: list[str] = []
+    rules: list[str] = []
     old_spec = (old or {}).get("spec") if operation == "UPDATE" else None
     if store is not None and tags_or_store_changed(old_spec, spec):
         bad = disallowed_tags(list(spec.get("tags") or []), store.allowed_tags)
@@ -143,14 +154,16 @@ def review_pet(
                 f"tags {', '.join(repr(t) for t in bad)} are not allowed by PetStore {store.name!r}, "
                 f"which allows {describe_allowed(store.allowed_tags)}"
             )
+            rules.append(RULE_TAGS)
     if operation == "CREATE" and claim is not None and claim.holder != f"{namespace}/{name}":
         problems.append(
             f"spec.id {spec.get('id')} is already held by {holder_for(namespace, claim)}; "
             "ids are unique across all namespaces"
         )
+        rules.append(RULE_ID)
     if not problems:
         return ALLOW
-    return Decision(False, "; ".join(problems), 422)
+    return Decision(False, "; ".join(problems), 422, "+".join(rules))
 
 
 def holder_for(namespace: str, claim: Claim) -> str:
@@ -163,7 +176,7 @@ def holder_for(namespace: str, claim: Claim) -> str:
 
 
 def not_served(namespace: str) -> Decision:
-    return Decision(False, f"namespace {namespace!r} is not served by this pet-operator", 403)
+    return Decision(False, f"namespace {namespace!r} is not served by this pet-operator", 403, RULE_NOT_SERVED)
 
 
 def review_response(uid: str, decision: Decision) -> dict[str, Any]:

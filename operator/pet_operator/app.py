@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import kopf
 
-from pet_operator import handlers, model
+from pet_operator import handlers, metrics, model
 from pet_operator.bindings import BindingGuard
 from pet_operator.config import Config
 from pet_operator.events import EventRecorder
@@ -24,6 +24,7 @@ from pet_operator.indexes import Indexes
 from pet_operator.kube import Kube, load_credentials
 from pet_operator.leader import LeaderElector
 from pet_operator.memory import release_forever, release_free_memory
+from pet_operator.metrics import MetricsServer
 from pet_operator.reconciler import Reconciler
 from pet_operator.shutdown import (
     Deadlines,
@@ -256,6 +257,25 @@ def make_elector(
     return elector
 
 
+async def start_metrics(
+    config: Config, rec: Reconciler, ids: IdClaims, elector: LeaderElector | None,
+) -> MetricsServer | None:
+    """Metrics hook: point the scrape-time metrics at this process's parts and serve them (every
+    replica, leader or standby); None when ``--metrics-port 0``."""
+    measure = metrics.default()
+    measure.watch(may_write=rec.may_write, claims_held=lambda: ids.claims_held,
+                  id_conflicts=lambda: rec.id_conflicts, orphans_collected=lambda: ids.orphans_collected)
+    if elector is not None:
+        measure.watch(leader=elector.is_leader, lease_name=elector.name,
+                      leader_transitions=lambda: elector.acquisitions)
+    if not config.metrics_port:
+        return None
+    server = MetricsServer(config.metrics_port, measure, host=config.metrics_bind_addresses)
+    await server.start()
+    log.info("metrics on %s port %d, path /metrics", ", ".join(config.metrics_bind_addresses), config.metrics_port)
+    return server
+
+
 async def campaign_forever(elector: LeaderElector, ids: IdClaims, shutdown: Shutdown) -> None:
     """Lead while the Lease allows, then campaign again as a standby. The process is stopped
     (exit 1) only when it can no longer be trusted: its event loop stood still for longer than
@@ -324,6 +344,7 @@ async def main(
         health = HealthServer(config.health_port, readiness.check, host=config.health_bind_addresses,
                               leader=elector.status if elector is not None else None)
         await health.start()
+        metrics_server = await start_metrics(config, rec, ids, elector)  # metrics hook
         webhook = await start_webhook(config, kube, store_lookup(kube, indexes, readiness))
         background = [asyncio.create_task(initial_sync(config, kube, rec, readiness)),
                       asyncio.create_task(release_forever()),
@@ -367,7 +388,7 @@ async def main(
         stop_campaign=(lambda: _cancel(campaign)) if campaign is not None else None,
         release_lease=release if elector is not None else None,
         webhook_stop=webhook.stop if webhook is not None else None,
-        closers=(counts.close, health.stop, kube.close),
+        closers=(counts.close, health.stop, kube.close, *((metrics_server.stop,) if metrics_server else ())),
     )
     code = await shutdown.run(stopper)
     log.info("stopped after %d status writes (%d refused while not leading)", rec.writes, rec.fenced)

@@ -54,6 +54,8 @@ class Config:
     webhook_host_names: tuple[str, ...] = ()
     webhook_bind_addresses: tuple[str, ...] = ("127.0.0.1",)
     health_bind_addresses: tuple[str, ...] = ("127.0.0.1",)
+    metrics_port: int = 9090
+    metrics_bind_addresses: tuple[str, ...] = ("127.0.0.1",)
     shutdown_grace: float = 20.0
     shutdown_drain_delay: float = 5.0
     leader_elect: bool = False
@@ -84,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--health-port", type=int, default=8080, help="port of /healthz and /readyz (default 8080)")
     parser.add_argument("--health-bind-address", action="append", default=[], metavar="IP",
                         help="address of the health port, repeatable (0.0.0.0 or :: for every interface of that "
+                             "family); default: $POD_IP and 127.0.0.1, else 127.0.0.1")
+    parser.add_argument("--metrics-port", type=int, default=9090,
+                        help="port of the Prometheus metrics, /metrics over plain HTTP (default 9090); 0 turns "
+                             "them off")
+    parser.add_argument("--metrics-bind-address", action="append", default=[], metavar="IP",
+                        help="address of the metrics port, repeatable (0.0.0.0 or :: for every interface of that "
                              "family); default: $POD_IP and 127.0.0.1, else 127.0.0.1")
     parser.add_argument("--kubeconfig", default=None, help="kubeconfig file (default: in-cluster, then KUBECONFIG)")
     parser.add_argument(
@@ -160,6 +168,11 @@ def parse_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] |
             )
     if not 1 <= args.health_port <= 65535:
         raise ConfigError(f"--health-port {args.health_port} is not a TCP port (1..65535)")
+    if args.metrics_port != 0 and not 1 <= args.metrics_port <= 65535:
+        raise ConfigError(f"--metrics-port {args.metrics_port} is not a TCP port (1..65535, or 0 for off)")
+    if args.metrics_port and args.metrics_port in (args.health_port, args.webhook_port):
+        other = "--health-port" if args.metrics_port == args.health_port else "--webhook-port"
+        raise ConfigError(f"--metrics-port and {other} are both {args.metrics_port}: they need two ports")
     if not math.isfinite(args.resync_period) or args.resync_period < 0:
         raise ConfigError(f"--resync-period {args.resync_period} must be 0 (off) or positive")
     claims_namespace = args.claims_namespace or env.get("POD_NAMESPACE") or "pet-system"
@@ -223,6 +236,15 @@ def parse_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] |
             source = "--health-bind-address" if args.health_bind_address else "$POD_IP"
             raise ConfigError(f"{source} {address!r} is not an IP address (0.0.0.0 or :: listen on every "
                               "interface of that family)") from None
+    metrics_addresses = tuple(dict.fromkeys(args.metrics_bind_address)) or tuple(
+        dict.fromkeys((pod_ip, "127.0.0.1") if pod_ip else ("127.0.0.1",)))
+    for address in metrics_addresses:
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            source = "--metrics-bind-address" if args.metrics_bind_address else "$POD_IP"
+            raise ConfigError(f"{source} {address!r} is not an IP address (0.0.0.0 or :: listen on every "
+                              "interface of that family)") from None
     if args.all_namespaces is False and claims_namespace in namespaces:
         raise ConfigError(
             f"claims namespace {claims_namespace!r} is also a served namespace: whoever may write pets there "
@@ -235,6 +257,8 @@ def parse_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] |
     return Config(
         webhook_bind_addresses=bind_addresses,
         health_bind_addresses=health_addresses,
+        metrics_port=args.metrics_port,
+        metrics_bind_addresses=metrics_addresses,
         leader_elect=bool(args.leader_elect),
         lease_name=args.lease_name,
         lease_namespace=lease_namespace,

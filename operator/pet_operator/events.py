@@ -18,7 +18,7 @@ import socket
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from pet_operator import model
+from pet_operator import metrics, model
 from pet_operator.model import PetSnapshot
 from pet_operator.rest import ApiError
 
@@ -53,7 +53,7 @@ def _now() -> str:
 
 class EventRecorder:
     def __init__(self, api: EventApi, min_level: str = "Normal", instance: str | None = None,
-                 max_cached: int = 2_000) -> None:
+                 max_cached: int = 2_000, measure: metrics.OperatorMetrics | None = None) -> None:
         if min_level not in LEVELS:
             raise ValueError(f"event level {min_level!r} is not one of {', '.join(LEVELS)}")
         self.api = api
@@ -64,6 +64,7 @@ class EventRecorder:
         self._counts: collections.OrderedDict[tuple[str, str], tuple[int, str]] = collections.OrderedDict()
         self.max_cached = max_cached
         self.posted = 0
+        self.metrics = measure if measure is not None else metrics.default()
 
     def wants(self, type_: str) -> bool:
         return LEVELS[type_] >= LEVELS[self.min_level]
@@ -106,6 +107,7 @@ class EventRecorder:
             if created is not None:
                 self._remember(key, _version_of(created))
                 self.posted += 1
+                self.metrics.event_emitted(type_, reason, aggregated=False)
                 return
             cached = await self._read(key)
         # Another recorder (another replica, or this one before a restart) may have counted
@@ -132,6 +134,7 @@ class EventRecorder:
                 continue
             self._remember(key, _version_of(updated))
             self.posted += 1
+            self.metrics.event_emitted(type_, reason, aggregated=True)
             return
         raise RuntimeError(f"event {namespace}/{name}: its count kept changing under us (5 conflicts)")
 

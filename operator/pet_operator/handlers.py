@@ -18,8 +18,9 @@ from typing import Any
 import aiohttp
 import kopf
 
-from pet_operator import model, rest
+from pet_operator import metrics, model, rest
 from pet_operator.indexes import Indexes as Indexes  # the handlers' view; re-exported
+from pet_operator.metrics import Controller, OperatorMetrics, WorkItem
 from pet_operator.model import Key, PetIndex, PetsByStore, PetSnapshot, StoreIndex, StoreSnapshot
 from pet_operator.reconciler import Reconciler
 from pet_operator.rest import ApiError
@@ -90,6 +91,34 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     return dataclasses.replace(info, token=token) if token else info
 
 
+# --- metrics hooks: reconciles and work queues (what is measured: docs/observability.md) ------------
+
+def received(ctl: Controller, rec: Reconciler, count: int = 1) -> list[WorkItem]:
+    """``count`` changes entering ``ctl``'s queue; a standby keeps no queue (it only keeps its view)."""
+    return ctl.queue.received(count) if rec.may_write() else [metrics.UNQUEUED] * count
+
+
+def measured(ctl: Controller, rec: Reconciler, item: WorkItem,
+             call: Callable[[], Awaitable[Any]]) -> Callable[[], Awaitable[Any]]:
+    """``call`` as reconcile attempts of ``ctl``: the first one ends ``item``'s wait in the queue; each
+    (a retry too) counts as one reconcile on a replica that may write: ``requeue`` when the object
+    moved (409: its next event decides again), ``error`` when it raised."""
+
+    async def attempt() -> Any:
+        item.start()
+        if not rec.may_write():
+            return await call()  # a standby's handler: no reconcile (NotLeader inside anyway)
+        with ctl.reconciling() as outcome:
+            try:
+                return await call()
+            except ApiError as exc:
+                if exc.status == 409:
+                    outcome.result = "requeue"
+                raise
+
+    return attempt
+
+
 STORE_FANOUT = 16  # pets of one store reconciled at once after the store changed
 
 
@@ -105,10 +134,18 @@ async def bounded_gather(calls: list[Awaitable[Any]], limit: int) -> None:
 
 
 def register(registry: kopf.OperatorRegistry, rec: Reconciler, indexes: Indexes,
-             counts: StoreCounts | None = None) -> StoreCounts:
+             counts: StoreCounts | None = None, measure: OperatorMetrics | None = None) -> StoreCounts:
     """Register the operator's indexes and handlers on ``registry``; returns the store counter the
-    handlers request counts from (``counts``, or a new one)."""
-    counts = counts if counts is not None else StoreCounts(rec.recount, with_retries)
+    handlers request counts from (``counts``, or a new one). ``measure``: the metrics (default: the
+    process's)."""
+    measure = measure if measure is not None else metrics.default()
+    pet_ctl, store_ctl = measure.controller("pet"), measure.controller("petstore")
+
+    async def count_store(what: str, call: Callable[[], Awaitable[Any]]) -> None:
+        await with_retries(what, measured(store_ctl, rec, metrics.UNQUEUED, call))
+
+    counts = counts if counts is not None else StoreCounts(
+        rec.recount, count_store, enqueue=lambda: received(store_ctl, rec)[0])
     kopf.on.login(id="login", registry=registry)(login)
 
     pets_resource = (model.GROUP, model.VERSION, model.PETS)
@@ -149,12 +186,14 @@ def register(registry: kopf.OperatorRegistry, rec: Reconciler, indexes: Indexes,
         store = (body.get("spec") or {}).get("store")
         stores_to_count: set[str] = {store} if store else set()
         if type == "DELETED":
+            measure.pets.gone(*key)
             pets.remove(key)
             by_store.place(key, None)
             if guard is not None:
                 guard.pet_gone(*key)
             previous = rec.forget_pet(key[0], key[1], meta.get("uid", ""))
         else:
+            measure.pets.seen(key[0], key[1], body)
             snap = PetSnapshot.from_body(body)
             rec.observe_pet(snap)
             pets.put(key, snap)
@@ -163,7 +202,9 @@ def register(registry: kopf.OperatorRegistry, rec: Reconciler, indexes: Indexes,
             by_store.place(key, (key[0], snap.store) if snap.store else None)
             if not complete():
                 return
-            await with_retries(f"reconcile pet {key[0]}/{key[1]}", lambda: rec.sync_pet(key, pets, stores))
+            item = received(pet_ctl, rec)[0]
+            await with_retries(f"reconcile pet {key[0]}/{key[1]}",
+                               measured(pet_ctl, rec, item, lambda: rec.sync_pet(key, pets, stores)))
             previous = rec.moved_from(key)
         if previous:
             stores_to_count.add(previous)
@@ -189,24 +230,31 @@ def register(registry: kopf.OperatorRegistry, rec: Reconciler, indexes: Indexes,
         if rec.store_changed(snap, skey):
             # every pet of the store, several at a time: a narrowed store with thousands of pets must
             # not wait for one status write after another
-            def sync(pet_key: Key) -> Awaitable[None]:
+            def sync(pet_key: Key, item: WorkItem) -> Awaitable[None]:
                 return with_retries(f"reconcile pet {pet_key[0]}/{pet_key[1]}",
-                                    lambda: rec.sync_pet(pet_key, pets, stores))
+                                    measured(pet_ctl, rec, item, lambda: rec.sync_pet(pet_key, pets, stores)))
 
-            await bounded_gather([sync(k) for k in list(by_store.get(skey, ()) or ())], STORE_FANOUT)
+            keys = list(by_store.get(skey, ()) or ())
+            items = received(pet_ctl, rec, len(keys))
+            try:
+                await bounded_gather([sync(k, i) for k, i in zip(keys, items, strict=True)], STORE_FANOUT)
+            finally:
+                for item in items:
+                    item.drop()  # those never started (the handler cancelled, a call raised)
         if snap is not None:
             counts.request(skey, pets, stores, by_store)
 
     return counts
 
 
-async def resync_forever(rec: Reconciler, indexes: Indexes, period: float) -> None:
+async def resync_forever(rec: Reconciler, indexes: Indexes, period: float,
+                         measure: OperatorMetrics | None = None) -> None:
     """Re-reconcile every known object and collect orphaned claims every ``period`` seconds."""
     while True:
         await asyncio.sleep(period)
         pets, stores, by_store = indexes.pets, indexes.stores, indexes.by_store
         try:
-            await resync_once(rec, pets, stores, by_store)
+            await resync_once(rec, pets, stores, by_store, measure)
         except Exception:
             log.exception("resync pass failed; the next one runs in %.0fs", period)
 
@@ -214,22 +262,34 @@ async def resync_forever(rec: Reconciler, indexes: Indexes, period: float) -> No
 YIELD_EVERY = 100  # a resync lets the event loop turn this often (Lease renewals, the webhook)
 
 
-async def resync_once(rec: Reconciler, pets: PetIndex, stores: StoreIndex, by_store: PetsByStore) -> None:
+async def resync_once(rec: Reconciler, pets: PetIndex, stores: StoreIndex, by_store: PetsByStore,
+                      measure: OperatorMetrics | None = None) -> None:
+    """One pass: orphaned claims, RoleBindings, then every pet and every store, one after another
+    (every object enters its controller's queue when the pass starts, as a resync does in Go)."""
+    measure = measure if measure is not None else metrics.default()
+    pet_ctl, store_ctl = measure.controller("pet"), measure.controller("petstore")
     await with_retries("collect orphaned id claims", lambda: rec.collect_orphans(pets, stores))
     guard = rec.bindings
     if guard is not None:
         await with_retries("RoleBindings of the served namespaces", guard.sweep)
-    for number, key in enumerate(list(pets.keys())):
-        if number % YIELD_EVERY == YIELD_EVERY - 1:
-            # pets whose status is right need no I/O, so nothing else would run during the pass: at
-            # tens of thousands of pets the leader could miss its renew deadline
-            await asyncio.sleep(0)
-        await with_retries(
-            f"resync pet {key[0]}/{key[1]}",
-            lambda key=key: rec.sync_pet(key, pets, stores),  # type: ignore[misc]
-        )
-    for skey in list(stores.keys()):
-        await with_retries(
-            f"resync store {skey[0]}/{skey[1]}",
-            lambda skey=skey: rec.sync_store(skey, pets, stores, by_store),  # type: ignore[misc]
-        )
+    pet_keys, store_keys = list(pets.keys()), list(stores.keys())
+    pet_items, store_items = received(pet_ctl, rec, len(pet_keys)), received(store_ctl, rec, len(store_keys))
+    try:
+        for number, (key, item) in enumerate(zip(pet_keys, pet_items, strict=True)):
+            if number % YIELD_EVERY == YIELD_EVERY - 1:
+                # pets whose status is right need no I/O, so nothing else would run during the pass: at
+                # tens of thousands of pets the leader could miss its renew deadline
+                await asyncio.sleep(0)
+            await with_retries(
+                f"resync pet {key[0]}/{key[1]}",
+                measured(pet_ctl, rec, item, lambda key=key: rec.sync_pet(key, pets, stores)),  # type: ignore[misc]
+            )
+        for skey, item in zip(store_keys, store_items, strict=True):
+            await with_retries(
+                f"resync store {skey[0]}/{skey[1]}",
+                measured(store_ctl, rec, item,
+                         lambda skey=skey: rec.sync_store(skey, pets, stores, by_store)),  # type: ignore[misc]
+            )
+    finally:
+        for item in (*pet_items, *store_items):
+            item.drop()  # the rest of a pass that failed or was cancelled

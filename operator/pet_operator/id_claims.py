@@ -110,6 +110,7 @@ class IdClaims:
         self._locks: KeyedLocks[tuple[str, str]] = KeyedLocks()
         # pets by id, from the watch: who waits for an id, without a pass over every pet
         self._by_id: Members[int] = Members()
+        self.orphans_collected = 0  # metrics hook: orphaned claims this replica deleted
 
     # --- what the watch shows ------------------------------------------------------------------
 
@@ -161,6 +162,11 @@ class IdClaims:
         """Fill the claim cache from a listing (at start-up), sparing a read per pet."""
         for claim in claims:
             self.cache[claim.pet_id] = claim
+
+    @property
+    def claims_held(self) -> int:
+        """Id claims in the cache (metrics hook: ``pet_operator_id_claims_held``)."""
+        return len(self.cache)
 
     def forget_claims(self) -> None:
         """Drop the claim cache (leadership lost: another leader may change claims meanwhile)."""
@@ -218,7 +224,8 @@ class IdClaims:
             if claim.holder_uid != snap.uid and await self._is_orphan(claim, pets):
                 log.info("collecting orphaned claim of id %d (holder %s is gone)", pet_id, claim.holder)
                 self.fence.check()
-                await self.claims.delete_claim(claim)
+                if await self.claims.delete_claim(claim):
+                    self.orphans_collected += 1  # metrics hook
                 self.cache.pop(pet_id, None)
                 continue
             self.cache[pet_id] = claim
@@ -328,6 +335,7 @@ class IdClaims:
             if await self.claims.delete_claim(claim):
                 log.info("collected orphaned claim of id %d (holder %s is gone)", claim.pet_id, claim.holder)
                 self.cache.pop(claim.pet_id, None)
+                self.orphans_collected += 1  # metrics hook
                 yield claim.pet_id
 
     async def _is_orphan(self, claim: Claim, pets: PetIndex, forbidden: set[str] | None = None) -> bool:

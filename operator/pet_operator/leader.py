@@ -86,6 +86,7 @@ class LeaderElector:
         self._absent_since: float | None = None  # when a Lease we had seen was found missing
         self.holder = ""  # the holder we last saw
         self.transitions = 0
+        self.acquisitions = 0  # times this replica became the leader (metrics hook)
         #: seconds since the last renewal when leadership was last lost, if that was a whole lease
         #: duration or more: the process stood still (frozen, starved) instead of failing to renew
         self.stalled = 0.0
@@ -238,6 +239,7 @@ class LeaderElector:
                 acquired = False
             if acquired:
                 self._leading = True
+                self.acquisitions += 1
                 log.info("became the leader (lease %s/%s, identity %s)", self.namespace, self.name, self.identity)
                 await self._call(self.on_started_leading)
                 break

@@ -68,6 +68,7 @@ class Reconciler:
         self.moves = StoreMoves()
         self.written: RecentWrites[str] = RecentWrites()  # pets' statuses by uid, until the watch shows them
         self.pet_writes = 0
+        self.id_conflicts = 0  # metrics hook: pets this replica turned Conflict (DuplicateId)
         self.observed: set[str] = set()  # uids seen on the watch streams, for readiness
         self._pet_locks: KeyedLocks[Key] = KeyedLocks()
 
@@ -194,6 +195,8 @@ class Reconciler:
                 "pet %s/%s: %s -> %s (%s)",
                 snap.namespace, snap.name, previous_phase or "-", verdict.phase.value, verdict.reason,
             )
+            if verdict.phase is model.Phase.CONFLICT:
+                self.id_conflicts += 1  # metrics hook
             if self.on_phase_change is not None:
                 result = self.on_phase_change(snap, previous_phase, verdict)
                 if inspect.isawaitable(result):

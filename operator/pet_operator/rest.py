@@ -23,13 +23,16 @@ import json
 import os
 import ssl
 import tempfile
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 import yaml
+
+from pet_operator import metrics
 
 JSON = "application/json"
 MERGE_PATCH = "application/merge-patch+json"
@@ -182,12 +185,14 @@ def path_of(*parts: str) -> str:
 class RestClient:
     """Requests to one API server over a pooled keep-alive session."""
 
-    def __init__(self, credentials: Credentials, pool: int = 100) -> None:
+    def __init__(self, credentials: Credentials, pool: int = 100,
+                 measure: metrics.OperatorMetrics | None = None) -> None:
         self.credentials = credentials
         self.pool = pool
         self._session: aiohttp.ClientSession | None = None
         self.requests = 0
-
+        self.metrics = measure if measure is not None else metrics.default()
+        self.host = urlsplit(credentials.server).netloc  # client-go's host label
     def _open(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(ssl=self.credentials.ssl_context, limit=self.pool)
@@ -212,13 +217,18 @@ class RestClient:
             headers["Content-Type"] = content_type
             data = json.dumps(body).encode()
         self.requests += 1
+        started = time.monotonic()
+        code: int | None = None  # metrics hook: None while no status line came
         try:
             async with asyncio.timeout(timeout):
                 async with self._open().request(method, self.credentials.server + path, data=data, headers=headers,
                                                 params=params) as response:
+                    code = response.status
                     text = await response.text()
         except TimeoutError:
             raise TimeoutError(f"{method} {path}: no answer within {timeout:g}s") from None
+        finally:
+            self.metrics.api_request(method, self.host, code, time.monotonic() - started)
         if response.status >= 400:
             raise _error(response.status, response.reason or "", text)
         return json.loads(text) if text else {}

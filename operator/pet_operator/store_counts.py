@@ -25,6 +25,7 @@ from typing import Any
 from pet_operator import model
 from pet_operator.fencing import Fence, NotLeader
 from pet_operator.kube import NotFound
+from pet_operator.metrics import WorkItem
 from pet_operator.model import Key, PetIndex, PetsByStore, PetSnapshot, StoreIndex, StoreSnapshot, first
 from pet_operator.recent_writes import RecentWrites, StatusWriter, caught_up
 from pet_operator.shutdown import own_tasks
@@ -115,16 +116,23 @@ class StoreRecount:
 
 
 class StoreCounts:
-    def __init__(self, recount: StoreRecount, retry: Retry, window: float = WINDOW) -> None:
+    def __init__(self, recount: StoreRecount, retry: Retry, window: float = WINDOW,
+                 enqueue: Callable[[], WorkItem] | None = None) -> None:
+        """``enqueue``: a store's request entering the petstore queue of the metrics (its wait ends when
+        its count starts; requests for a store already waiting join it, as in a Go work queue)."""
         self.recount = recount
         self.retry = retry  # handlers.with_retries
         self.window = window
+        self.enqueue = enqueue
+        self._waiting: dict[Key, WorkItem] = {}  # metrics hook: the queued request of each dirty store
         self._dirty: set[Key] = set()
         self._tasks: dict[Key, asyncio.Task[None]] = {}
         self.counts = 0  # recounts made
 
     def request(self, key: Key, pets: PetIndex, stores: StoreIndex, by_store: PetsByStore) -> None:
         """Ask for ``key`` to be counted within about a window; cheap, never waits."""
+        if self.enqueue is not None and key not in self._dirty:
+            self._waiting[key] = self.enqueue()
         self._dirty.add(key)
         if key not in self._tasks:
             with own_tasks():  # the operator's, not Kopf's: its shutdown closes them (close())
@@ -137,6 +145,9 @@ class StoreCounts:
             while key in self._dirty:
                 await asyncio.sleep(self.window)
                 self._dirty.discard(key)  # requests from now on need another round
+                waiting = self._waiting.pop(key, None)
+                if waiting is not None:
+                    waiting.start()
                 self.counts += 1
                 await self.retry(f"count pets of store {key[0]}/{key[1]}",
                                  lambda: self.recount.sync(key, pets, stores, by_store))
@@ -162,3 +173,6 @@ class StoreCounts:
         await asyncio.gather(*list(self._tasks.values()), return_exceptions=True)
         self._tasks.clear()
         self._dirty.clear()
+        for waiting in self._waiting.values():
+            waiting.drop()
+        self._waiting.clear()

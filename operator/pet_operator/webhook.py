@@ -22,6 +22,7 @@ import os
 import shutil
 import ssl
 import tempfile
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from pet_operator import admission, mutation
+from pet_operator import admission, metrics, mutation
 from pet_operator.claims import Claim
 from pet_operator.connections import BoundedSite
 from pet_operator.model import StoreView
@@ -187,6 +188,7 @@ class WebhookServer:
         first_request_timeout: float = FIRST_REQUEST_TIMEOUT,
         keepalive_timeout: float = KEEPALIVE_TIMEOUT,
         decision_timeout: float = DECISION_TIMEOUT,
+        measure: metrics.OperatorMetrics | None = None,
     ) -> None:
         """``host``: the address(es) to listen on (in a pod, its own: ``$POD_IP``);
         ``served``: the namespaces served (None: all), reviews for others are refused."""
@@ -207,6 +209,29 @@ class WebhookServer:
         self._reloader: asyncio.Task[None] | None = None
         self.reviews = 0  # validating reviews answered
         self.mutations = 0  # mutating reviews answered
+        self.metrics = measure if measure is not None else metrics.default()
+
+    @web.middleware
+    async def _measure(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """Metrics hook: count and time every request to a webhook path, whatever its status (a 413
+        from aiohttp too); a request cut off by a disconnect is not counted."""
+        if request.path not in (PATH, MUTATE_PATH):
+            return await handler(request)  # type: ignore[no-any-return]
+        started = time.monotonic()
+        code: int | None = None
+        try:
+            response: web.StreamResponse = await handler(request)
+            code = response.status
+            return response
+        except web.HTTPException as exc:
+            code = exc.status
+            raise
+        except Exception:
+            code = 500  # what aiohttp answers
+            raise
+        finally:
+            if code is not None:
+                self.metrics.webhook_request(request.path, code, time.monotonic() - started)
 
     async def _read_review(self, request: web.Request) -> tuple[str, dict[str, Any]] | web.Response:
         """The uid and request of the review in the body, or the error response to send: one
@@ -229,6 +254,7 @@ class WebhookServer:
         uid, req = read
         self.mutations += 1
         patch = mutation.finalizer_patch(req, self.served)
+        self.metrics.webhook_decision(MUTATE_PATH, True, "")
         return web.json_response(mutation.review_response(uid, patch))
 
     async def _review(self, request: web.Request) -> web.Response:
@@ -247,13 +273,15 @@ class WebhookServer:
             decision = admission.Decision(
                 False, f"the pet-operator webhook could not decide within {self.decision_timeout:g}s (the API "
                 "server did not answer its reads of the pet's store and id claim in time); nothing was admitted, "
-                "try again", 503)
+                "try again", 503, admission.RULE_TIMEOUT)
         except Exception as exc:
             log.exception("admission review %s failed", uid)
             # an API error carries headers and bodies: tell the user only what failed
             detail = f"{type(exc).__name__}: {exc}"[:200]
             reason = f"{exc.status} {exc.reason}" if isinstance(exc, ApiError) else detail
-            decision = admission.Decision(False, f"the pet-operator webhook could not decide: {reason}", 500)
+            decision = admission.Decision(False, f"the pet-operator webhook could not decide: {reason}", 500,
+                                          admission.RULE_ERROR)
+        self.metrics.webhook_decision(PATH, decision.allowed, decision.rule)
         return web.json_response(admission.review_response(uid, decision))
 
     async def decide(self, req: dict[str, Any]) -> admission.Decision:
@@ -289,7 +317,7 @@ class WebhookServer:
             self.certificates.reload()
 
     async def start(self) -> None:
-        app = web.Application(client_max_size=self.max_body)
+        app = web.Application(client_max_size=self.max_body, middlewares=[self._measure])
         app.router.add_post(PATH, self._review)
         app.router.add_post(MUTATE_PATH, self._mutate)
         # reviews take milliseconds; on shutdown, in-flight ones get 3 s, idle keep-alives none
