@@ -24,6 +24,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from petchaos.steady import CLAIM_PREFIX
+
 __all__ = [
     "CUT_LABEL",
     "CUT_POLICY",
@@ -51,7 +53,8 @@ DEFAULTS: dict[str, Any] = {
 
 CUT_LABEL = "petchaos.example.com/cut"
 CUT_POLICY = "petchaos-cut-leader"
-CLAIM_PREFIX = "pet-id-"
+#: the pet API, once in petchaos (the claim prefix is the steady state's)
+GROUP, VERSION, PETS = "petstore.example.com", "v1", "pets"
 
 
 class NotAvailableOnTarget(RuntimeError):
@@ -421,9 +424,9 @@ def snapshot(s: Settings, api: Any = None) -> dict[str, Any]:
     pets: list[dict[str, Any]] = []
     if s.pets_namespaces:
         for namespace in s.pets_namespaces:
-            pets += custom.list_namespaced_custom_object("petstore.example.com", "v1", namespace, "pets")["items"]
+            pets += custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PETS)["items"]
     else:
-        pets = custom.list_cluster_custom_object("petstore.example.com", "v1", "pets")["items"]
+        pets = custom.list_cluster_custom_object(GROUP, VERSION, PETS)["items"]
     leases = client.CoordinationV1Api(api).list_namespaced_lease(s.operator_namespace).items
     claims = [_plain(api, lease) for lease in leases if lease.metadata.name.startswith(CLAIM_PREFIX)]
     if s.pets_namespaces:  # ids of pets outside the checked namespaces are not orphans

@@ -35,8 +35,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from pet_harness.kube import CLAIM_PREFIX
+
 DEFAULT_LEASE_NAME = "pet-operator-leader"
-CLAIM_PREFIX = "pet-id-"
 WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection"})
 LEASE_WRITE_VERBS = frozenset({"create", "update"})
 #: (resource, subresource) pairs the operator writes, besides the claim Leases

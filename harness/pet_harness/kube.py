@@ -16,8 +16,22 @@ from pet_harness.kubeclient import api_client as api_client
 from pet_harness.kubeclient import get_raw as get_raw
 from pet_harness.kubeclient import get_text as get_text
 
+#: The pet API's names, once in the harness (the operator's own are in ``pet_operator.model``; this
+#: module does not import the operator, so a copy of the harness can talk to any build of it).
 GROUP = "petstore.example.com"
 VERSION = "v1"
+GROUP_VERSION = f"{GROUP}/{VERSION}"
+PETS = "pets"
+PETSTORES = "petstores"
+#: An id claim is the Lease named this prefix and the id (``pet-id-7``) in the claims namespace.
+CLAIM_PREFIX = "pet-id-"
+
+
+def claim_id(lease_name: str) -> int | None:
+    """The id a Lease of this name claims, or None if it is not a claim."""
+    number = lease_name.removeprefix(CLAIM_PREFIX)
+    return int(number) if number != lease_name and number.isdigit() else None
+
 def _repo_root() -> Path:
     """The checkout holding ``deploy/``: ``PET_REPO_ROOT``, else the one this file sits in
     (the harness is installed editable from its checkout, as tox does)."""
@@ -40,7 +54,7 @@ def __getattr__(name: str) -> Path:
         return _repo_root() / "deploy" / "crds"
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-CRD_NAMES = ("pets.petstore.example.com", "petstores.petstore.example.com")
+CRD_NAMES = (f"{PETS}.{GROUP}", f"{PETSTORES}.{GROUP}")
 
 
 def load_yaml_documents(path: Path) -> list[dict[str, Any]]:
@@ -71,53 +85,53 @@ class PetApi:
         body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Pet",
                 "metadata": {"name": name, **meta}, "spec": dict(spec)}
         result: dict[str, Any] = self.custom.create_namespaced_custom_object(
-            GROUP, VERSION, self.namespace, "pets", body
+            GROUP, VERSION, self.namespace, PETS, body
         )
         return result
 
     def get_pet(self, name: str) -> dict[str, Any]:
-        result: dict[str, Any] = self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, "pets", name)
+        result: dict[str, Any] = self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PETS, name)
         return result
 
     def patch_pet(self, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = self.custom.patch_namespaced_custom_object(
-            GROUP, VERSION, self.namespace, "pets", name, dict(patch), _content_type="application/merge-patch+json"
+            GROUP, VERSION, self.namespace, PETS, name, dict(patch), _content_type="application/merge-patch+json"
         )
         return result
 
     def delete_pet(self, name: str) -> None:
-        self.custom.delete_namespaced_custom_object(GROUP, VERSION, self.namespace, "pets", name)
+        self.custom.delete_namespaced_custom_object(GROUP, VERSION, self.namespace, PETS, name)
 
     def list_pets(self) -> list[dict[str, Any]]:
-        return list(self.custom.list_namespaced_custom_object(GROUP, VERSION, self.namespace, "pets")["items"])
+        return list(self.custom.list_namespaced_custom_object(GROUP, VERSION, self.namespace, PETS)["items"])
 
     # stores
     def create_store(self, name: str, spec: Mapping[str, Any] | None = None) -> dict[str, Any]:
         body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "PetStore",
                 "metadata": {"name": name}, "spec": dict(spec or {})}
         result: dict[str, Any] = self.custom.create_namespaced_custom_object(
-            GROUP, VERSION, self.namespace, "petstores", body
+            GROUP, VERSION, self.namespace, PETSTORES, body
         )
         return result
 
     def get_store(self, name: str) -> dict[str, Any]:
         result: dict[str, Any] = self.custom.get_namespaced_custom_object(
-            GROUP, VERSION, self.namespace, "petstores", name
+            GROUP, VERSION, self.namespace, PETSTORES, name
         )
         return result
 
     def patch_store(self, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = self.custom.patch_namespaced_custom_object(
-            GROUP, VERSION, self.namespace, "petstores", name, dict(patch),
+            GROUP, VERSION, self.namespace, PETSTORES, name, dict(patch),
             _content_type="application/merge-patch+json",
         )
         return result
 
     def delete_store(self, name: str) -> None:
-        self.custom.delete_namespaced_custom_object(GROUP, VERSION, self.namespace, "petstores", name)
+        self.custom.delete_namespaced_custom_object(GROUP, VERSION, self.namespace, PETSTORES, name)
 
     def list_stores(self) -> list[dict[str, Any]]:
-        return list(self.custom.list_namespaced_custom_object(GROUP, VERSION, self.namespace, "petstores")["items"])
+        return list(self.custom.list_namespaced_custom_object(GROUP, VERSION, self.namespace, PETSTORES)["items"])
 
 
 PET_RESOURCES = ((GROUP, VERSION, "pets"), (GROUP, VERSION, "petstores"))

@@ -19,7 +19,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from pet_harness.kube import REPO_ROOT, PetApi, load_yaml_documents
+from pet_harness.kube import GROUP, GROUP_VERSION, PETS, REPO_ROOT, VERSION, PetApi, load_yaml_documents
 from pet_harness.pki import CertificateAuthority
 from pet_harness.waiting import wait_for
 from pet_operator.claims import FINALIZER
@@ -134,14 +134,14 @@ def wait_effective(api: Any, namespace: str, timeout: float = 30) -> float:
     except ApiException as exc:
         if exc.status != 409:
             raise
-    body = {"apiVersion": "petstore.example.com/v1", "kind": "Pet",
+    body = {"apiVersion": GROUP_VERSION, "kind": "Pet",
             "metadata": {"name": "webhook-probe"},
             "spec": {"id": 9007199254740991, "name": "probe", "store": PROBE_STORE, "tags": ["probe"]}}
 
     def probe() -> int:
         try:
             pets.custom.create_namespaced_custom_object(
-                "petstore.example.com", "v1", namespace, "pets", body, dry_run="All"
+                GROUP, VERSION, namespace, PETS, body, dry_run="All"
             )
         except ApiException as exc:
             if exc.status == 422 and "'probe'" in (exc.body or ""):
@@ -171,14 +171,14 @@ def wait_mutating(api: Any, namespace: str, timeout: float = 30) -> float:
     stored (and so no id is claimed)."""
     started = time.monotonic()
     pets = PetApi(api, namespace)
-    body = {"apiVersion": "petstore.example.com/v1", "kind": "Pet",
+    body = {"apiVersion": GROUP_VERSION, "kind": "Pet",
             "metadata": {"name": "webhook-probe-mutating"},
             "spec": {"id": 9007199254740990, "name": "probe"}}
 
     def probe() -> list[str]:
         try:
             created = pets.custom.create_namespaced_custom_object(
-                "petstore.example.com", "v1", namespace, "pets", copy.deepcopy(body), dry_run="All"
+                GROUP, VERSION, namespace, PETS, copy.deepcopy(body), dry_run="All"
             )
         except ApiException:
             return []

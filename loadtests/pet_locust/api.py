@@ -12,6 +12,7 @@ from typing import Any
 
 GROUP = "petstore.example.com"
 VERSION = "v1"
+CLAIM_PREFIX = "pet-id-"  # the Lease that claims an id: pet-id-<id>
 MERGE = {"Content-Type": "application/merge-patch+json"}
 JSON = {"Content-Type": "application/json"}
 

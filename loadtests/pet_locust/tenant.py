@@ -22,13 +22,13 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
-from pet_locust.api import Api, ApiError, pet_body
+from pet_locust.api import CLAIM_PREFIX, GROUP, Api, ApiError, pet_body
 from pet_locust.tracker import GONE, Expectation, Tracker
 
 TAGS = ("dog", "cat", "bird", "fish", "small", "large", "indoor", "outdoor")
 ID_STRIDE = 10_000_000  # ids per load process within one run
 WRITERS = ("operator", "client", "client-chain")
-FINALIZER = "petstore.example.com/id-claim"  # operator/pet_operator/claims.py
+FINALIZER = f"{GROUP}/id-claim"  # as operator/pet_operator/claims.py
 
 
 class QuotaReached(Exception):
@@ -274,7 +274,7 @@ def delete(load: LoadProcess, api: Api) -> Pet | None:
             api.patch_pet(pet.namespace, pet.name, {"metadata": {"finalizers": None}}, name="PATCH pets (finalizer)")
             if pet.phase == "Active":
                 api.call("DELETE", f"/apis/coordination.k8s.io/v1/namespaces/{load.claims_namespace}/leases/"
-                         f"pet-id-{pet.pet_id}", "DELETE leases", expect=(200, 404))
+                         f"{CLAIM_PREFIX}{pet.pet_id}", "DELETE leases", expect=(200, 404))
         load.remove(pet)
         load.tracker.expect(Expectation((pet.namespace, pet.name), "delete → gone", GONE, 0,
                                         load.tracker.clock(), pet.uid))
@@ -295,9 +295,9 @@ def _client_writes(load: LoadProcess, api: Api, pet: Pet, holder: str | None, fi
     if load.writer == "client-chain" and first and pet.phase == "Active":
         api.create_lease(load.claims_namespace or pet.namespace, {
             "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-            "metadata": {"name": f"pet-id-{pet.pet_id}",
-                         "labels": {"petstore.example.com/id-claim": "true"},
-                         "annotations": {"petstore.example.com/pet-uid": pet.uid}},
+            "metadata": {"name": f"{CLAIM_PREFIX}{pet.pet_id}",
+                         "labels": {f"{GROUP}/id-claim": "true"},
+                         "annotations": {f"{GROUP}/pet-uid": pet.uid}},
             "spec": {"holderIdentity": f"{pet.namespace}/{pet.name}"}})
     api.patch_pet_status(pet.namespace, pet.name, predicted_status(pet.phase, pet.generation, holder))
     if load.writer == "client-chain" and first:

@@ -17,7 +17,9 @@ from pet_operator import handlers, metrics, model
 from pet_operator.bindings import BindingGuard
 from pet_operator.config import Config
 from pet_operator.events import EventRecorder
+from pet_operator.fencing import Fence
 from pet_operator.health import HealthServer
+from pet_operator.id_claims import IdClaims
 from pet_operator.indexes import Indexes
 from pet_operator.kube import Kube, load_credentials
 from pet_operator.leader import LeaderElector
@@ -208,15 +210,20 @@ async def start_webhook(
     return server
 
 
+async def prime_claims(config: Config, kube: Kube, ids: IdClaims) -> None:
+    """Fill the claim cache from one paged listing of every claim (a failure is logged: claims are
+    then read one by one)."""
+    try:
+        ids.prime_claims(await kube.list_claims())
+    except Exception as exc:  # noqa: BLE001 - claims are read one by one then
+        log.warning("cannot list id claims in namespace %s: %s", config.claims_namespace, exc)
+
+
 def make_elector(
-    config: Config, kube: Kube, recorder: EventRecorder, rec: Reconciler, indexes: Indexes,
+    config: Config, kube: Kube, recorder: EventRecorder, ids: IdClaims, rec: Reconciler, indexes: Indexes,
     readiness: Readiness,
 ) -> LeaderElector:
-    elector = LeaderElector(
-        kube, config.lease_namespace, config.lease_name, config.leader_identity,
-        lease_duration=config.lease_duration, renew_deadline=config.renew_deadline,
-        retry_period=config.retry_period,
-    )
+    tasks: set[asyncio.Task[None]] = set()
 
     async def started_leading() -> None:
         ref = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "name": config.lease_name,
@@ -228,18 +235,10 @@ def make_elector(
         # The claim cache is the last leader's picture, or empty (a standby since start-up, or
         # cleared when leadership was lost): read every claim in one paged listing, not one
         # create-then-read per pet in the catch-up below.
-        try:
-            rec.forget_claims()
-            rec.prime_claims(await kube.list_claims())
-        except Exception as exc:  # noqa: BLE001 - claims are then read one by one
-            log.warning("cannot list id claims in namespace %s: %s", config.claims_namespace, exc)
+        ids.forget_claims()
+        await prime_claims(config, kube, ids)
         await readiness.synced_event.wait()
         await handlers.resync_once(rec, indexes.pets, indexes.stores, indexes.by_store)  # catch up
-
-    def new_leader(holder: str) -> None:
-        log.info("the leader is now %s", holder)
-
-    tasks: set[asyncio.Task[None]] = set()
 
     def on_started_leading() -> None:
         # in the background: the renew loop must not wait for the catch-up resync
@@ -247,17 +246,25 @@ def make_elector(
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
-    elector.on_started_leading = on_started_leading
-    elector.on_new_leader = new_leader
+    def new_leader(holder: str) -> None:
+        log.info("the leader is now %s", holder)
+
+    elector = LeaderElector(
+        kube, config.lease_namespace, config.lease_name, config.leader_identity,
+        lease_duration=config.lease_duration, renew_deadline=config.renew_deadline,
+        retry_period=config.retry_period, on_started_leading=on_started_leading, on_new_leader=new_leader,
+    )
     return elector
 
 
-async def start_metrics(config: Config, rec: Reconciler, elector: LeaderElector | None) -> MetricsServer | None:
+async def start_metrics(
+    config: Config, rec: Reconciler, ids: IdClaims, elector: LeaderElector | None,
+) -> MetricsServer | None:
     """Metrics hook: point the scrape-time metrics at this process's parts and serve them (every
     replica, leader or standby); None when ``--metrics-port 0``."""
     measure = metrics.default()
-    measure.watch(may_write=lambda: rec.may_write(), claims_held=lambda: rec.claims_held,
-                  id_conflicts=lambda: rec.id_conflicts, orphans_collected=lambda: rec.orphans_collected)
+    measure.watch(may_write=rec.may_write, claims_held=lambda: ids.claims_held,
+                  id_conflicts=lambda: rec.id_conflicts, orphans_collected=lambda: ids.orphans_collected)
     if elector is not None:
         measure.watch(leader=elector.is_leader, lease_name=elector.name,
                       leader_transitions=lambda: elector.acquisitions)
@@ -269,7 +276,7 @@ async def start_metrics(config: Config, rec: Reconciler, elector: LeaderElector 
     return server
 
 
-async def campaign_forever(elector: LeaderElector, rec: Reconciler, shutdown: Shutdown) -> None:
+async def campaign_forever(elector: LeaderElector, ids: IdClaims, shutdown: Shutdown) -> None:
     """Lead while the Lease allows, then campaign again as a standby. The process is stopped
     (exit 1) only when it can no longer be trusted: its event loop stood still for longer than
     a lease (frozen, starved: its view of the cluster is stale and a write it had in flight may
@@ -281,7 +288,7 @@ async def campaign_forever(elector: LeaderElector, rec: Reconciler, shutdown: Sh
                 shutdown.request(f"the process stood still for {elector.stalled:.1f}s, longer than the "
                                  f"{elector.lease_duration:g}s lease: it can no longer be trusted", exit_code=1)
                 return
-            rec.forget_claims()  # another leader may change them meanwhile: read them again when leading
+            ids.forget_claims()  # another leader may change them meanwhile: read them again when leading
             log.info("lost the leadership: campaigning again as a standby")
     except asyncio.CancelledError:
         raise
@@ -309,18 +316,20 @@ async def main(
         os.environ["KUBECONFIG"] = config.kubeconfig  # Kopf's login reads it too
     kube = Kube(load_credentials(config.kubeconfig), claims_namespace=config.claims_namespace)
     recorder = EventRecorder(kube, config.event_level)
-    rec = Reconciler(
-        kube, on_phase_change=recorder.phase_changed, claims=kube, finalizers=kube,
-        served=None if config.all_namespaces else frozenset(config.namespaces), pet_reader=kube,
-    )
+    # Every write is fenced by leadership. The elector is built last (when it starts leading it
+    # reconciles through the objects below), so the fence asks it by name: with leader election on,
+    # nothing is written before the elector exists and leads.
+    elector: LeaderElector | None = None
+    fence = Fence(lambda: not config.leader_elect or (elector is not None and elector.is_leader()))
+    ids = IdClaims(kube, kube, pet_reader=kube, fence=fence,
+                   served=None if config.all_namespaces else frozenset(config.namespaces))
+    bindings = None
     if not config.all_namespaces and config.role_binding:
         # namespace mode: keep the RoleBinding of each served namespace until its pets are finalized
-        rec.bindings = BindingGuard(kube, config.namespaces, config.role_binding, may_write=lambda: rec.may_write())
+        bindings = BindingGuard(kube, config.namespaces, config.role_binding, may_write=fence.may_write)
+    rec = Reconciler(kube, ids, on_phase_change=recorder.phase_changed, fence=fence, bindings=bindings)
     if not config.leader_elect:  # a leader-electing replica lists them when it starts leading
-        try:
-            rec.prime_claims(await kube.list_claims())
-        except Exception as exc:  # noqa: BLE001 - claims are read one by one then
-            log.warning("cannot list id claims in namespace %s: %s", config.claims_namespace, exc)
+        await prime_claims(config, kube, ids)
     registry = kopf.OperatorRegistry()
     readiness = Readiness()
     indexes = Indexes(complete=readiness.synced_event)  # handlers reconcile once all is indexed
@@ -329,20 +338,18 @@ async def main(
     watchdog = Watchdog(config.shutdown_grace + 1.0, exit_now)
     shutdown = Shutdown(deadlines, on_request=watchdog.arm)
     stop_flag = asyncio.Event()
-    elector: LeaderElector | None = None
     if config.leader_elect:
-        elector = make_elector(config, kube, recorder, rec, indexes, readiness)
-        rec.may_write = elector.is_leader
+        elector = make_elector(config, kube, recorder, ids, rec, indexes, readiness)
     with own_tasks():  # Kopf's shutdown must leave these (and their connections) alone
         health = HealthServer(config.health_port, readiness.check, host=config.health_bind_addresses,
                               leader=elector.status if elector is not None else None)
         await health.start()
-        metrics_server = await start_metrics(config, rec, elector)  # metrics hook
+        metrics_server = await start_metrics(config, rec, ids, elector)  # metrics hook
         webhook = await start_webhook(config, kube, store_lookup(kube, indexes, readiness))
         background = [asyncio.create_task(initial_sync(config, kube, rec, readiness)),
                       asyncio.create_task(release_forever()),
                       asyncio.create_task(maintenance(config, rec, indexes, readiness, catch_up=elector is None))]
-        campaign = asyncio.create_task(campaign_forever(elector, rec, shutdown)) if elector is not None else None
+        campaign = asyncio.create_task(campaign_forever(elector, ids, shutdown)) if elector is not None else None
         requested = asyncio.create_task(shutdown.requested.wait())
     log.info("serving %s; claims in %s; health on %s port %d", config.scope, config.claims_namespace,
              ", ".join(config.health_bind_addresses), config.health_port)

@@ -14,10 +14,12 @@ at start-up and periodically.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Protocol
 
-from pet_operator.model import GROUP, IdClaim
+from pet_operator.model import CLAIM_PREFIX, GROUP, Claim, IdClaim
+
+__all__ = ["CLAIM_LABEL", "FINALIZER", "UID_ANNOTATION", "Claim", "ClaimStore", "claim_body", "claim_from_body",
+           "claim_name", "claim_outcome"]
 
 CLAIM_LABEL = f"{GROUP}/id-claim"
 UID_ANNOTATION = f"{GROUP}/pet-uid"
@@ -25,22 +27,7 @@ FINALIZER = f"{GROUP}/id-claim"
 
 
 def claim_name(pet_id: int) -> str:
-    return f"pet-id-{pet_id}"
-
-
-@dataclasses.dataclass(frozen=True)
-class Claim:
-    """A claim as read from the cluster."""
-
-    pet_id: int
-    holder: str  # namespace/name
-    holder_uid: str
-    resource_version: str
-
-    @property
-    def holder_key(self) -> tuple[str, str]:
-        namespace, _, name = self.holder.partition("/")
-        return namespace, name
+    return f"{CLAIM_PREFIX}{pet_id}"
 
 
 def claim_body(pet_id: int, namespace: str, name: str, uid: str) -> dict[str, Any]:
@@ -60,10 +47,11 @@ def claim_from_body(body: dict[str, Any]) -> Claim | None:
     """The claim a Lease describes, or None if the Lease is not one of ours."""
     meta = body.get("metadata") or {}
     name = str(meta.get("name", ""))
-    if not name.startswith("pet-id-") or not name[len("pet-id-"):].isdigit():
+    number = name.removeprefix(CLAIM_PREFIX)
+    if number == name or not number.isdigit():
         return None
     return Claim(
-        pet_id=int(name[len("pet-id-"):]),
+        pet_id=int(number),
         holder=str((body.get("spec") or {}).get("holderIdentity") or ""),
         holder_uid=str((meta.get("annotations") or {}).get(UID_ANNOTATION, "")),
         resource_version=str(meta.get("resourceVersion", "")),
@@ -71,7 +59,7 @@ def claim_from_body(body: dict[str, Any]) -> Claim | None:
 
 
 class ClaimStore(Protocol):
-    """What the reconciler needs from the API to manage claims (see ``kube.Kube``)."""
+    """What :class:`id_claims.IdClaims` needs from the API to manage claims (see ``kube.Kube``)."""
 
     async def create_claim(self, pet_id: int, namespace: str, name: str, uid: str) -> Claim | None:
         """Create the claim; None if one with that name already exists."""

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from pet_operator import metrics, model
-from pet_operator.reconciler import PetSnapshot
+from pet_operator.model import PetSnapshot
 from pet_operator.rest import ApiError
 
 log = logging.getLogger(__name__)

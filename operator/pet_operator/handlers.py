@@ -21,7 +21,8 @@ import kopf
 from pet_operator import metrics, model, rest
 from pet_operator.indexes import Indexes as Indexes  # the handlers' view; re-exported
 from pet_operator.metrics import Controller, OperatorMetrics, WorkItem
-from pet_operator.reconciler import Key, PetIndex, PetsByStore, PetSnapshot, Reconciler, StoreIndex, StoreSnapshot
+from pet_operator.model import Key, PetIndex, PetsByStore, PetSnapshot, StoreIndex, StoreSnapshot
+from pet_operator.reconciler import Reconciler
 from pet_operator.rest import ApiError
 from pet_operator.store_counts import StoreCounts
 
@@ -144,7 +145,7 @@ def register(registry: kopf.OperatorRegistry, rec: Reconciler, indexes: Indexes,
         await with_retries(what, measured(store_ctl, rec, metrics.UNQUEUED, call))
 
     counts = counts if counts is not None else StoreCounts(
-        rec, count_store, enqueue=lambda: received(store_ctl, rec)[0])
+        rec.recount, count_store, enqueue=lambda: received(store_ctl, rec)[0])
     kopf.on.login(id="login", registry=registry)(login)
 
     pets_resource = (model.GROUP, model.VERSION, model.PETS)

@@ -20,7 +20,7 @@ from collections.abc import Collection, Iterator, Mapping
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 if TYPE_CHECKING:
-    from pet_operator.reconciler import PetSnapshot, StoreSnapshot
+    from pet_operator.model import PetSnapshot, StoreSnapshot
 
 Key = tuple[str, str]
 V = TypeVar("V")

@@ -15,8 +15,7 @@ from typing import Any
 
 from pet_operator import rest
 from pet_operator.claims import CLAIM_LABEL, FINALIZER, Claim, claim_body, claim_from_body, claim_name
-from pet_operator.leader import LeaseRecord
-from pet_operator.model import GROUP, VERSION, StoreView
+from pet_operator.model import GROUP, PETS, PETSTORES, VERSION, LeaseRecord, StoreView
 from pet_operator.rest import JSON_PATCH, MERGE_PATCH, ApiError
 
 log = logging.getLogger(__name__)
@@ -103,12 +102,12 @@ class Kube:
 
     async def read_uid(self, namespace: str, name: str) -> str | None:
         """The UID of the pet ``namespace/name`` now; None if there is none."""
-        body = await self._get(rest.path_of(*CUSTOM, "namespaces", namespace, "pets", name))
+        body = await self._get(rest.path_of(*CUSTOM, "namespaces", namespace, PETS, name))
         return None if body is None else str(body["metadata"]["uid"])
 
     async def can_inherit(self, namespace: str, name: str, uid: str) -> bool:
         """Whether the pet exists now with this UID, is not being deleted, and has our finalizer."""
-        body = await self._get(rest.path_of(*CUSTOM, "namespaces", namespace, "pets", name))
+        body = await self._get(rest.path_of(*CUSTOM, "namespaces", namespace, PETS, name))
         if body is None:
             return False
         meta = body.get("metadata") or {}
@@ -155,7 +154,7 @@ class Kube:
     async def pets_with_finalizer(self, namespace: str, finalizer: str) -> list[dict[str, Any]]:
         """The pets in ``namespace`` that carry ``finalizer`` now (whole objects: one that no watch delivers
         is finalized from this)."""
-        path = rest.path_of(*CUSTOM, "namespaces", namespace, "pets")
+        path = rest.path_of(*CUSTOM, "namespaces", namespace, PETS)
         return [
             item async for item in self._pages(path, {})
             if finalizer in ((item.get("metadata") or {}).get("finalizers") or ())
@@ -183,7 +182,7 @@ class Kube:
     async def read_store(self, namespace: str, name: str) -> StoreView | None:
         """The store as the API server's watch cache has it (``resourceVersion=0``: no etcd read;
         the webhook's check is early advice, the operator's reconcile is the judge)."""
-        body = await self._get(rest.path_of(*CUSTOM, "namespaces", namespace, "petstores", name),
+        body = await self._get(rest.path_of(*CUSTOM, "namespaces", namespace, PETSTORES, name),
                                {"resourceVersion": "0"})
         return None if body is None else StoreView.from_body(name, body.get("spec") or {})
 

@@ -17,7 +17,6 @@ Every replica watches and serves the webhook; only the leader writes. The algori
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import datetime
 import logging
 import math
@@ -25,18 +24,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+from pet_operator.model import LeaseRecord
+
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class LeaseRecord:
-    holder: str
-    lease_duration: int
-    acquire_time: str | None
-    renew_time: str | None
-    transitions: int
-    resource_version: str
-    uid: str = ""
 
 
 class LeaseApi(Protocol):

@@ -1,4 +1,5 @@
-"""The operator's decisions as pure functions: what phase a Pet is in, and why.
+"""The operator's data and decisions: the API's names, the records it reads (snapshots of pets
+and stores, id claims, the leader Lease), and as pure functions what phase a Pet is in, and why.
 
 Nothing here talks to the API; the handlers feed it what they know and write what it
 returns. That keeps every rule of the contract unit-testable in milliseconds.
@@ -8,13 +9,17 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Iterable, Mapping, Sequence
+import sys
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
+#: The API group and version of Pets and PetStores, and their plurals (the API contract).
 GROUP = "petstore.example.com"
 VERSION = "v1"
 PETS = "pets"
 PETSTORES = "petstores"
+#: An id claim is the ``coordination.k8s.io/v1`` Lease named this prefix and the id (``pet-id-7``).
+CLAIM_PREFIX = "pet-id-"
 
 
 #: The largest id the contract allows (2^53 - 1: exact in every JSON implementation).
@@ -245,3 +250,136 @@ def status_differs(current: Mapping[str, Any] | None, desired: Mapping[str, Any]
     """Whether writing ``desired`` would change anything the operator owns."""
     current = current or {}
     return any(current.get(key) != value for key, value in desired.items())
+
+
+# --- records: what the operator reads of the cluster -----------------------------------------------
+
+Key = tuple[str, str]  # (namespace, name)
+
+#: Strings at most this long are interned when a snapshot copies them: the keys, phases, reasons,
+#: condition types and timestamps of thousands of statuses are the same few strings, and each
+#: decoded watch event carries its own copies (a few KB per pet in the index, measured).
+INTERN_UP_TO = 64
+
+
+def _copy(value: Any) -> Any:
+    """A deep copy of decoded JSON, short strings interned (the watch's objects stay untouched)."""
+    if isinstance(value, str):
+        return sys.intern(value) if len(value) <= INTERN_UP_TO else value
+    if isinstance(value, Mapping):
+        return {sys.intern(str(k)): _copy(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_copy(v) for v in value]
+    return value  # numbers, booleans, None: immutable
+
+
+def _common_fields(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields both snapshots take from an object, copied so the watch's dicts stay untouched."""
+    meta = body.get("metadata", {})
+    return {
+        "namespace": sys.intern(str(meta.get("namespace", ""))),
+        "name": str(meta.get("name", "")),
+        "uid": str(meta.get("uid", "")),
+        "generation": int(meta.get("generation") or 0),
+        "spec": _copy(body.get("spec") or {}),
+        "status": _copy(body.get("status") or {}),
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class PetSnapshot:
+    namespace: str
+    name: str
+    uid: str
+    generation: int
+    resource_version: str
+    spec: dict[str, Any]
+    status: dict[str, Any]
+    created: str = ""
+    deleting: bool = False
+    finalizers: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> Key:
+        return (self.namespace, self.name)
+
+    @property
+    def pet_id(self) -> int | None:
+        """The id to claim; None if the pet has none the operator can use (it is then Invalid)."""
+        return usable_id(self.spec.get("id"))
+
+    @property
+    def store(self) -> str | None:
+        store = self.spec.get("store")
+        return str(store) if store else None
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> PetSnapshot:
+        meta = body.get("metadata", {})
+        return cls(
+            **_common_fields(body),
+            resource_version=str(meta.get("resourceVersion", "")),
+            created=sys.intern(str(meta.get("creationTimestamp", ""))),
+            deleting=bool(meta.get("deletionTimestamp")),
+            finalizers=tuple(meta.get("finalizers") or ()),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreSnapshot:
+    namespace: str
+    name: str
+    uid: str
+    generation: int
+    spec: dict[str, Any]
+    status: dict[str, Any]
+    resource_version: str = ""
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> StoreSnapshot:
+        version = str(body.get("metadata", {}).get("resourceVersion", ""))
+        return cls(**_common_fields(body), resource_version=version)
+
+    def view(self) -> StoreView:
+        return StoreView.from_body(self.name, self.spec)
+
+
+#: The three indexes the reconciler reads; Kopf's ``Index`` objects satisfy these.
+PetIndex = Mapping[Key, Collection[PetSnapshot]]
+StoreIndex = Mapping[Key, Collection[StoreSnapshot]]
+PetsByStore = Mapping[Key, Collection[Key]]
+
+
+def first(values: Collection[Any] | None) -> Any:
+    """The one value an index holds under a key, or None."""
+    if not values:
+        return None
+    return next(iter(values))
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    """An id claim as read from the cluster (the Lease ``pet-id-<id>``, see :mod:`claims`)."""
+
+    pet_id: int
+    holder: str  # namespace/name
+    holder_uid: str
+    resource_version: str
+
+    @property
+    def holder_key(self) -> Key:
+        namespace, _, name = self.holder.partition("/")
+        return namespace, name
+
+
+@dataclasses.dataclass(frozen=True)
+class LeaseRecord:
+    """The leader-election Lease as read from the cluster (see :mod:`leader`)."""
+
+    holder: str
+    lease_duration: int
+    acquire_time: str | None
+    renew_time: str | None
+    transitions: int
+    resource_version: str
+    uid: str = ""

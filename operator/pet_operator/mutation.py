@@ -1,7 +1,7 @@
 """The mutating admission decision for Pets (pure): our finalizer put on a pet as it is created.
 
 With the finalizer already on the pet when the API server stores it, the operator skips its
-own PATCH that would add it (:meth:`pet_operator.reconciler.Reconciler._claim`): one API write
+own PATCH that would add it (:meth:`pet_operator.id_claims.IdClaims.claim`): one API write
 fewer per created pet. That PATCH stays as the fallback, for pets created while the mutating
 webhook was not called (down, not installed yet, failurePolicy Ignore) and for pets from which
 someone removed the finalizer, so this decision is only an optimization and never refuses.

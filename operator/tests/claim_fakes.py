@@ -21,7 +21,7 @@ from operator_fakes import NS, pet_body
 
 from pet_operator.claims import Claim, claim_body, claim_from_body
 from pet_operator.kube import NotFound
-from pet_operator.reconciler import PetSnapshot
+from pet_operator.model import PetSnapshot
 from pet_operator.rest import ApiError
 
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 import asyncio
 import copy
 import dataclasses
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncGenerator, Iterator, Mapping
 from typing import Any
 
-from pet_operator.reconciler import PetSnapshot, StoreSnapshot
+from pet_operator import model
+from pet_operator.model import Key, PetIndex, PetSnapshot, StoreSnapshot
 
 NS = "default"
 
@@ -69,6 +70,40 @@ class FakeWriter:
 
     def of(self, plural: str) -> list[Call]:
         return [c for c in self.calls if c.plural == plural]
+
+
+class IdsNotEnforced:
+    """An ``id_claims.IdLedger`` for the tests that are not about ids: every pet's id claim is
+    reported not enforced (``model.ID_CLAIM_NOT_ENFORCED``); no finalizer, no claim, nothing to
+    release or collect. The id tests use :class:`id_claims.IdClaims` over :mod:`claim_fakes`."""
+
+    def observe(self, snap: PetSnapshot) -> None:
+        return None
+
+    def forget(self, key: Key, uid: str) -> None:
+        return None
+
+    def pets_with_id(self, pet_id: int, pets: PetIndex) -> list[PetSnapshot]:
+        return []
+
+    def metadata_version(self, uid: str) -> str:
+        return ""
+
+    async def claim(self, snap: PetSnapshot, pets: PetIndex) -> model.IdClaim | None:
+        return model.ID_CLAIM_NOT_ENFORCED
+
+    async def finalize(self, snap: PetSnapshot, pets: PetIndex) -> None:
+        return None
+
+    def pop_released(self) -> int | None:
+        return None
+
+    def mark_released(self, pet_id: int) -> None:
+        return None
+
+    async def collect_orphans(self, pets: PetIndex) -> AsyncGenerator[int, None]:
+        return
+        yield  # an async generator that yields nothing
 
 
 class Clock:

@@ -11,10 +11,12 @@ from typing import Any
 
 import kopf
 import pytest
-from operator_fakes import FakeWriter
+from claim_fakes import FakeClaimStore, FakeFinalizers
+from operator_fakes import FakeWriter, IdsNotEnforced
 
 from pet_operator import app, model
 from pet_operator.cli import Config, parse_config
+from pet_operator.id_claims import IdClaims
 from pet_operator.reconciler import Reconciler
 from pet_operator.shutdown import NotKopfs
 
@@ -123,7 +125,7 @@ def fake_sleep(
 
 @pytest.fixture
 def rec() -> Reconciler:
-    return Reconciler(FakeWriter())
+    return Reconciler(FakeWriter(), IdsNotEnforced())
 
 
 async def test_initial_sync_ready_at_once_when_everything_was_seen(
@@ -414,10 +416,13 @@ async def test_a_new_leader_reads_every_claim_before_it_catches_up() -> None:
 
     fresh = Claim(7, "default/rex", "uid-rex", "11")
     kube = ClaimListingKube([fresh])
-    rec = Reconciler(FakeWriter())
-    rec.prime_claims([Claim(8, "default/stale", "uid-stale", "3")])
+    store = FakeClaimStore()  # the cluster's claims, as the catch-up's orphan pass lists them
+    store.put(7, "default", "rex", "uid-rex")
+    ids = IdClaims(store, FakeFinalizers(), served=frozenset())  # serves no namespace: no orphan is judged
+    rec = Reconciler(FakeWriter(), ids)
+    ids.prime_claims([Claim(8, "default/stale", "uid-stale", "3")])
     readiness = app.Readiness()
-    elector = app.make_elector(config("default"), kube, SilentRecorder(), rec, app.handlers.Indexes(), readiness)  # type: ignore[arg-type]
+    elector = app.make_elector(config("default"), kube, SilentRecorder(), ids, rec, app.handlers.Indexes(), readiness)  # type: ignore[arg-type]
 
     assert elector.on_started_leading is not None
     elector.on_started_leading()
@@ -426,7 +431,7 @@ async def test_a_new_leader_reads_every_claim_before_it_catches_up() -> None:
         await REAL_SLEEP(0)
 
     assert kube.listings == 1
-    assert rec._claims == {7: fresh}
+    assert ids.cache == {7: fresh}
 
 
 class CaPublisher:
@@ -508,7 +513,7 @@ async def test_maintenance_reconciles_what_was_indexed_once_synced(monkeypatch: 
     from operator_fakes import pet
 
     writer = FakeWriter()
-    rec = Reconciler(writer)
+    rec = Reconciler(writer, IdsNotEnforced())
     readiness = app.Readiness()
     indexes = app.Indexes(complete=readiness.synced_event)
     indexes.pets.put(("default", "rex"), pet("rex"))
@@ -528,5 +533,5 @@ async def test_maintenance_reconciles_what_was_indexed_once_synced(monkeypatch: 
     writer.calls.clear()
     readiness2 = app.Readiness()
     readiness2.synced_event.set()
-    await app.maintenance(config("default"), Reconciler(writer), indexes, readiness2, catch_up=False)
+    await app.maintenance(config("default"), Reconciler(writer, IdsNotEnforced()), indexes, readiness2, catch_up=False)
     assert writer.calls == []  # a leader-electing replica catches up when it starts leading

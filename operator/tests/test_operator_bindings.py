@@ -9,12 +9,14 @@ from typing import Any
 import kopf
 import pytest
 from claim_fakes import FakeClaimStore, FakeFinalizers
-from operator_fakes import NS, Clock, FakeWriter, index_of, pet, pet_body
+from operator_fakes import NS, Clock, FakeWriter, IdsNotEnforced, index_of, pet, pet_body
 
 from pet_operator import bindings, handlers
 from pet_operator.bindings import BINDING_FINALIZER, BindingGuard, terminating
 from pet_operator.claims import FINALIZER
-from pet_operator.reconciler import PetSnapshot, Reconciler
+from pet_operator.id_claims import IdClaims
+from pet_operator.model import PetSnapshot
+from pet_operator.reconciler import Reconciler
 from pet_operator.rest import ApiError
 from pet_operator.store_counts import StoreCounts
 
@@ -219,11 +221,11 @@ async def test_other_read_errors_propagate_for_the_retry() -> None:
 
 def _wired(served: list[str]) -> tuple[FakeBindings, Reconciler, handlers.Indexes, kopf.OperatorRegistry]:
     api = FakeBindings()
-    rec = Reconciler(FakeWriter(), clock=Clock())
+    rec = Reconciler(FakeWriter(), IdsNotEnforced(), clock=Clock())
     rec.bindings = BindingGuard(api, served)
     indexes = handlers.Indexes()
     registry = kopf.OperatorRegistry()
-    handlers.register(registry, rec, indexes, StoreCounts(rec, handlers.with_retries, window=0))
+    handlers.register(registry, rec, indexes, StoreCounts(rec.recount, handlers.with_retries, window=0))
     return api, rec, indexes, registry
 
 
@@ -243,7 +245,7 @@ def test_namespace_mode_watches_namespaces_and_all_namespaces_mode_does_not() ->
     handler = _handler(registry, "namespace_event")
     assert (handler.selector.group, handler.selector.version, handler.selector.any_name) == ("", "v1", "namespaces")
     plain = kopf.OperatorRegistry()
-    handlers.register(plain, Reconciler(FakeWriter(), clock=Clock()), handlers.Indexes())
+    handlers.register(plain, Reconciler(FakeWriter(), IdsNotEnforced(), clock=Clock()), handlers.Indexes())
     assert {h.id for h in plain._watching.get_all_handlers()} == {"pet_event", "store_event"}
 
 
@@ -273,7 +275,7 @@ async def test_the_resync_guards_and_releases() -> None:
 
 async def test_a_live_pet_in_a_namespace_being_deleted_gets_no_claim_or_finalizer() -> None:
     writer = FakeWriter()
-    rec = Reconciler(writer, clock=Clock())
+    rec = Reconciler(writer, IdsNotEnforced(), clock=Clock())
     rec.bindings = BindingGuard(FakeBindings(), [NS])
     rec.bindings.terminating.add(NS)
     snap = pet("rex")
@@ -287,11 +289,11 @@ async def test_a_live_pet_in_a_namespace_being_deleted_gets_no_claim_or_finalize
 async def test_before_the_start_up_is_indexed_namespaces_are_only_noted_then_the_catch_up_acts() -> None:
     api = FakeBindings()
     api.add(NS, finalizers=(BINDING_FINALIZER,))
-    rec = Reconciler(FakeWriter(), clock=Clock())
+    rec = Reconciler(FakeWriter(), IdsNotEnforced(), clock=Clock())
     rec.bindings = BindingGuard(api, [NS])
     indexes = handlers.Indexes(complete=asyncio.Event())
     registry = kopf.OperatorRegistry()
-    handlers.register(registry, rec, indexes, StoreCounts(rec, handlers.with_retries, window=0))
+    handlers.register(registry, rec, indexes, StoreCounts(rec.recount, handlers.with_retries, window=0))
     await _handler(registry, "namespace_event").fn(type=None, body=ns(NS, deleting=True))  # a restart mid-deletion
     assert api.writes == [] and rec.bindings.terminating == {NS}
     assert indexes.complete is not None
@@ -335,7 +337,7 @@ async def test_a_pet_still_waiting_after_finalizing_keeps_the_binding() -> None:
 
 async def test_the_reconciler_finalizes_an_unwatched_pet_and_leaves_watched_ones_to_sync_pet() -> None:
     claims, finalizers = FakeClaimStore(), FakeFinalizers()
-    rec = Reconciler(FakeWriter(), clock=Clock(), claims=claims, finalizers=finalizers)
+    rec = Reconciler(FakeWriter(), IdClaims(claims, finalizers), clock=Clock())
     body = _held_pet("rex")
     body["spec"]["id"] = 7
     snap = PetSnapshot.from_body(body)

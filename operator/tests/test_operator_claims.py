@@ -27,7 +27,9 @@ from pet_operator.claims import (
     claim_name,
     claim_outcome,
 )
-from pet_operator.reconciler import PetSnapshot, Reconciler
+from pet_operator.id_claims import IdClaims
+from pet_operator.model import PetSnapshot
+from pet_operator.reconciler import Reconciler
 from pet_operator.rest import ApiError
 
 OTHER = "other"
@@ -77,10 +79,8 @@ class World:
 
     def replica(self, served: frozenset[str] | None = SERVED, writer: FakeWriter | None = None) -> Reconciler:
         """A fresh operator process: its own instance, empty caches, the same cluster."""
-        return Reconciler(
-            writer or self.writer, clock=Clock(), claims=self.store, finalizers=self.finalizers, served=served,
-            pet_reader=self,
-        )
+        ids = IdClaims(self.store, self.finalizers, pet_reader=self, served=served)
+        return Reconciler(writer or self.writer, ids, clock=Clock())
 
 
 @pytest.fixture
@@ -167,25 +167,6 @@ def test_claim_outcome_compares_uids_not_names() -> None:
     """A pet recreated under the same name is not the holder of its predecessor's claim."""
     outcome = claim_outcome(7, "ns", "rex", "u-new", Claim(7, "ns/rex", "u-old", "1"))
     assert outcome.status == "False"
-
-
-# --- construction --------------------------------------------------------------------------------
-
-
-def test_claims_and_finalizers_go_together(world: World) -> None:
-    with pytest.raises(ValueError, match="together"):
-        Reconciler(world.writer, claims=world.store)
-    with pytest.raises(ValueError, match="together"):
-        Reconciler(world.writer, finalizers=world.finalizers)
-
-
-async def test_without_claims_the_id_is_reported_not_enforced(world: World) -> None:
-    rec = Reconciler(world.writer, clock=Clock())
-    verdict = await rec.sync_pet(KEY, index_of(claim_pet("rex")), index_of())
-    assert verdict is not None
-    assert verdict.phase is model.Phase.ACTIVE
-    assert condition(status_of(world.writer, NS, "rex"), "IdClaimed")["reason"] == "NotEnforced"
-    assert world.journal == []
 
 
 # --- first claim -------------------------------------------------------------------------------
@@ -334,7 +315,7 @@ async def test_restarted_reconciler_recognises_its_own_claim_by_uid(world: World
 async def test_restarted_reconciler_primed_with_a_listing_makes_no_claim_calls(world: World) -> None:
     world.store.put(ID, NS, "rex", uid_of(NS, "rex"))
     rec = world.replica()
-    rec.prime_claims(await world.store.list_claims())
+    rec.ids.prime_claims(await world.store.list_claims())
     verdict = await rec.sync_pet(KEY, index_of(claim_pet("rex", finalizers=(FINALIZER,))), index_of())
     assert verdict is not None
     assert verdict.phase is model.Phase.ACTIVE
@@ -344,7 +325,7 @@ async def test_restarted_reconciler_primed_with_a_listing_makes_no_claim_calls(w
 async def test_primed_claim_of_another_pet_still_conflicts(world: World) -> None:
     world.store.put(ID, OTHER, "holder", uid_of(OTHER, "holder"))
     rec = world.replica()
-    rec.prime_claims(await world.store.list_claims())
+    rec.ids.prime_claims(await world.store.list_claims())
     pets = index_of(claim_pet("holder", namespace=OTHER, finalizers=(FINALIZER,)), claim_pet("rex"))
     verdict = await rec.sync_pet(KEY, pets, index_of())
     assert verdict is not None
@@ -356,8 +337,8 @@ async def test_forgotten_claims_are_read_again(world: World) -> None:
     """A replica that lost the leadership forgets its claims: another leader may move them meanwhile."""
     world.store.put(ID, NS, "rex", uid_of(NS, "rex"))
     rec = world.replica()
-    rec.prime_claims(await world.store.list_claims())
-    rec.forget_claims()
+    rec.ids.prime_claims(await world.store.list_claims())
+    rec.ids.forget_claims()
     await rec.sync_pet(KEY, index_of(claim_pet("rex", finalizers=(FINALIZER,))), index_of())
     assert world.journal.ops() == ["list_claims", "create_claim", "read_claim"]
 
@@ -912,10 +893,6 @@ async def test_a_claim_deleted_from_outside_is_taken_again_at_the_next_resync(wo
     assert world.store.holder(ID) == "default/rex"
 
 
-async def test_collect_orphans_without_claims_is_a_no_op(world: World) -> None:
-    assert await Reconciler(world.writer).collect_orphans(index_of(), index_of()) == 0
-
-
 # --- concurrency: replicas -----------------------------------------------------------------------
 
 
@@ -983,6 +960,6 @@ async def test_without_a_pet_reader_the_watch_index_is_trusted(world: World) -> 
     holder, twin = claim_pet("holder"), claim_pet("twin", namespace=OTHER)
     world.pets[(NS, "holder")] = holder.uid
     await world.replica().sync_pet((NS, "holder"), index_of(holder, twin), index_of())
-    blind = Reconciler(world.writer, clock=Clock(), claims=world.store, finalizers=world.finalizers, served=SERVED)
+    blind = Reconciler(world.writer, IdClaims(world.store, world.finalizers, served=SERVED), clock=Clock())
     await blind.sync_pet((OTHER, "twin"), index_of(twin), index_of())
     assert world.store.holder(7) == "other/twin"

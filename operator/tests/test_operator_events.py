@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from claim_fakes import FakeEventApi, api_error
-from operator_fakes import NS, Clock, FakeWriter, index_of, pet, store, uid_of
+from operator_fakes import NS, Clock, FakeWriter, IdsNotEnforced, index_of, pet, store, uid_of
 
 from pet_operator import events, model
 from pet_operator.events import COMPONENT, EventRecorder, event_name
@@ -314,7 +314,7 @@ async def test_phase_changed_swallows_a_failed_patch_too(
 async def test_reconciler_posts_one_event_per_phase_change(api: FakeEventApi) -> None:
     """Pending, then Active once the store exists; a resync in between posts nothing."""
     recorder = EventRecorder(api)
-    rec = Reconciler(FakeWriter(), clock=Clock(), on_phase_change=recorder.phase_changed)
+    rec = Reconciler(FakeWriter(), IdsNotEnforced(), clock=Clock(), on_phase_change=recorder.phase_changed)
     snap = pet("rex", store="shop")
     await rec.sync_pet((NS, "rex"), index_of(snap), index_of())
     await rec.sync_pet((NS, "rex"), index_of(snap), index_of())

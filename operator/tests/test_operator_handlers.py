@@ -16,6 +16,7 @@ from operator_fakes import (
     NS,
     Clock,
     FakeWriter,
+    IdsNotEnforced,
     by_store_of,
     index_of,
     pet,
@@ -25,7 +26,8 @@ from operator_fakes import (
 )
 
 from pet_operator import handlers, model
-from pet_operator.reconciler import PetSnapshot, Reconciler, StoreSnapshot
+from pet_operator.model import PetSnapshot, StoreSnapshot
+from pet_operator.reconciler import Reconciler
 from pet_operator.rest import ApiError
 from pet_operator.store_counts import StoreCounts
 
@@ -211,7 +213,7 @@ def writer() -> FakeWriter:
 
 @pytest.fixture
 def rec(writer: FakeWriter) -> Reconciler:
-    return Reconciler(writer, clock=Clock())
+    return Reconciler(writer, IdsNotEnforced(), clock=Clock())
 
 
 @pytest.fixture
@@ -222,7 +224,7 @@ def indexes() -> handlers.Indexes:
 @pytest.fixture
 def counts(rec: Reconciler) -> StoreCounts:
     """Store counts with no window: a test awaits ``counts.idle()`` to see them written."""
-    return StoreCounts(rec, handlers.with_retries, window=0)
+    return StoreCounts(rec.recount, handlers.with_retries, window=0)
 
 
 @pytest.fixture

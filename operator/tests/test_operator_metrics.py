@@ -15,14 +15,17 @@ import kopf
 import pytest
 from aiohttp import web
 from claim_fakes import FakeClaimStore, FakeEventApi, FakeFinalizers
-from operator_fakes import NS, Clock, FakeWriter, pet_body
+from operator_fakes import NS, Clock, FakeWriter, IdsNotEnforced, pet_body
 from prometheus_client.parser import text_string_to_metric_families
 
 from pet_operator import admission, handlers, model, rest
 from pet_operator.config import ConfigError, parse_config
 from pet_operator.events import EventRecorder
+from pet_operator.fencing import Fence
+from pet_operator.id_claims import IdClaims
 from pet_operator.metrics import NO_ANSWER, MetricsServer, OperatorMetrics, PetPhases
-from pet_operator.reconciler import PetSnapshot, Reconciler
+from pet_operator.model import PetSnapshot
+from pet_operator.reconciler import Reconciler
 from pet_operator.rest import ApiError
 from pet_operator.store_counts import StoreCounts
 from pet_operator.webhook import PATH, CertificateFiles, WebhookServer, self_signed
@@ -263,7 +266,7 @@ def writer() -> FakeWriter:
 
 @pytest.fixture
 def rec(writer: FakeWriter) -> Reconciler:
-    return Reconciler(writer, clock=Clock())
+    return Reconciler(writer, IdsNotEnforced(), clock=Clock())
 
 
 def handler(registry: kopf.OperatorRegistry, handler_id: str) -> Any:
@@ -273,7 +276,7 @@ def handler(registry: kopf.OperatorRegistry, handler_id: str) -> Any:
 @pytest.fixture
 def registry(rec: Reconciler, measure: OperatorMetrics) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
-    counts = StoreCounts(rec, handlers.with_retries, window=0)
+    counts = StoreCounts(rec.recount, handlers.with_retries, window=0)
     handlers.register(registry, rec, handlers.Indexes(), counts, measure=measure)
     return registry
 
@@ -319,7 +322,7 @@ async def test_a_conflict_is_a_requeue_not_an_error(
 async def test_a_standby_counts_no_reconcile_and_keeps_no_queue(
     registry: kopf.OperatorRegistry, measure: OperatorMetrics, rec: Reconciler
 ) -> None:
-    rec.may_write = lambda: False
+    rec.fence = Fence(lambda: False)  # a standby: it does not lead
     await handler(registry, "pet_event")(type="ADDED", body=pet_body("rex"))
     for result in ("success", "error", "requeue"):
         assert value(measure, "controller_runtime_reconcile_total", controller="pet", result=result) == 0
@@ -400,7 +403,7 @@ async def test_store_recount_requests_join_one_queued_change(
     measure: OperatorMetrics, rec: Reconciler, ticks: Ticks
 ) -> None:
     ctl = measure.controller("petstore")
-    counts = StoreCounts(rec, handlers.with_retries, window=0, enqueue=lambda: handlers.received(ctl, rec)[0])
+    counts = StoreCounts(rec.recount, handlers.with_retries, window=0, enqueue=lambda: handlers.received(ctl, rec)[0])
     index: dict[Any, Any] = {}
     counts.request((NS, "shop"), index, index, index)
     counts.request((NS, "shop"), index, index, index)
@@ -420,7 +423,8 @@ def dated(name: str, created: str) -> PetSnapshot:
 
 async def test_the_reconciler_counts_the_conflicts_it_writes_and_the_orphans_it_collects() -> None:
     claims = FakeClaimStore()
-    rec = Reconciler(FakeWriter(), clock=Clock(), claims=claims, finalizers=FakeFinalizers())
+    ids = IdClaims(claims, FakeFinalizers())
+    rec = Reconciler(FakeWriter(), ids, clock=Clock())
     older, younger = dated("old", "2024-01-01T00:00:00Z"), dated("new", "2024-01-01T00:00:09Z")
     for snap in (older, younger):
         rec.observe_pet(snap)
@@ -429,10 +433,10 @@ async def test_the_reconciler_counts_the_conflicts_it_writes_and_the_orphans_it_
     await rec.sync_pet((NS, "new"), pets, {})
     await rec.sync_pet((NS, "new"), pets, {})  # no new phase: no new count
     assert rec.id_conflicts == 1
-    assert rec.claims_held == 1
-    assert rec.orphans_collected == 0
+    assert ids.claims_held == 1
+    assert ids.orphans_collected == 0
     assert await rec.collect_orphans({}, {}) == 1  # the holder is gone from the index: an orphan
-    assert rec.orphans_collected == 1
+    assert ids.orphans_collected == 1
 
 
 # --- the operator's own API calls -------------------------------------------------------------------

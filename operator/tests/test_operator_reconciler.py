@@ -14,6 +14,7 @@ from operator_fakes import (
     Clock,
     CountingIndex,
     FakeWriter,
+    IdsNotEnforced,
     by_store_of,
     index_of,
     pet,
@@ -23,8 +24,10 @@ from operator_fakes import (
 )
 
 from pet_operator import model
+from pet_operator.id_claims import IdClaims
 from pet_operator.kube import NotFound
-from pet_operator.reconciler import PetSnapshot, Reconciler, StoreSnapshot, utc_now
+from pet_operator.model import PetSnapshot, StoreSnapshot
+from pet_operator.reconciler import Reconciler, utc_now
 
 KEY = (NS, "rex")
 SHOP = (NS, "shop")
@@ -38,7 +41,7 @@ def writer() -> FakeWriter:
 
 @pytest.fixture
 def rec(writer: FakeWriter) -> Reconciler:
-    return Reconciler(writer, clock=Clock())
+    return Reconciler(writer, IdsNotEnforced(), clock=Clock())
 
 
 def as_watched(snap: PetSnapshot, written: dict[str, Any]) -> PetSnapshot:
@@ -204,7 +207,8 @@ async def test_write_to_a_recreated_object_is_not_cached(writer: FakeWriter, rec
 async def test_phase_listener_called_only_on_phase_change(writer: FakeWriter) -> None:
     seen: list[tuple[str, str | None, str]] = []
     rec = Reconciler(
-        writer, clock=Clock(), on_phase_change=lambda s, prev, v: seen.append((s.name, prev, v.phase.value))
+        writer, IdsNotEnforced(), clock=Clock(),
+        on_phase_change=lambda s, prev, v: seen.append((s.name, prev, v.phase.value)),
     )
     snap = pet("rex", store="shop")
     await rec.sync_pet(KEY, index_of(snap), index_of())
@@ -273,7 +277,7 @@ async def test_opaque_resource_versions_release_only_when_equal(writer: FakeWrit
             body["metadata"]["resourceVersion"] = "abc"
             return body
 
-    rec = Reconciler(OpaqueWriter(), clock=Clock())
+    rec = Reconciler(OpaqueWriter(), IdsNotEnforced(), clock=Clock())
     stale = pet("rex", rv="x0")
     await rec.sync_pet(KEY, index_of(stale), index_of())
     rec.observe_pet(pet("rex", rv="zzz"))
@@ -393,7 +397,7 @@ async def test_different_pets_do_not_wait_for_each_other(writer: FakeWriter, rec
 
     gate = asyncio.Event()
     gated = GatedForRex()
-    rec = Reconciler(gated, clock=Clock())
+    rec = Reconciler(gated, IdsNotEnforced(), clock=Clock())
     pets = index_of(pet("rex"), pet("fido"))
     slow = asyncio.create_task(rec.sync_pet(KEY, pets, index_of()))
     await asyncio.wait_for(gated.entered.wait(), WAIT)
@@ -565,7 +569,7 @@ async def test_a_write_the_watch_showed_before_its_answer_is_not_remembered(
     pets.data[KEY] = [shown]
     writer.gate.set()
     await sync
-    assert rec._written == {}
+    assert rec.written == {}
     assert rec.effective_status(shown) is shown.status
 
 
@@ -573,13 +577,14 @@ async def test_the_finalizer_write_version_is_forgotten_once_the_watch_shows_it(
     from claim_fakes import FakeClaimStore, FakeFinalizers, Journal
 
     journal = Journal()
-    rec = Reconciler(FakeWriter(), claims=FakeClaimStore(journal), finalizers=FakeFinalizers(journal))
+    ids = IdClaims(FakeClaimStore(journal), FakeFinalizers(journal))
+    rec = Reconciler(FakeWriter(), ids)
     snap = pet("rex")
     await rec.sync_pet(KEY, index_of(snap), index_of())
-    assert set(rec._versions) == {snap.uid}
-    written = rec._versions[snap.uid]
+    assert set(ids.versions) == {snap.uid}
+    written = ids.versions[snap.uid]
     rec.observe_pet(PetSnapshot.from_body(pet_body("rex", rv=str(int(written) + 5), uid=snap.uid)))
-    assert rec._versions == {}
+    assert ids.versions == {}
 
 
 async def test_pet_locks_are_kept_only_while_held_or_awaited(writer: FakeWriter, rec: Reconciler) -> None:

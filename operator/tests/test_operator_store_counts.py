@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from operator_fakes import NS, Clock, FakeWriter, by_store_of, index_of, pet, store
+from operator_fakes import NS, Clock, FakeWriter, IdsNotEnforced, by_store_of, index_of, pet, store
 
 from pet_operator import handlers
 from pet_operator.reconciler import Reconciler
@@ -23,11 +23,11 @@ def writer() -> FakeWriter:
 
 @pytest.fixture
 def rec(writer: FakeWriter) -> Reconciler:
-    return Reconciler(writer, clock=Clock())
+    return Reconciler(writer, IdsNotEnforced(), clock=Clock())
 
 
 async def test_a_burst_of_requests_is_one_count_and_one_write(rec: Reconciler, writer: FakeWriter) -> None:
-    counts = StoreCounts(rec, handlers.with_retries, window=0)
+    counts = StoreCounts(rec.recount, handlers.with_retries, window=0)
     pets = [pet(f"p{i}", store="shop", status={"phase": "Active"}) for i in range(50)]
     args = (index_of(*pets), index_of(store("shop")), by_store_of(*pets))
     for _ in pets:  # fifty pet events, before the window ends
@@ -40,7 +40,7 @@ async def test_a_burst_of_requests_is_one_count_and_one_write(rec: Reconciler, w
 
 
 async def test_a_request_while_counting_gets_another_round(rec: Reconciler, writer: FakeWriter) -> None:
-    counts = StoreCounts(rec, handlers.with_retries, window=0)
+    counts = StoreCounts(rec.recount, handlers.with_retries, window=0)
     first = pet("a", store="shop", status={"phase": "Active"})
     pets_index, by_store = index_of(first), by_store_of(first)  # live, as Kopf's indexes are
     args = (pets_index, index_of(store("shop")), by_store)
@@ -66,7 +66,7 @@ async def test_a_failed_count_is_retried_then_given_up_without_killing_the_count
         attempts.append(what)
         raise RuntimeError("boom")
 
-    counts = StoreCounts(rec, retry, window=0)
+    counts = StoreCounts(rec.recount, retry, window=0)
     p = pet("a", store="shop")
     counts.request(SHOP, index_of(p), index_of(store("shop")), by_store_of(p))
     await counts.idle()
@@ -78,7 +78,7 @@ async def test_a_failed_count_is_retried_then_given_up_without_killing_the_count
 
 
 async def test_close_cancels_pending_counts(rec: Reconciler, writer: FakeWriter) -> None:
-    counts = StoreCounts(rec, handlers.with_retries, window=3600)
+    counts = StoreCounts(rec.recount, handlers.with_retries, window=3600)
     p = pet("a", store="shop")
     counts.request(SHOP, index_of(p), index_of(store("shop")), by_store_of(p))
     await counts.close()

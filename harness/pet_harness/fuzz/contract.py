@@ -28,7 +28,8 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-GROUP_VERSION = "petstore.example.com/v1"
+from pet_harness.kube import GROUP_VERSION as GROUP_VERSION  # re-exported: the oracle's apiVersion
+
 MAX_ID = 2**53 - 1
 TAG = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")  # used with fullmatch: the whole string
 DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"

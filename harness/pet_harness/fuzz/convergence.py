@@ -21,6 +21,7 @@ from kubernetes.client.exceptions import ApiException
 
 from pet_harness.fuzz import contract
 from pet_harness.fuzz.tally import Tally
+from pet_harness.kube import claim_id
 
 Key = tuple[str, str]
 IDS = (1, 2, 3, 4, 5, 6)
@@ -383,7 +384,7 @@ def claims_of(listing: Mapping[str, Any]) -> dict[int, str]:
     """Id -> holder of a Lease listing of the claims namespace (``pet-id-<id>`` Leases)."""
     out: dict[int, str] = {}
     for item in listing.get("items", []):
-        name = item["metadata"]["name"]
-        if name.startswith("pet-id-") and name[7:].isdigit():
-            out[int(name[7:])] = str((item.get("spec") or {}).get("holderIdentity") or "")
+        pet_id = claim_id(item["metadata"]["name"])
+        if pet_id is not None:
+            out[pet_id] = str((item.get("spec") or {}).get("holderIdentity") or "")
     return out

@@ -16,7 +16,9 @@ from urllib.parse import urlencode
 import urllib3
 from kubernetes import client, config
 
-GROUP_PATH = "/apis/petstore.example.com/v1"
+from pet_harness.kube import GROUP_VERSION
+
+GROUP_PATH = f"/apis/{GROUP_VERSION}"
 
 
 @dataclasses.dataclass(frozen=True)

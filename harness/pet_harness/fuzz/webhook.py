@@ -21,6 +21,7 @@ from typing import Any
 from hypothesis import strategies as st
 
 from pet_harness.fuzz.strategies import Example, encode, json_values, names
+from pet_harness.kube import GROUP, GROUP_VERSION, PETS, VERSION
 
 PATHS = ("/validate-pets", "/mutate-pets")
 
@@ -52,9 +53,9 @@ def review(namespace: str, obj: Any, operation: str = "CREATE", old: Any = None,
         "apiVersion": api_version, "kind": "AdmissionReview",
         "request": {
             "uid": uid or str(uuid.uuid4()),
-            "kind": {"group": "petstore.example.com", "version": "v1", "kind": "Pet"},
-            "resource": {"group": "petstore.example.com", "version": "v1", "resource": "pets"},
-            "requestKind": {"group": "petstore.example.com", "version": "v1", "kind": "Pet"},
+            "kind": {"group": GROUP, "version": VERSION, "kind": "Pet"},
+            "resource": {"group": GROUP, "version": VERSION, "resource": PETS},
+            "requestKind": {"group": GROUP, "version": VERSION, "kind": "Pet"},
             "operation": operation, "namespace": namespace, "name": name,
             "userInfo": {"username": "fuzz"}, "object": obj, "oldObject": old, "dryRun": dry_run,
         },
@@ -67,7 +68,7 @@ def reviews(draw: st.DrawFn, namespace: str, pet_specs: st.SearchStrategy[Any]) 
     apiVersion, fields of the wrong type, arbitrary JSON inside) and garbage (not JSON, truncated,
     arbitrary JSON, over the size limit)."""
     kind = draw(st.sampled_from(["valid", "odd", "garbage"]))
-    pet = {"apiVersion": "petstore.example.com/v1", "kind": "Pet",
+    pet = {"apiVersion": GROUP_VERSION, "kind": "Pet",
            "metadata": {"name": draw(names), "namespace": namespace}, "spec": draw(pet_specs)}
     if kind == "valid":
         operation = draw(st.sampled_from(["CREATE", "UPDATE", "DELETE"]))

@@ -36,14 +36,13 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from pet_harness.clusters.local import LocalCluster
-from pet_harness.kube import PetApi, api_client
+from pet_harness.kube import GROUP, VERSION, PetApi, api_client
 from pet_harness.load import apimetrics, locust_run, report, subjects, world
 from pet_harness.load.runner import _machine, _pet_counter
 from pet_harness.load.sampler import Sampler, peak, rss_at, rss_mb
 from pet_harness.load.verify import claim_ids, list_all
 from pet_harness.waiting import wait_for
 
-GROUP, VERSION = "petstore.example.com", "v1"
 NARROW = "narrow-0"  # the narrowing step's namespace, served from the start
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from kubernetes import client
 
 from pet_harness.clusters.local import LocalCluster
-from pet_harness.kube import api_client, get_text
+from pet_harness.kube import GROUP, PETS, VERSION, api_client, get_text
 from pet_harness.load import apimetrics, locust_run, report, subjects, world
 from pet_harness.load.sampler import Sample, Sampler, busiest, cpu_seconds, machine_cpu_seconds, peak, rss_at
 from pet_harness.load.verify import verify
@@ -97,7 +97,7 @@ def _pet_counter(api: Any, namespaces: Sequence[str]) -> Callable[[], int | None
     def count() -> int | None:
         total = 0
         for ns in namespaces:
-            result = custom.list_namespaced_custom_object("petstore.example.com", "v1", ns, "pets", limit=1)
+            result = custom.list_namespaced_custom_object(GROUP, VERSION, ns, PETS, limit=1)
             total += len(result.get("items", [])) + int((result.get("metadata") or {}).get("remainingItemCount") or 0)
         return total
     return count
@@ -209,10 +209,10 @@ def _delete_run_pets(api: Any, namespaces: Sequence[str], id_base: int) -> None:
     custom = client.CustomObjectsApi(api)
     pattern = re.compile(rf"^p\d+-{id_base % 100_000}-\d+$")
     for ns in namespaces:
-        for pet in custom.list_namespaced_custom_object("petstore.example.com", "v1", ns, "pets")["items"]:
+        for pet in custom.list_namespaced_custom_object(GROUP, VERSION, ns, PETS)["items"]:
             name = pet["metadata"]["name"]
             if pattern.match(name):
-                custom.delete_namespaced_custom_object("petstore.example.com", "v1", ns, "pets", name)
+                custom.delete_namespaced_custom_object(GROUP, VERSION, ns, PETS, name)
 
 
 def summarize(

@@ -16,7 +16,7 @@ from typing import Any
 
 from kubernetes import client
 
-GROUP, VERSION = "petstore.example.com", "v1"
+from pet_harness.kube import GROUP, VERSION, claim_id
 
 
 @dataclasses.dataclass
@@ -94,9 +94,9 @@ def claim_ids(api: Any, namespace: str) -> set[int]:
     leases = client.CoordinationV1Api(api).list_namespaced_lease(namespace)
     out = set()
     for lease in leases.items:
-        name = lease.metadata.name
-        if name.startswith("pet-id-") and name[7:].isdigit():
-            out.add(int(name[7:]))
+        pet_id = claim_id(lease.metadata.name)
+        if pet_id is not None:
+            out.add(pet_id)
     return out
 
 
