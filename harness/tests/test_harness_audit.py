@@ -360,6 +360,24 @@ def test_other_resources_and_reads_are_not_operator_writes(tmp_path: Path) -> No
     assert [(w.verb, w.resource) for w in writes] == [("deletecollection", "pets")]
 
 
+def test_the_generic_analysis_takes_another_operators_resources_and_lease_prefixes(tmp_path: Path) -> None:
+    """pet_harness.audit_log knows no operator: the same log read for one that writes
+    greetings/status and ``lock-*`` Leases finds those writes, and none of the pet ones."""
+    from pet_harness import audit_log
+
+    lines = [
+        line(1, OP0, "patch", "greetings", "hi", namespace=PETS_NS, group="example.org", subresource="status"),
+        line(2, OP0, "update", "leases", "lock-hi", group="coordination.k8s.io"),
+        line(3, OP0, "update", "leases", "pet-id-7", group="coordination.k8s.io"),
+        line(4, OP0, "patch", "pets", "rex", namespace=PETS_NS, group="petstore.example.com", subresource="status"),
+    ]
+    events = audit.load(write_log(tmp_path, lines))
+    generic = audit_log.operator_writes(events, PREFIX, resources={("greetings", "status")}, lease_prefixes=("lock-",))
+    assert [(w.resource, w.name) for w in generic] == [("greetings", "hi"), ("leases", "lock-hi")]
+    pet = audit.operator_writes(events, PREFIX)
+    assert [(w.resource, w.name) for w in pet] == [("leases", "pet-id-7"), ("pets", "rex")]
+
+
 def test_a_successor_that_never_writes_has_an_open_gap(tmp_path: Path) -> None:
     lines = leader_run(OP0, A, 0, 4, create=True) + leader_run(OP1, B, 19.5, 30, transitions=1)
     lines += [pet_patch(2, OP0)]
