@@ -1,6 +1,7 @@
 """``pet-harness``: build the control-plane binaries and run a cluster by hand.
 
-    pet-harness binaries build        build kube-apiserver, etcd and kube-controller-manager (cached per version)
+    pet-harness binaries build        build kube-apiserver, etcd, kube-controller-manager and helm (cached per
+                                      version; --helm-only: helm alone)
     pet-harness binaries where        show which binaries would be used, and their versions
     pet-harness cluster up            start the embedded cluster in the background
     pet-harness cluster status        is it running, where, on which ports
@@ -11,6 +12,10 @@
                                       at most 100 pets (--rounds, --max-pets; docs/chaos.md)
     pet-harness load                  Locust load on a fresh embedded cluster: latency, throughput, API writes,
                                       RSS of ours, the naive Kopf peer and the raw ceiling (docs/load.md)
+    pet-harness chart render          write deploy/{rbac,operator,webhook,monitoring} from the Helm chart
+                                      (--check: only say whether they are its rendering)
+    pet-harness chart version         the version for the chart; --write [VERSION] stamps Chart.yaml, --check
+                                      compares it with the package version (docs/versioning.md)
     pet-harness limits                a large population, restart, updates, narrowing, mass delete, failover
                                       (docs/limits.md)
 """
@@ -23,22 +28,82 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from pet_harness import binaries, cluster_daemon, versions
 from pet_harness.clusters.base import ClusterError
+from pet_harness.helm import HelmError
+from pet_operator.version import version
 
 
 def _cmd_binaries_build(args: argparse.Namespace) -> int:
     if args.force:
-        for path in (binaries.apiserver_cache_path(), binaries.etcd_cache_path(),
-                     binaries.controller_manager_cache_path()):
+        for path in (binaries.helm_cache_path(),) if args.helm_only else (
+                binaries.apiserver_cache_path(), binaries.etcd_cache_path(),
+                binaries.controller_manager_cache_path(), binaries.helm_cache_path()):
             path.unlink(missing_ok=True)
+    # helm renders and lints the chart (deploy/helm) and regenerates deploy/ from it
+    helm = binaries.ensure_helm(build=True)
+    if args.helm_only:
+        print(f"helm: {helm} ({binaries.binary_version(helm)})")
+        return 0
     found = binaries.ensure_binaries(build=True)
     # for clusters started with a controller manager (namespace deletion, garbage collection)
     manager = binaries.ensure_controller_manager(build=True)
     print(f"kube-apiserver: {found.kube_apiserver} ({binaries.binary_version(found.kube_apiserver)})")
     print(f"etcd:           {found.etcd} ({binaries.binary_version(found.etcd)})")
     print(f"kube-controller-manager: {manager} ({binaries.binary_version(manager)})")
+    print(f"helm: {helm} ({binaries.binary_version(helm)})")
+    return 0
+
+
+def _cmd_chart_render(args: argparse.Namespace) -> int:
+    from pet_harness import pet_chart
+
+    try:
+        return _chart_render(pet_chart, args.check)
+    except pet_chart.ChartError as exc:
+        print(f"pet-harness: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _chart_render(pet_chart: Any, check: bool) -> int:
+    if check:
+        problems = pet_chart.check_deploy()
+        for line in problems:
+            print(line, file=sys.stderr)
+        if not problems:
+            print(f"deploy/: {len(pet_chart.GENERATED)} files are the chart's rendering")
+        return 1 if problems else 0
+    changed = pet_chart.write_deploy()
+    for path in changed:
+        print(f"wrote {path.relative_to(pet_chart.REPO_ROOT)}")
+    print(f"deploy/: {len(pet_chart.GENERATED)} files rendered from the chart, {len(changed)} changed")
+    return 0
+
+
+def _cmd_chart_version(args: argparse.Namespace) -> int:
+    from pet_harness import pet_chart
+
+    package = version()
+    if args.write is not None:
+        target = args.write or pet_chart.semver(package)
+        try:
+            pet_chart.write_version(target)
+        except pet_chart.ChartError as exc:
+            print(f"pet-harness: error: {exc}", file=sys.stderr)
+            return 2
+        print(f"Chart.yaml: version and appVersion set to {target}")
+        return 0
+    if args.check:
+        problems = pet_chart.version_problems(package)
+        for line in problems:
+            print(line, file=sys.stderr)
+        if not problems:
+            chart_version, _ = pet_chart.chart_versions()
+            print(f"package {package}, chart {chart_version}: they agree")
+        return 1 if problems else 0
+    print(pet_chart.semver(package))
     return 0
 
 
@@ -170,14 +235,28 @@ def _cmd_cluster_serve(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pet-harness", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}",
+                        help="print the version (the project's, from the git tags) and exit")
     sub = parser.add_subparsers(dest="command", required=True)
 
     bins = sub.add_parser("binaries", help="build or locate kube-apiserver and etcd")
     bins_sub = bins.add_subparsers(dest="action", required=True)
     build = bins_sub.add_parser("build", help="build what is missing from the cache (shows progress)")
     build.add_argument("--force", action="store_true", help="rebuild even if cached")
+    build.add_argument("--helm-only", action="store_true", help="build (or find) helm alone")
     build.set_defaults(func=_cmd_binaries_build)
     bins_sub.add_parser("where", help="show the binaries in use").set_defaults(func=_cmd_binaries_where)
+
+    chart = sub.add_parser("chart", help="the Helm chart: deploy/ rendered from it, its version")
+    chart_sub = chart.add_subparsers(dest="action", required=True)
+    render = chart_sub.add_parser("render", help="write deploy/{rbac,operator,webhook,monitoring} from the chart")
+    render.add_argument("--check", action="store_true", help="write nothing; exit 1 if a file is not the rendering")
+    render.set_defaults(func=_cmd_chart_render)
+    ver = chart_sub.add_parser("version", help="print the package version in SemVer form (the chart's)")
+    ver.add_argument("--write", nargs="?", const="", default=None, metavar="VERSION",
+                     help="set Chart.yaml's version and appVersion (default: the package version)")
+    ver.add_argument("--check", action="store_true", help="exit 1 unless Chart.yaml agrees with the package version")
+    ver.set_defaults(func=_cmd_chart_version)
 
     cluster = sub.add_parser("cluster", help="run the embedded cluster by hand")
     cluster_sub = cluster.add_subparsers(dest="action", required=True, metavar="{up,down,status,kubeconfig}")
@@ -233,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)
-    except (binaries.BinaryError, ClusterError) as exc:
+    except (binaries.BinaryError, ClusterError, HelmError) as exc:
         print(f"pet-harness: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
