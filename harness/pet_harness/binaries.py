@@ -405,6 +405,81 @@ def build_etcd(etcd_version: str = versions.ETCD_VERSION, progress: Progress | N
     return output
 
 
+def helm_cache_path(helm_version: str = versions.HELM_VERSION) -> Path:
+    return cache_root() / f"helm-v{helm_version}" / "helm"
+
+
+HELM_VAR = "TEST_ASSET_HELM"
+
+
+def find_helm(environ: os._Environ[str] | dict[str, str] | None = None) -> tuple[Path, str] | None:
+    """``helm`` from ``TEST_ASSET_HELM`` or the cache: (path, source), or None. A ``helm`` on PATH is
+    not used: its version is not the pinned one, and rendering must not depend on the machine."""
+    env = os.environ if environ is None else environ
+    if env.get(HELM_VAR):
+        return _executable(Path(env[HELM_VAR]), HELM_VAR), "env"
+    cached = helm_cache_path()
+    if cached.is_file() and os.access(cached, os.X_OK):
+        return cached, "cache"
+    return None
+
+
+def ensure_helm(build: bool = True, progress: Progress | None = None) -> Path:
+    """``helm``, built from ``helm.sh/helm/v3`` at the pinned version when missing and ``build`` is true."""
+    found = find_helm()
+    if found is not None:
+        return found[0]
+    if not build:
+        raise BinaryError(
+            f"helm is not built yet: run `pet-harness binaries build --helm` (cache: {cache_root()}), "
+            f"or point {HELM_VAR} at a helm {versions.HELM_VERSION} you already have"
+        )
+    return build_helm(progress=progress or _stderr)
+
+
+def helm_ldflags(helm_version: str, client_go_version: str) -> str:
+    """The ``-X`` flags of helm's own Makefile: its version, and the Kubernetes version that
+    ``helm template`` and ``helm lint`` assume by default (from the client-go it is built with,
+    v0.N.P meaning Kubernetes 1.N).
+
+    >>> helm_ldflags("3.21.4", "v0.36.2").split()[1]
+    'helm.sh/helm/v3/internal/version.version=v3.21.4'
+    """
+    minor = client_go_version.lstrip("v").split(".")[1]
+    flags = [f"helm.sh/helm/v3/internal/version.version=v{helm_version}",
+             "helm.sh/helm/v3/internal/version.gitTreeState=clean"]
+    for pkg in ("helm.sh/helm/v3/pkg/lint/rules", "helm.sh/helm/v3/pkg/chartutil"):
+        flags += [f"{pkg}.k8sVersionMajor=1", f"{pkg}.k8sVersionMinor={minor}"]
+    return " ".join(f"-X {flag}" for flag in flags)
+
+
+def build_helm(helm_version: str = versions.HELM_VERSION, progress: Progress | None = None) -> Path:
+    """Build ``helm.sh/helm/v3/cmd/helm`` at ``helm_version`` into the cache (a throwaway module of
+    its own, like the control-plane binaries)."""
+    say = progress or _stderr
+    started = time.monotonic()
+    output = helm_cache_path(helm_version)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tag = f"v{helm_version}"
+    workdir = _module_dir(f"helm-{tag}")
+    say(f"building helm {tag} from helm.sh/helm/v3 (first build takes minutes)")
+    info = json.loads(_run_go(["mod", "download", "-json", f"helm.sh/helm/v3@{tag}"], workdir, "go mod download"))
+    upstream = Path(info["GoMod"]).read_text()
+    client_go = re.search(r"^\s*k8s\.io/client-go\s+(v\S+)", upstream, re.M)
+    if client_go is None:
+        raise BinaryError(f"helm.sh/helm/v3@{tag}: its go.mod requires no k8s.io/client-go")
+    go_line = re.search(r"^go\s+(\S+)", upstream, re.M)
+    (workdir / "go.mod").write_text(
+        f"module pet-harness.local/build/helm\n\ngo {go_line.group(1) if go_line else '1.24'}\n\n"
+        f"require helm.sh/helm/v3 {tag}\n"
+    )
+    _run_go(["get", f"helm.sh/helm/v3/cmd/helm@{tag}"], workdir, "go get helm")
+    _go_build(workdir, "helm.sh/helm/v3/cmd/helm", output,
+              f"-s -w {helm_ldflags(helm_version, client_go.group(1))}", say, "helm")
+    say(f"helm {tag} ready after {time.monotonic() - started:.0f}s")
+    return output
+
+
 def binary_version(path: Path) -> str:
     """What a binary says of its own version (first line of ``--version``)."""
     with tempfile.TemporaryDirectory() as tmp:  # etcd may write default.etcd into cwd

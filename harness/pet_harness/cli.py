@@ -1,7 +1,8 @@
 """``pet-harness``: build the control-plane binaries and run a cluster by hand.
 
-    pet-harness binaries build        build kube-apiserver, etcd and kube-controller-manager (cached per version);
-                                      --node also kube-scheduler, kubelet and kube-proxy
+    pet-harness binaries build        build kube-apiserver, etcd, kube-controller-manager and helm (cached per
+                                      version); --node also kube-scheduler, kubelet and kube-proxy;
+                                      --helm-only: helm alone
     pet-harness binaries where        show which binaries would be used, and their versions
     pet-harness cluster up            start the embedded cluster in the background (--node: with a real node)
     pet-harness cluster status        is it running, where, on which ports
@@ -13,6 +14,10 @@
                                       at most 100 pets (--rounds, --max-pets; docs/chaos.md)
     pet-harness load                  Locust load on a fresh embedded cluster: latency, throughput, API writes,
                                       RSS of ours, the naive Kopf peer and the raw ceiling (docs/load.md)
+    pet-harness chart render          write deploy/{rbac,operator,webhook,monitoring} from the Helm chart
+                                      (--check: only say whether they are its rendering)
+    pet-harness chart version         the version for the chart; --write [VERSION] stamps Chart.yaml, --check
+                                      compares it with the package version (docs/versioning.md)
     pet-harness limits                a large population, restart, updates, narrowing, mass delete, failover
                                       (docs/limits.md)
 """
@@ -25,17 +30,26 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from pet_harness import binaries, cluster_daemon, versions
 from pet_harness.clusters.base import ClusterError
+from pet_harness.helm import HelmError
+from pet_operator.version import version
 
 
 def _cmd_binaries_build(args: argparse.Namespace) -> int:
     extra = ("kube-controller-manager", *(binaries.NODE_COMMANDS if args.node else ()))
     if args.force:
-        for path in (binaries.apiserver_cache_path(), binaries.etcd_cache_path(),
-                     *(binaries.kubernetes_command_cache_path(c) for c in extra)):
+        for path in (binaries.helm_cache_path(),) if args.helm_only else (
+                binaries.apiserver_cache_path(), binaries.etcd_cache_path(), binaries.helm_cache_path(),
+                *(binaries.kubernetes_command_cache_path(c) for c in extra)):
             path.unlink(missing_ok=True)
+    # helm renders and lints the chart (deploy/helm) and regenerates deploy/ from it
+    helm = binaries.ensure_helm(build=True)
+    if args.helm_only:
+        print(f"helm: {helm} ({binaries.binary_version(helm)})")
+        return 0
     found = binaries.ensure_binaries(build=True)
     # kube-controller-manager for clusters started with one (namespace deletion, garbage collection);
     # with --node also what a cluster with a node runs
@@ -44,6 +58,7 @@ def _cmd_binaries_build(args: argparse.Namespace) -> int:
     print(f"etcd:           {found.etcd} ({binaries.binary_version(found.etcd)})")
     for command, path in built.items():
         print(f"{command}: {path} ({binaries.binary_version(path)})")
+    print(f"helm: {helm} ({binaries.binary_version(helm)})")
     if args.node:
         from pet_harness.clusters.node_packages import missing_packages
 
@@ -51,6 +66,56 @@ def _cmd_binaries_build(args: argparse.Namespace) -> int:
         if missing:
             print(f"Debian packages the node still needs: {' '.join(missing)} "
                   f"(apt-get install {' '.join(missing)})")
+    return 0
+
+
+def _cmd_chart_render(args: argparse.Namespace) -> int:
+    from pet_harness import pet_chart
+
+    try:
+        return _chart_render(pet_chart, args.check)
+    except pet_chart.ChartError as exc:
+        print(f"pet-harness: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _chart_render(pet_chart: Any, check: bool) -> int:
+    if check:
+        problems = pet_chart.check_deploy()
+        for line in problems:
+            print(line, file=sys.stderr)
+        if not problems:
+            print(f"deploy/: {len(pet_chart.GENERATED)} files are the chart's rendering")
+        return 1 if problems else 0
+    changed = pet_chart.write_deploy()
+    for path in changed:
+        print(f"wrote {path.relative_to(pet_chart.REPO_ROOT)}")
+    print(f"deploy/: {len(pet_chart.GENERATED)} files rendered from the chart, {len(changed)} changed")
+    return 0
+
+
+def _cmd_chart_version(args: argparse.Namespace) -> int:
+    from pet_harness import pet_chart
+
+    package = version()
+    if args.write is not None:
+        target = args.write or pet_chart.semver(package)
+        try:
+            pet_chart.write_version(target)
+        except pet_chart.ChartError as exc:
+            print(f"pet-harness: error: {exc}", file=sys.stderr)
+            return 2
+        print(f"Chart.yaml: version and appVersion set to {target}")
+        return 0
+    if args.check:
+        problems = pet_chart.version_problems(package)
+        for line in problems:
+            print(line, file=sys.stderr)
+        if not problems:
+            chart_version, _ = pet_chart.chart_versions()
+            print(f"package {package}, chart {chart_version}: they agree")
+        return 1 if problems else 0
+    print(pet_chart.semver(package))
     return 0
 
 
@@ -197,6 +262,8 @@ def _cmd_cluster_serve(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pet-harness", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}",
+                        help="print the version (the project's, from the git tags) and exit")
     sub = parser.add_subparsers(dest="command", required=True)
 
     bins = sub.add_parser("binaries", help="build or locate kube-apiserver and etcd")
@@ -205,8 +272,20 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--force", action="store_true", help="rebuild even if cached")
     build.add_argument("--node", action="store_true",
                        help="also kube-scheduler, kubelet and kube-proxy, for `cluster up --node` (minutes)")
+    build.add_argument("--helm-only", action="store_true", help="build (or find) helm alone")
     build.set_defaults(func=_cmd_binaries_build)
     bins_sub.add_parser("where", help="show the binaries in use").set_defaults(func=_cmd_binaries_where)
+
+    chart = sub.add_parser("chart", help="the Helm chart: deploy/ rendered from it, its version")
+    chart_sub = chart.add_subparsers(dest="action", required=True)
+    render = chart_sub.add_parser("render", help="write deploy/{rbac,operator,webhook,monitoring} from the chart")
+    render.add_argument("--check", action="store_true", help="write nothing; exit 1 if a file is not the rendering")
+    render.set_defaults(func=_cmd_chart_render)
+    ver = chart_sub.add_parser("version", help="print the package version in SemVer form (the chart's)")
+    ver.add_argument("--write", nargs="?", const="", default=None, metavar="VERSION",
+                     help="set Chart.yaml's version and appVersion (default: the package version)")
+    ver.add_argument("--check", action="store_true", help="exit 1 unless Chart.yaml agrees with the package version")
+    ver.set_defaults(func=_cmd_chart_version)
 
     cluster = sub.add_parser("cluster", help="run the embedded cluster by hand")
     cluster_sub = cluster.add_subparsers(dest="action", required=True, metavar="{up,down,status,kubeconfig}")
@@ -270,7 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)
-    except (binaries.BinaryError, ClusterError) as exc:
+    except (binaries.BinaryError, ClusterError, HelmError) as exc:
         print(f"pet-harness: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

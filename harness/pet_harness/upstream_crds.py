@@ -49,6 +49,18 @@ PROMETHEUS_OPERATOR = ModuleCrds(
     ),
 )
 
+#: Certificate, Issuer and ClusterIssuer (cert-manager.io/v1) of the pinned cert-manager; its module keeps
+#: controller-gen's output under ``deploy/crds/`` (its Helm chart is built from them)
+CERT_MANAGER = ModuleCrds(
+    "github.com/cert-manager/cert-manager",
+    versions.CERT_MANAGER_VERSION,
+    (
+        "deploy/crds/cert-manager.io_certificates.yaml",
+        "deploy/crds/cert-manager.io_issuers.yaml",
+        "deploy/crds/cert-manager.io_clusterissuers.yaml",
+    ),
+)
+
 
 def _download(module: str, version: str) -> Path:
     """The module's extracted folder in the Go module cache (downloaded and verified if needed)."""

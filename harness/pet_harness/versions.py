@@ -38,3 +38,12 @@ def _split(version: str) -> tuple[int, int, int]:
 #: (ServiceMonitor, PrometheusRule, ...) the harness installs; the CRD files ship in the module
 #: under ``example/prometheus-operator-crd/``.
 PROMETHEUS_OPERATOR_VERSION = "0.85.0"
+
+#: ``helm.sh/helm/v3`` module version that ``helm`` is built from (``pet-harness binaries build --helm``):
+#: it renders and lints the chart (deploy/helm/) and regenerates the raw manifests of deploy/ from it.
+HELM_VERSION = "3.21.4"
+
+#: ``github.com/cert-manager/cert-manager`` module version whose CRDs (Certificate, Issuer,
+#: ClusterIssuer) the chart's e2e tests install to validate the chart's cert-manager objects; the
+#: CRD files ship in the module under ``deploy/crds/`` (cert-manager's reference copies).
+CERT_MANAGER_VERSION = "1.21.2"

@@ -13,6 +13,8 @@ import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from pet_operator.version import version
+
 # an RFC 1123 label: a namespace name, and each dot-separated part of a DNS name
 _NAMESPACE_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 # an object name (RFC 1123 subdomain): what a RoleBinding may be called
@@ -77,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="pet-operator",
         description="Reconcile Pet and PetStore resources (petstore.example.com/v1).",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}",
+                        help="print the version (from the git tags, docs/versioning.md) and exit")
     scope = parser.add_argument_group("scope (one of them is required)")
     scope.add_argument(
         "--namespace", "-n", action="append", default=[], metavar="NS",
