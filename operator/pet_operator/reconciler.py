@@ -599,7 +599,8 @@ class Reconciler:
         (and the webhook would name it) until an orphan pass, with the waiting twin in Conflict
         meanwhile."""
         claims = self.claims
-        assert claims is not None
+        if claims is None:
+            raise RuntimeError("releasing an id claim needs a claims client (Reconciler(claims=...))")
         claim = self._claims.get(pet_id)
         if claim is None or claim.holder_uid != snap.uid:
             claim = await claims.read_claim(pet_id)
