@@ -40,16 +40,21 @@ class PetShape(LoadTestShape):
     # --- helpers -------------------------------------------------------------------------------
 
     @property
+    def _runner(self) -> Any:
+        """Locust's runner, which it sets on the shape before the first tick."""
+        if self.runner is None:
+            raise RuntimeError("PetShape used before Locust gave it its runner")
+        return self.runner
+
+    @property
     def options(self) -> Any:
-        assert self.runner is not None
-        return self.runner.environment.parsed_options
+        return self._runner.environment.parsed_options
 
     def _users(self, rate: float) -> int:
         return max(1, math.ceil(rate / float(self.options.pet_user_rate)))
 
     def _creates_done(self) -> int:
-        assert self.runner is not None
-        stats = self.runner.stats
+        stats = self._runner.stats
         return sum(e.num_requests for (name, method), e in stats.entries.items()
                    if method == "POST" and name.startswith("POST pets"))
 
@@ -93,7 +98,6 @@ class PetShape(LoadTestShape):
 
     def _stepped(self, stop_at_limit: bool) -> tuple[int, float] | None:
         now = time.monotonic()
-        assert self.runner is not None
         if self.step_started is None:
             self._open_step(float(self.options.pet_start_rate), now)
         elif now - self.step_started >= float(self.options.pet_step_seconds):
@@ -113,10 +117,9 @@ class PetShape(LoadTestShape):
         return users, users
 
     def _open_step(self, rate: float, now: float) -> None:
-        assert self.runner is not None
         self.rate = rate
         self.step_started = now
-        self.window = StepWindow(self.runner.stats, LATENCY, self._creates_done())
+        self.window = StepWindow(self._runner.stats, LATENCY, self._creates_done())
 
     def _close_step(self) -> dict[str, Any]:
         if self.window is None or self.step_started is None:

@@ -24,7 +24,7 @@ import json
 import os
 import re
 import shutil
-import subprocess
+import subprocess  # nosec B404 # argv lists, never a shell
 import sys
 import tempfile
 import time
@@ -234,7 +234,7 @@ def _go_env() -> dict[str, str]:
 
 
 def _run_go(args: Sequence[str], cwd: Path, what: str) -> str:
-    proc = subprocess.run(
+    proc = subprocess.run(  # nosec B603 # argv of our own, no shell
         [go_executable(), *args], cwd=cwd, env=_go_env(), capture_output=True, text=True
     )
     if proc.returncode != 0:
@@ -292,10 +292,11 @@ def _go_build(workdir: Path, package: str, output: Path, ldflags: str, say: Prog
     started = time.monotonic()
     tmp_out = output.with_name(output.name + ".partial")
     cmd = [go_executable(), "build", "-v", "-trimpath", "-ldflags", ldflags, "-o", str(tmp_out), package]
-    proc = subprocess.Popen(
+    proc = subprocess.Popen(  # nosec B603 # argv of our own, no shell
         cmd, cwd=workdir, env=_go_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    assert proc.stdout is not None
+    if proc.stdout is None:  # stdout=PIPE always gives one
+        raise BinaryError(f"{label}: go build started without its output pipe")
     try:
         tail = _build_progress(iter(proc.stdout.readline, ""), say, label, started)
         rc = proc.wait()
@@ -483,6 +484,7 @@ def build_helm(helm_version: str = versions.HELM_VERSION, progress: Progress | N
 def binary_version(path: Path) -> str:
     """What a binary says of its own version (first line of ``--version``)."""
     with tempfile.TemporaryDirectory() as tmp:  # etcd may write default.etcd into cwd
-        proc = subprocess.run([str(path), "--version"], capture_output=True, text=True, cwd=tmp, timeout=60)
+        proc = subprocess.run(  # nosec B603 # argv of our own, no shell
+            [str(path), "--version"], capture_output=True, text=True, cwd=tmp, timeout=60)
     text = (proc.stdout or proc.stderr).strip()
     return text.splitlines()[0] if text else ""

@@ -110,7 +110,8 @@ class ChaosEnvironment:
         self.control = ControlServer(self)
 
     def _start_replica(self, i: int) -> OperatorProcess:
-        assert self.identity is not None
+        if self.identity is None:
+            raise RuntimeError("chaos environment: a replica needs the identity made at start")
         account = f"pet-operator-{i}"
         self.identity.create([PETS_NAMESPACE], account)
         kubeconfig = self.identity.kubeconfig(self.cluster.kubeconfig_path, self.workdir / f"{account}.kubeconfig",
@@ -158,7 +159,8 @@ class ChaosEnvironment:
         if not op.running or op.name in self.frozen:
             return None
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{op.health_port}/leader", timeout=2) as resp:
+            leader_url = f"http://127.0.0.1:{op.health_port}/leader"
+            with urllib.request.urlopen(leader_url, timeout=2) as resp:  # nosec B310 # loopback URL built here
                 data: dict[str, Any] = json.loads(resp.read())
                 return data
         except (OSError, ValueError):
@@ -257,7 +259,8 @@ class ChaosEnvironment:
 
     def freeze_leader(self, seconds: float) -> dict[str, Any]:
         op = self.leader()
-        assert op.process is not None
+        if op.process is None:
+            raise RuntimeError(f"{op.name} leads but was never started")
         op.process.signal(signal.SIGSTOP)
         self.frozen.add(op.name)
         timer = threading.Timer(float(seconds), self._thaw, (op,))  # a safety net: thawed at the latest then

@@ -15,7 +15,7 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
+import subprocess  # nosec B404 # argv lists, never a shell
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -252,8 +252,8 @@ def _run_in_environment(env_factory: Callable[[], ChaosTarget], experiment: Path
         environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(CHAOS_DIR), environ.get("PYTHONPATH", "")) if p)
         environ.update(env.chaos_environ())
         try:
-            proc = subprocess.run(cmd, env=environ, capture_output=True, text=True, timeout=chaos_timeout,
-                                  check=False)
+            proc = subprocess.run(  # nosec B603 # argv of our own, no shell
+                cmd, env=environ, capture_output=True, text=True, timeout=chaos_timeout, check=False)
             out.code = proc.returncode
             (results / f"{name}-chaos-output.txt").write_text(proc.stdout + proc.stderr)
         except subprocess.TimeoutExpired:

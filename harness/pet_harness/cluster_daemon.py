@@ -14,7 +14,7 @@ import json
 import os
 import shutil
 import signal
-import subprocess
+import subprocess  # nosec B404 # argv lists, never a shell
 import sys
 import threading
 import time
@@ -122,7 +122,7 @@ def up(name: str, timeout: float = 120, node: bool = False) -> dict[str, Any]:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "state.json").unlink(missing_ok=True)
     log = open(directory / "supervisor.log", "ab")  # noqa: SIM115 - handed to the child
-    proc = subprocess.Popen(
+    proc = subprocess.Popen(  # nosec B603 # argv of our own, no shell
         [sys.executable, "-m", "pet_harness.cli", "cluster", "serve", "--name", name, *(["--node"] if node else [])],
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
     )

@@ -23,7 +23,7 @@ import contextlib
 import ctypes
 import os
 import signal
-import subprocess
+import subprocess  # nosec B404 # argv lists, never a shell
 import sys
 import threading
 import time
@@ -101,7 +101,7 @@ class ManagedProcess:
         self._log.flush()
         preexec = None if self.outlive_parent or _PRCTL is None else _die_with_parent
         try:
-            self._proc = subprocess.Popen(
+            self._proc = subprocess.Popen(  # nosec B603 # argv of our own, no shell
                 self.argv,
                 stdout=self._log,
                 stderr=subprocess.STDOUT,
@@ -189,7 +189,8 @@ class ManagedProcess:
         if not self._wait_exited(timeout):
             raise subprocess.TimeoutExpired(self.argv, timeout or 0)
         code = self._settle()
-        assert code is not None
+        if code is None:  # _wait_exited said it exited
+            raise ProcessError(f"{self.name} exited but its exit code cannot be read")
         return code
 
     def stop(self, grace: float = 10.0) -> int | None:

@@ -83,7 +83,8 @@ class OperatorProfile:
         out = []
         for doc in self.crd_documents():
             spec = doc["spec"]
-            assert isinstance(spec, dict)
+            if not isinstance(spec, dict):
+                raise ValueError(f"a CRD of the profile: spec must be a mapping, got {spec!r}")
             if spec.get("scope", "Namespaced") != "Namespaced":
                 continue
             version = next(v["name"] for v in spec["versions"] if v.get("served", True))

@@ -14,7 +14,7 @@ import dataclasses
 import json
 import os
 import shutil
-import subprocess
+import subprocess  # nosec B404 # argv lists, never a shell
 import tempfile
 import urllib.error
 import urllib.parse
@@ -64,8 +64,9 @@ def unavailable() -> str | None:
 
 def promtool(*args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """Run ``promtool`` with ``args``; the result (check ``returncode``, ``stdout``, ``stderr``)."""
-    return subprocess.run([str(find_tool("promtool")), *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    return subprocess.run(  # nosec B603 # argv of our own, no shell
+        [str(find_tool("promtool")), *args], cwd=cwd, capture_output=True, text=True,
+        timeout=timeout, check=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,7 +194,7 @@ class PrometheusServer:
         url = self.url + path + ("?" + urllib.parse.urlencode(params) if params else "")
         req = urllib.request.Request(url, method=method)  # noqa: S310 - an http://127.0.0.1 URL we built
         try:
-            with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - loopback URL we built
+            with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310  # nosec B310 # loopback URL built here
                 body = resp.read().decode()
         except urllib.error.HTTPError as exc:
             raise PrometheusError(f"{method} {path} -> {exc.code}: {exc.read().decode()[:500]}") from exc

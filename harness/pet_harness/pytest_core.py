@@ -24,6 +24,7 @@ This repository's own suite (``scenarios/``) adds its fixtures on top of these
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import tempfile
 import time
@@ -33,7 +34,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from pet_harness import binaries, crds, namespaces
+from pet_harness import binaries, crds, namespaces, subprocess_coverage
 from pet_harness.clusters import Cluster, make_cluster
 from pet_harness.clusters.local import LocalCluster
 from pet_harness.kubeclient import api_client
@@ -54,6 +55,25 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     install_signal_handlers()  # SIGTERM and SIGHUP run the teardowns too
     config.stash[CLUSTER_TIMINGS] = {}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def coverage_of_started_processes() -> Iterator[dict[str, str]]:
+    """When this test process is measured by coverage (``pytest --cov``), the Python processes the
+    tests start (operators, the harness's own command) measure themselves too: the variables of
+    :func:`pet_harness.subprocess_coverage.child_environment` are in ``os.environ`` for the session
+    (restored after it). Yields those variables (empty when not measured)."""
+    wanted = subprocess_coverage.child_environment(subprocess_coverage.running_coverage())
+    saved = {key: os.environ.get(key) for key in wanted}
+    os.environ.update(wanted)
+    try:
+        yield wanted
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ when the folder is removed normally (or when :meth:`Reaper.stop` is called).
 from __future__ import annotations
 
 import os
-import subprocess
+import subprocess  # nosec B404 # argv lists, never a shell
 import sys
 from pathlib import Path
 
@@ -57,7 +57,7 @@ class Reaper:
 
 def reap_when_gone(folder: Path, owner: int | None = None) -> Reaper:
     """Remove ``folder`` when process ``owner`` (default: this one) is gone."""
-    process = subprocess.Popen(
+    process = subprocess.Popen(  # nosec B603 # argv of our own, no shell
         [sys.executable, "-c", _WATCH, str(owner or os.getpid()), str(folder)],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True, close_fds=True,

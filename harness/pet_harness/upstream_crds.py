@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-import subprocess
+import subprocess  # nosec B404 # argv lists, never a shell
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -66,8 +66,9 @@ def _download(module: str, version: str) -> Path:
     """The module's extracted folder in the Go module cache (downloaded and verified if needed)."""
     ref = f"{module}@v{version.lstrip('v')}"
     with tempfile.TemporaryDirectory(prefix="pet-harness-gomod-") as scratch:  # outside any go.mod
-        proc = subprocess.run([go_executable(), "mod", "download", "-json", ref], cwd=scratch,
-                              env=_go_env(), capture_output=True, text=True, timeout=600)
+        proc = subprocess.run(  # nosec B603 # argv of our own, no shell
+            [go_executable(), "mod", "download", "-json", ref], cwd=scratch,
+            env=_go_env(), capture_output=True, text=True, timeout=600)
     try:
         info = json.loads(proc.stdout) if proc.stdout.strip() else {}
     except json.JSONDecodeError:

@@ -94,7 +94,7 @@ class LoadProcess:
         self.writer = writer
         self.no_store_share = no_store_share
         self.claims_namespace = claims_namespace
-        self.rng = rng or random.Random()
+        self.rng = rng or random.Random()  # nosec B311 # load-test draws, not secrets
         self.first_id = id_base + worker_index * ID_STRIDE
         self._ids = itertools.count(self.first_id)
         self._names = itertools.count()

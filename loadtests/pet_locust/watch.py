@@ -68,12 +68,12 @@ class PetWatch:
                                   timeout=timeout)
 
     def _list(self, namespace: str) -> str:
-        token = ""
+        list_cursor = ""
         version = ""
         while not self.stopped():
             fields = {"limit": str(self.page_size)}
-            if token:
-                fields["continue"] = token
+            if list_cursor:
+                fields["continue"] = list_cursor
             resp = self._get(pets_path(namespace), fields, urllib3.Timeout(connect=10, read=60))
             try:
                 body = json.loads(resp.read())
@@ -86,8 +86,8 @@ class PetWatch:
                 self.tracker.observe("ADDED", item, now)
             meta = body.get("metadata") or {}
             version = str(meta.get("resourceVersion", version))
-            token = str(meta.get("continue") or "")
-            if not token:
+            list_cursor = str(meta.get("continue") or "")
+            if not list_cursor:
                 break
         return version
 

@@ -105,7 +105,8 @@ class BoundedSite(web.BaseSite):
     async def start(self) -> None:
         await super().start()
         server = self._runner.server
-        assert server is not None
+        if server is None:  # aiohttp sets it in super().start(); an explicit check survives python -O
+            raise RuntimeError("the webhook's aiohttp runner has no server after start")
         factory: Callable[[], asyncio.Protocol] = server
         limit = self._first_request
         self._server = await asyncio.get_running_loop().create_server(

@@ -131,16 +131,16 @@ class Kube:
 
     async def _pages(self, path: str, params: Mapping[str, str], accept: str = rest.JSON) -> Any:
         """Every item of a listing, ``LIST_PAGE`` at a time (a large population is never one response)."""
-        token = ""
+        list_cursor = ""
         while True:
             query = {**params, "limit": str(LIST_PAGE)}
-            if token:
-                query["continue"] = token
+            if list_cursor:
+                query["continue"] = list_cursor
             page = await self.rest.request("GET", path, timeout=self.timeouts.list, params=query, accept=accept)
             for item in page.get("items") or []:
                 yield item
-            token = str((page.get("metadata") or {}).get("continue") or "")
-            if not token:
+            list_cursor = str((page.get("metadata") or {}).get("continue") or "")
+            if not list_cursor:
                 return
 
     async def set_finalizers(

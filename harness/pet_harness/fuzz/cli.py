@@ -8,7 +8,7 @@ import datetime
 import json
 import os
 import shlex
-import subprocess
+import subprocess  # nosec B404 # argv lists, never a shell
 import sys
 from pathlib import Path
 from typing import Any
@@ -85,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
     cmd = pytest_command(args, results)
     shown = "pet-harness fuzz " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 1 else "fuzz"
     print(f"pet-harness fuzz: {args.profile} profile, results in {results}", file=sys.stderr)
-    child = subprocess.Popen(cmd, cwd=REPO_ROOT, env=dict(os.environ))
+    environ = dict(os.environ)
+    child = subprocess.Popen(cmd, cwd=REPO_ROOT, env=environ)  # nosec B603 # argv of our own, no shell
     try:
         code = child.wait()
     except KeyboardInterrupt:  # pytest got the Ctrl-C too: let it stop its clusters and operators

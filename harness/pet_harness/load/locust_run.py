@@ -154,7 +154,8 @@ def web_state(port: int) -> tuple[str | None, int | None]:
     import urllib.request
 
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/pet-load", timeout=5) as resp:
+        url = f"http://127.0.0.1:{port}/pet-load"
+        with urllib.request.urlopen(url, timeout=5) as resp:  # nosec B310 # loopback URL built here
             data = json.loads(resp.read())
     except (OSError, ValueError):
         return None, None

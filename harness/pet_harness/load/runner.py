@@ -134,7 +134,8 @@ def run_one(options: LoadOptions, kind: str, out: Path, say: Callable[[str], Non
             cluster_note = (f"embedded kube-apiserver + etcd ({', '.join(world.LOAD_APISERVER_ARGS)}, no audit log), "
                             f"started in {cluster.start_seconds:.1f} s")
         else:
-            assert options.kubeconfig is not None
+            if options.kubeconfig is None:
+                raise ValueError("--target kubeconfig needs --kubeconfig FILE")
             admin = options.kubeconfig
             cluster_note = f"existing cluster of {options.kubeconfig} (--target kubeconfig)"
         api = api_client(admin)

@@ -20,7 +20,7 @@ import dataclasses
 import hashlib
 import os
 import shutil
-import subprocess
+import subprocess  # nosec B404 # argv lists, never a shell
 import sys
 import tomllib
 import venv
@@ -68,9 +68,9 @@ def ensure(name: str, requirements: list[str], progress: Callable[[str], None] =
     progress(f"making the {name} runtime in {folder} ({', '.join(requirements)}); once per version")
     try:
         venv.EnvBuilder(with_pip=True, clear=True).create(folder)
-        subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                        *requirements], check=True, timeout=INSTALL_TIMEOUT, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.PIPE, text=True)
+        subprocess.run(  # nosec B603 # argv of our own, no shell
+            [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *requirements],
+            check=True, timeout=INSTALL_TIMEOUT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     except (OSError, subprocess.SubprocessError) as exc:
         detail = getattr(exc, "stderr", "") or ""
         shutil.rmtree(folder, ignore_errors=True)
