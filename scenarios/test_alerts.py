@@ -54,9 +54,13 @@ def monitored(pet_cluster: Any, claims_namespace: str, operator_factory: Any) ->
 
 
 def _watch(rig: PetMonitoring, operators: int) -> None:
+    """Scrape the replicas started so far; return once they are up and the rules have seen them
+    (Prometheus started before the replicas, so PetOperatorDown may fire first: wait until it is gone)."""
     rig.refresh()
     rig.server.wait_targets_up(rig.job, operators, timeout=60)
     rig.server.wait_targets_up("apiserver", 1, timeout=60)
+    wait_for(rig.active, lambda alerts: all(a["alertname"] != "PetOperatorDown" for a in alerts), 60,
+             "PetOperatorDown to clear once the replicas are scraped")
 
 
 def _fired(rig: PetMonitoring, alert: str, caused_at: float, timeout: float = 120) -> dict[str, Any]:
@@ -126,7 +130,7 @@ def test_operator_down_fires_when_every_replica_is_killed(
 ) -> None:
     replicas = _two_replicas(operator_factory, namespace)
     _watch(monitored, 2)
-    assert "PetOperatorDown" not in monitored.firing()
+    assert "PetOperatorDown" not in monitored.firing()  # _watch waited for it to clear
     caused = time.monotonic()
     for op in replicas:
         op.kill()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import subprocess
+import subprocess  # nosec B404 # argv lists, never a shell
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -46,8 +46,8 @@ def run(args: Sequence[str], timeout: float = 120, build: bool = True) -> str:
         env = {k: v for k, v in os.environ.items() if not k.startswith("HELM_")}
         env.update(HELM_CONFIG_HOME=f"{home}/config", HELM_CACHE_HOME=f"{home}/cache",
                    HELM_DATA_HOME=f"{home}/data", KUBECONFIG=f"{home}/no-kubeconfig")
-        proc = subprocess.run([str(helm), *args], capture_output=True, text=True, timeout=timeout, env=env,
-                              cwd=home)
+        proc = subprocess.run(  # nosec B603 # the cached helm, argv of our own, no shell
+            [str(helm), *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=home)
     if proc.returncode != 0:
         # helm's notes on following a symbolic link (walk.go) are not the error
         said = "\n".join(line for line in proc.stderr.splitlines() if not line.startswith("walk.go:")).strip()
