@@ -34,12 +34,15 @@ def _cmd_binaries_build(args: argparse.Namespace) -> int:
     extra = ("kube-controller-manager", *(binaries.NODE_COMMANDS if args.node else ()))
     if args.force:
         for path in (binaries.apiserver_cache_path(), binaries.etcd_cache_path(),
-                     *(binaries.kubernetes_command_cache_path(c) for c in extra)):
+                     *(binaries.kubernetes_command_cache_path(c) for c in extra),
+                     *(binaries.buildkit_cache_dir() / n for n in ("buildkitd", "buildctl") if args.node)):
             path.unlink(missing_ok=True)
     found = binaries.ensure_binaries(build=True)
     # kube-controller-manager for clusters started with one (namespace deletion, garbage collection);
     # with --node also what a cluster with a node runs
     built = {command: binaries.ensure_kubernetes_command(command, build=True) for command in extra}
+    if args.node:  # BuildKit builds the images of the node's pods from Dockerfiles
+        built.update(binaries.ensure_buildkit(build=True))
     print(f"kube-apiserver: {found.kube_apiserver} ({binaries.binary_version(found.kube_apiserver)})")
     print(f"etcd:           {found.etcd} ({binaries.binary_version(found.etcd)})")
     for command, path in built.items():

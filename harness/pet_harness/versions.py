@@ -38,3 +38,10 @@ def _split(version: str) -> tuple[int, int, int]:
 #: (ServiceMonitor, PrometheusRule, ...) the harness installs; the CRD files ship in the module
 #: under ``example/prometheus-operator-crd/``.
 PROMETHEUS_OPERATOR_VERSION = "0.85.0"
+
+#: ``github.com/moby/buildkit`` module version that ``buildkitd`` and ``buildctl`` are built from
+#: (``pet-harness binaries build --node``): they build images from Dockerfiles for the node backend.
+BUILDKIT_VERSION = "0.26.3"
+
+#: the Debian release the node backend's base images are made from (mmdebstrap)
+DEBIAN_SUITE = "bookworm"

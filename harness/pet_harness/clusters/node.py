@@ -247,6 +247,20 @@ class NodeCluster(LocalCluster):
                    "containerd's socket")
         import_images(tool("ctr"), layout.containerd_socket, image_tars(self._say))
 
+    def import_image(self, tar: Path, reference: str) -> float:
+        """Import an OCI image tar (e.g. built by :mod:`~pet_harness.clusters.node_buildkit`) into the
+        node's containerd, where pods with ``imagePullPolicy: Never`` find it; returns the seconds."""
+        started = time.monotonic()
+        proc = subprocess.run([tool("ctr"), "--address", str(self._layout.containerd_socket), "--namespace", "k8s.io",
+                               "images", "import", str(tar)], capture_output=True, text=True, timeout=300)
+        if proc.returncode != 0:
+            raise ClusterError(f"ctr images import of {reference} ({tar}) failed: {proc.stderr.strip()}")
+        listed = subprocess.run([tool("ctr"), "--address", str(self._layout.containerd_socket), "--namespace", "k8s.io",
+                                 "images", "ls", "-q"], capture_output=True, text=True, timeout=60).stdout.split()
+        if reference not in listed:
+            raise ClusterError(f"the image tar {tar} did not hold {reference} (containerd has {sorted(listed)})")
+        return time.monotonic() - started
+
     def _containerd_ready(self) -> bool:
         if not self._layout.containerd_socket.exists():
             return False
