@@ -10,6 +10,7 @@ build --node``. One node cluster and one deployment for the module.
 from __future__ import annotations
 
 import datetime
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ import pytest
 from helpers import wait_phase
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from kubernetes.stream import stream
 from node_support import POD_UID, require_root
 
 from pet_harness.clusters.node import NodeCluster
@@ -35,6 +37,7 @@ from pet_harness.pet_deploy import (
 )
 from pet_harness.pet_image import operator_image
 from pet_harness.waiting import wait_for
+from petchaos.staging import check_frozen, freeze_script
 
 pytestmark = pytest.mark.node
 
@@ -178,6 +181,39 @@ def test_a_rollout_restart_while_pets_are_written_loses_no_write_and_gives_no_we
     for name in writer.created:  # every write is there and is reconciled by the new leader
         wait_phase(pets, name, "Active", timeout=90)
     assert _leader(api).rsplit("_", 1)[0] in {p.metadata.name for p in _operator_pods(api)}
+
+
+def _exec(api: client.ApiClient, pod: str, command: list[str]) -> str:
+    core = client.CoreV1Api(api)
+    return str(stream(core.connect_get_namespaced_pod_exec, pod, OPERATOR_NAMESPACE, container="operator",
+                      command=command, stdin=False, stdout=True, stderr=True, tty=False, _request_timeout=30))
+
+
+def test_the_leader_frozen_through_exec_loses_the_lease_and_thaws_as_a_standby(
+    deployed: DeployedOperator, api: client.ApiClient
+) -> None:
+    """What the chaos experiments' Kubernetes target does to freeze the leader: SIGSTOP through an exec
+    into its container. tini is PID 1, so the operator is an ordinary process there and stops."""
+    holder = wait_for(lambda: _leader(api), bool, 60, "a leader")
+    frozen_pod = holder.rsplit("_", 1)[0]
+    stopped = check_frozen(frozen_pod, _exec(api, frozen_pod, freeze_script("SIGSTOP")))
+    frozen_at = time.monotonic()
+    try:
+        successor = wait_for(lambda: _leader(api), lambda h: bool(h) and not h.startswith(frozen_pod + "_"), 60,
+                             "the standby to take the Lease")
+        gap = time.monotonic() - frozen_at
+    finally:
+        thawed = _exec(api, frozen_pod, freeze_script("SIGCONT"))
+    assert successor.rsplit("_", 1)[0] in {p.metadata.name for p in _operator_pods(api)}
+    assert 1 not in stopped, "PID 1 is tini, not the operator"
+    assert "T" not in json.loads(thawed.strip().splitlines()[-1]).values(), thawed
+    print(f"leader frozen: the standby took the Lease after {gap:.1f}s (lease 15 s)")
+    # the thawed replica stays a standby and writes still go through: a new pet goes Active
+    pets = PetApi(api, SERVED[0])
+    pets.create_store("after-freeze", {"allowedTags": []})
+    pets.create_pet("thawed", {"id": 9401, "name": "thawed", "store": "after-freeze", "tags": []})
+    wait_phase(pets, "thawed", "Active", timeout=60)
+    assert _leader(api) == successor
 
 
 def test_deleting_a_served_namespace_finishes_and_releases_its_claims(

@@ -158,7 +158,21 @@ def build_image(context: Path, repository: str, inputs: Sequence[str], dockerfil
     seconds = time.monotonic() - started
     say(f"  built {reference} in {seconds:.0f}s ({tar.stat().st_size / 1e6:.0f} MB)")
     (out_dir / (tar.name + ".json")).write_text(json.dumps({"reference": reference, "seconds": round(seconds, 1)}))
+    prune_built(out_dir, repository, keep=tar)
     return BuiltImage(reference, tar, seconds)
+
+
+def prune_built(out_dir: Path, repository: str, keep: Path, count: int = 2) -> list[Path]:
+    """Remove older builds of ``repository`` (each a few hundred MB): ``keep`` and the newest others
+    up to ``count`` in all stay."""
+    prefix = repository.replace("/", "_").replace(":", "_") + "_"
+    others = sorted((p for p in out_dir.glob(prefix + "*.tar") if p != keep), key=lambda p: p.stat().st_mtime,
+                    reverse=True)
+    removed = others[max(count - 1, 0):]
+    for path in removed:
+        path.unlink(missing_ok=True)
+        path.with_name(path.name + ".json").unlink(missing_ok=True)
+    return removed
 
 
 def remove_state() -> None:
