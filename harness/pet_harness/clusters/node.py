@@ -427,6 +427,11 @@ class NodeCluster(LocalCluster):
         sandboxes (the CNI plugin takes their veths and addresses back) while it still runs."""
         if self.apiserver is None or not self.apiserver.running or self.kubelet is None or not self.kubelet.running:
             return
+        # first the controller manager: its ReplicaSet, DaemonSet and Job controllers would make a
+        # deleted pod again (a Deployment's pods kept the wait below busy until its timeout)
+        if self.controller_manager_process is not None:
+            self.controller_manager_process.stop(grace=10)
+            self.controller_manager_process = None
         deadline = time.monotonic() + timeout
         with contextlib.suppress(OSError, ValueError, urllib.error.URLError, ssl.SSLError):
             listing = self._get("/api/v1/pods") or {}
