@@ -7,6 +7,7 @@ build --node``. One node cluster for the module.
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Iterator
 
@@ -26,8 +27,9 @@ from node_support import (
 from pet_harness import versions
 from pet_harness.clusters.base import ClusterError
 from pet_harness.clusters.node import NodeCluster
-from pet_harness.clusters.node_network import GUARD_CHAIN
+from pet_harness.clusters.node_network import GUARD_CHAIN, INPUT_SUFFIX
 from pet_harness.kubeclient import api_client
+from pet_harness.waiting import wait_for
 
 pytestmark = pytest.mark.node
 
@@ -118,6 +120,41 @@ def test_pods_reach_pods_and_services_on_the_node_but_nothing_outside_the_machin
     assert "cannot connect to 1.1.1.1:53" in log and "network is unreachable" in log, log
 
 
+def _api_call(core: client.CoreV1Api, ns: str, image: str, name: str, *request: str) -> tuple[str, str]:
+    """Run a pod that sends one request to the API server as an in-cluster client does
+    (``$KUBERNETES_SERVICE_HOST``, its service-account token, the mounted CA); its phase and log."""
+    wait_for(lambda: core.list_namespaced_service_account(ns).items, bool, 60,
+             f"the default ServiceAccount of {ns}")
+    pod = restricted_pod(name, image, ["api", *request], restart="Never")
+    pod["spec"]["automountServiceAccountToken"] = True
+    core.create_namespaced_pod(ns, pod)
+    done = wait_phase(core, ns, name, {"Succeeded", "Failed"})
+    return done.status.phase, core.read_namespaced_pod_log(name, ns)
+
+
+def test_pods_reach_the_api_server_through_the_kubernetes_service_with_their_token(
+    node_cluster: NodeCluster, core: client.CoreV1Api
+) -> None:
+    """The API server listens on the node's address, which is the ``kubernetes`` Service's endpoint;
+    kube-proxy sends the ClusterIP there and the serving certificate is valid for the ClusterIP."""
+    endpoints = core.read_namespaced_endpoints("kubernetes", "default")
+    addresses = [(a.ip, p.port) for subset in endpoints.subsets for a in subset.addresses for p in subset.ports]
+    assert addresses == [(node_cluster.node_ip, node_cluster.apiserver_port)], addresses
+    ns = restricted_namespace(core, "in-cluster")
+    image = node_cluster.toolbox_image
+    review = '{"apiVersion":"authentication.k8s.io/v1","kind":"SelfSubjectReview"}'
+    phase, log = _api_call(core, ns, image, "whoami", "POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+                           review)
+    assert phase == "Succeeded", log
+    status, _, body = log.strip().partition(" ")
+    assert status == "201", log
+    assert json.loads(body)["status"]["userInfo"]["username"] == f"system:serviceaccount:{ns}:default", body
+    # the token is the pod's, held to RBAC: the default account may not list pods
+    phase, log = _api_call(core, ns, image, "list-pods", "GET", f"/api/v1/namespaces/{ns}/pods")
+    assert phase == "Failed", log
+    assert log.startswith("403 ") and f"system:serviceaccount:{ns}:default" in log, log
+
+
 @pytest.mark.parametrize("binary", ["iptables", "ip6tables"])
 def test_the_guard_chain_is_the_first_forward_rule(node_cluster: NodeCluster, binary: str) -> None:
     forward = subprocess.run([binary, "-w", "5", "-t", "mangle", "-S", "FORWARD"], capture_output=True, text=True,
@@ -130,6 +167,20 @@ def test_the_guard_chain_is_the_first_forward_rule(node_cluster: NodeCluster, bi
     assert f"-A {GUARD_CHAIN} -i {bridge} -o {bridge} -j RETURN" in guard
     assert f"-A {GUARD_CHAIN} -i {bridge} -j DROP" in guard
     assert f"-A {GUARD_CHAIN} -o {bridge} -j DROP" in guard
+
+
+def test_the_node_address_is_guarded_first_in_input(node_cluster: NodeCluster) -> None:
+    """The API server and the kubelet listen on the node's address: only loopback and the bridge
+    may reach it."""
+    chain = GUARD_CHAIN + INPUT_SUFFIX
+    listing = subprocess.run(["iptables", "-w", "5", "-t", "mangle", "-S", "INPUT"], capture_output=True, text=True,
+                             check=True).stdout.splitlines()
+    assert next(line for line in listing if line.startswith("-A ")) == f"-A INPUT -j {chain}", listing
+    rules = subprocess.run(["iptables", "-w", "5", "-t", "mangle", "-S", chain], capture_output=True, text=True,
+                           check=True).stdout.splitlines()
+    bridge = node_cluster.layout.bridge if node_cluster.layout else "?"
+    assert rules[1:] == [f"-A {chain} -i lo -j RETURN", f"-A {chain} -i {bridge} -j RETURN",
+                         f"-A {chain} -d {node_cluster.node_ip}/32 -j DROP"], rules
 
 
 def test_pods_have_no_default_route(node_cluster: NodeCluster) -> None:

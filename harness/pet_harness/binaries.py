@@ -481,6 +481,46 @@ def build_helm(helm_version: str = versions.HELM_VERSION, progress: Progress | N
     return output
 
 
+def buildkit_cache_dir(buildkit_version: str = versions.BUILDKIT_VERSION) -> Path:
+    return cache_root() / f"buildkit-v{buildkit_version}"
+
+
+def ensure_buildkit(build: bool = True, progress: Progress | None = None) -> dict[str, Path]:
+    """``buildkitd`` and ``buildctl`` (BuildKit, built from ``github.com/moby/buildkit``), built into the
+    cache when missing and ``build`` is true."""
+    folder = buildkit_cache_dir()
+    found = {name: folder / name for name in ("buildkitd", "buildctl")}
+    if all(p.is_file() and os.access(p, os.X_OK) for p in found.values()):
+        return found
+    if not build:
+        raise BinaryError(f"BuildKit (buildkitd, buildctl) is not built yet: run `pet-harness binaries build --node` "
+                          f"(cache: {folder})")
+    return build_buildkit(progress=progress or _stderr)
+
+
+def build_buildkit(
+    buildkit_version: str = versions.BUILDKIT_VERSION, progress: Progress | None = None
+) -> dict[str, Path]:
+    say = progress or _stderr
+    started = time.monotonic()
+    folder = buildkit_cache_dir(buildkit_version)
+    folder.mkdir(parents=True, exist_ok=True)
+    tag = f"v{buildkit_version}"
+    workdir = _module_dir(f"buildkit-{tag}")
+    say(f"building buildkitd and buildctl {tag} from github.com/moby/buildkit (first build takes minutes)")
+    (workdir / "go.mod").write_text(
+        f"module pet-harness.local/build/buildkit\n\ngo 1.24\n\nrequire github.com/moby/buildkit {tag}\n"
+    )
+    _run_go(["get", f"github.com/moby/buildkit@{tag}"], workdir, "go get buildkit")
+    ldflags = f"-s -w -X github.com/moby/buildkit/version.Version={tag}"
+    out = {}
+    for name in ("buildkitd", "buildctl"):
+        out[name] = folder / name
+        _go_build(workdir, f"github.com/moby/buildkit/cmd/{name}", out[name], ldflags, say, name)
+    say(f"BuildKit {tag} ready after {time.monotonic() - started:.0f}s")
+    return out
+
+
 def binary_version(path: Path) -> str:
     """What a binary says of its own version (first line of ``--version``)."""
     with tempfile.TemporaryDirectory() as tmp:  # etcd may write default.etcd into cwd

@@ -43,7 +43,8 @@ def _cmd_binaries_build(args: argparse.Namespace) -> int:
     if args.force:
         for path in (binaries.helm_cache_path(),) if args.helm_only else (
                 binaries.apiserver_cache_path(), binaries.etcd_cache_path(), binaries.helm_cache_path(),
-                *(binaries.kubernetes_command_cache_path(c) for c in extra)):
+                *(binaries.kubernetes_command_cache_path(c) for c in extra),
+                *(binaries.buildkit_cache_dir() / n for n in ("buildkitd", "buildctl") if args.node)):
             path.unlink(missing_ok=True)
     # helm renders and lints the chart (deploy/helm) and regenerates deploy/ from it
     helm = binaries.ensure_helm(build=True)
@@ -54,6 +55,8 @@ def _cmd_binaries_build(args: argparse.Namespace) -> int:
     # kube-controller-manager for clusters started with one (namespace deletion, garbage collection);
     # with --node also what a cluster with a node runs
     built = {command: binaries.ensure_kubernetes_command(command, build=True) for command in extra}
+    if args.node:  # BuildKit builds the images of the node's pods from Dockerfiles
+        built.update(binaries.ensure_buildkit(build=True))
     print(f"kube-apiserver: {found.kube_apiserver} ({binaries.binary_version(found.kube_apiserver)})")
     print(f"etcd:           {found.etcd} ({binaries.binary_version(found.etcd)})")
     for command, path in built.items():

@@ -47,3 +47,10 @@ HELM_VERSION = "3.21.4"
 #: ClusterIssuer) the chart's e2e tests install to validate the chart's cert-manager objects; the
 #: CRD files ship in the module under ``deploy/crds/`` (cert-manager's reference copies).
 CERT_MANAGER_VERSION = "1.21.2"
+
+#: ``github.com/moby/buildkit`` module version that ``buildkitd`` and ``buildctl`` are built from
+#: (``pet-harness binaries build --node``): they build images from Dockerfiles for the node backend.
+BUILDKIT_VERSION = "0.26.3"
+
+#: the Debian release the node backend's base images are made from (mmdebstrap)
+DEBIAN_SUITE = "bookworm"

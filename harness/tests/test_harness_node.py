@@ -146,6 +146,20 @@ def test_the_guard_is_installed_first_in_mangle_forward_for_both_families() -> N
     assert not any("filter" in c or "-F" in c or "nat" in c for c in runner.calls), "nothing global is touched"
 
 
+def test_the_node_address_takes_packets_from_loopback_and_the_bridge_only() -> None:
+    runner = FakeRunner()
+    node_network.install_guard("br0", "G", runner, node_ip="10.244.0.1")
+    v4_input = [c[5:] for c in runner.calls if c[0] == "iptables" and "G-IN" in c]
+    assert v4_input == [
+        ["-N", "G-IN"],
+        ["-A", "G-IN", "-i", "lo", "-j", "RETURN"],
+        ["-A", "G-IN", "-i", "br0", "-j", "RETURN"],
+        ["-A", "G-IN", "-d", "10.244.0.1/32", "-j", "DROP"],
+        ["-I", "INPUT", "1", "-j", "G-IN"],
+    ]
+    assert not any("G-IN" in c for c in runner.calls if c[0] == "ip6tables"), "the node has no IPv6 address"
+
+
 def test_removing_the_guard_deletes_every_jump_then_the_chain() -> None:
     jumps = {"iptables": 2, "ip6tables": 0}
 
@@ -161,7 +175,8 @@ def test_removing_the_guard_deletes_every_jump_then_the_chain() -> None:
     runner = Jumps()
     node_network.remove_guard("G", runner)
     v4 = [c[5:] for c in runner.calls if c[0] == "iptables"]
-    assert v4 == [["-D", "FORWARD", "-j", "G"]] * 3 + [["-F", "G"], ["-X", "G"]]
+    assert v4 == [["-D", "FORWARD", "-j", "G"]] * 3 + [["-F", "G"], ["-X", "G"]] + [
+        ["-D", "INPUT", "-j", "G-IN"], ["-F", "G-IN"], ["-X", "G-IN"]]
     v6 = [c[5:] for c in runner.calls if c[0] == "ip6tables"]
     assert v6 == [["-D", "FORWARD", "-j", "G"], ["-F", "G"], ["-X", "G"]]
 

@@ -12,7 +12,7 @@ import asyncio
 import dataclasses
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -71,14 +71,28 @@ async def with_retries(what: str, call: Callable[[], Awaitable[Any]]) -> None:
         delay = min(delay * 2, 5.0)
 
 
+def in_cluster_server(info: kopf.ConnectionInfo, environ: Mapping[str, str] = os.environ) -> kopf.ConnectionInfo:
+    """The API server's address in a pod as client-go finds it: ``$KUBERNETES_SERVICE_HOST`` and
+    ``$KUBERNETES_SERVICE_PORT``, which the kubelet sets in every container. Kopf's service-account
+    login names ``https://kubernetes.default.svc``, which only a cluster DNS resolves; the
+    variables need none (the Service's ClusterIP is in the API server's certificate)."""
+    host, port = environ.get("KUBERNETES_SERVICE_HOST"), environ.get("KUBERNETES_SERVICE_PORT")
+    if not host or not port:
+        return info
+    if ":" in host:
+        host = f"[{host}]"
+    return dataclasses.replace(info, server=f"https://{host}:{port}")
+
+
 def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-    """Kopf's credentials: in a pod the mounted service-account token; elsewhere ``$KUBECONFIG`` (or
+    """Kopf's credentials: in a pod the mounted service-account token (the server from the
+    environment, :func:`in_cluster_server`); elsewhere ``$KUBECONFIG`` (or
     ``~/.kube/config``). Kopf's own kubeconfig reader knows ``token`` but not ``tokenFile``, so a
     token file (a rotated token: the harness's, a projected one) is read here, afresh at every
     login: Kopf logs in again when the API server answers 401, i.e. once the old token expired."""
     info: kopf.ConnectionInfo | None = kopf.login_with_service_account(**kwargs)
     if info is not None:
-        return info
+        return in_cluster_server(info)
     info = kopf.login_with_kubeconfig(**kwargs)
     if info is None or info.token or info.certificate_path or info.certificate_data:
         return info

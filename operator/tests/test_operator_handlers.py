@@ -328,6 +328,18 @@ def test_login_reads_a_token_file_afresh_each_time(
     assert info.token == "rotated-token-of-another-length"
 
 
+
+def test_in_a_pod_the_server_comes_from_the_kubelets_environment_not_from_cluster_dns() -> None:
+    """Kopf's service-account login names https://kubernetes.default.svc, which needs a cluster DNS
+    (the node backend has none); client-go's in-cluster configuration uses the environment."""
+    info = kopf.ConnectionInfo(server="https://kubernetes.default.svc", token="t", ca_path="/ca.crt")
+    moved = handlers.in_cluster_server(info, {"KUBERNETES_SERVICE_HOST": "10.97.0.1",
+                                              "KUBERNETES_SERVICE_PORT": "443"})
+    assert (moved.server, moved.token, moved.ca_path) == ("https://10.97.0.1:443", "t", "/ca.crt")
+    v6 = handlers.in_cluster_server(info, {"KUBERNETES_SERVICE_HOST": "fd00::1", "KUBERNETES_SERVICE_PORT": "443"})
+    assert v6.server == "https://[fd00::1]:443"
+    assert handlers.in_cluster_server(info, {"KUBERNETES_SERVICE_HOST": "10.97.0.1"}) is info
+
 # --- indexing in the handlers --------------------------------------------------------------------
 
 

@@ -113,6 +113,8 @@ class LocalCluster(Cluster):
     reap_workdir = True
     #: the API server's service range (its first address is the ``kubernetes`` Service's)
     service_cidr = "10.0.0.0/24"
+    #: ``none``: the ``kubernetes`` Service gets no endpoints (nothing runs in a pod to use them)
+    endpoint_reconciler = "none"
 
     def __init__(
         self,
@@ -162,9 +164,12 @@ class LocalCluster(Cluster):
             raise ClusterError("the local cluster is not started")
         return self._kubeconfig
 
+    #: the one address kube-apiserver listens on and advertises (the ``kubernetes`` Service's endpoint)
+    apiserver_address = "127.0.0.1"
+
     @property
     def server_url(self) -> str:
-        return f"https://127.0.0.1:{self.apiserver_port}"
+        return f"https://{self.apiserver_address}:{self.apiserver_port}"
 
     @property
     def audit_log_path(self) -> Path:
@@ -328,8 +333,8 @@ class LocalCluster(Cluster):
                 f"--etcd-cafile={pki / 'ca.crt'}",
                 f"--etcd-certfile={pki / 'etcd-client.crt'}",
                 f"--etcd-keyfile={pki / 'etcd-client.key'}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                f"--bind-address={self.apiserver_address}",
+                f"--advertise-address={self.apiserver_address}",
                 f"--secure-port={self.apiserver_port}",
                 f"--cert-dir={d / 'apiserver-certs'}",
                 f"--tls-cert-file={pki / 'apiserver.crt'}",
@@ -340,7 +345,7 @@ class LocalCluster(Cluster):
                 f"--service-account-signing-key-file={pki / 'service-account.key'}",
                 f"--service-cluster-ip-range={self.service_cidr}",
                 *self._apiserver_mode_args(),
-                "--endpoint-reconciler-type=none",
+                f"--endpoint-reconciler-type={self.endpoint_reconciler}",
                 "--allow-privileged=true",
                 "--profiling=false",
                 *self._audit_args(),

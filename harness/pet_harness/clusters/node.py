@@ -46,6 +46,9 @@ class NodeCluster(LocalCluster):
     workdir_prefix = "pet-harness-node-"
     #: the node's teardown (unmounting first) removes the folder; a plain folder watcher must not
     reap_workdir = False
+    #: the API server's endpoint (the ``kubernetes`` Service's, which kube-proxy sends pods to)
+    #: is written by the API server itself, as in any cluster
+    endpoint_reconciler = "lease"
 
     def __init__(
         self,
@@ -81,6 +84,18 @@ class NodeCluster(LocalCluster):
     @property
     def node_name(self) -> str:
         return self._layout.node_name
+
+    @property
+    def apiserver_address(self) -> str:  # type: ignore[override]
+        """kube-apiserver listens on the node's bridge address, not on 127.0.0.1: pods reach it there
+        (through the ``kubernetes`` Service, whose endpoint it is) and so does everything on the
+        machine. The address is the machine's own; the bridge's guard keeps it from the outside."""
+        return self.node_ip
+
+    @property
+    def node_ip(self) -> str:
+        """The bridge's address: the node's InternalIP, the pods' gateway and the API server's address."""
+        return NodeLayout(root=Path("/"), pod_cidr=self.pod_cidr, service_cidr=self.service_cidr).node_ip
 
     @property
     def _layout(self) -> NodeLayout:
@@ -200,7 +215,7 @@ class NodeCluster(LocalCluster):
         self._state["bridge"] = layout.bridge
         node_teardown.write_state(self._state)
         node_network.create_bridge(layout.bridge, layout.node_ip_cidr)
-        node_network.install_guard(layout.bridge)
+        node_network.install_guard(layout.bridge, node_ip=layout.node_ip)
 
     def _node_pki(self) -> Path:
         pki = self._layout.pki
@@ -232,6 +247,20 @@ class NodeCluster(LocalCluster):
                    "containerd's socket")
         import_images(tool("ctr"), layout.containerd_socket, image_tars(self._say))
 
+    def import_image(self, tar: Path, reference: str) -> float:
+        """Import an OCI image tar (e.g. built by :mod:`~pet_harness.clusters.node_buildkit`) into the
+        node's containerd, where pods with ``imagePullPolicy: Never`` find it; returns the seconds."""
+        started = time.monotonic()
+        proc = subprocess.run([tool("ctr"), "--address", str(self._layout.containerd_socket), "--namespace", "k8s.io",
+                               "images", "import", str(tar)], capture_output=True, text=True, timeout=300)
+        if proc.returncode != 0:
+            raise ClusterError(f"ctr images import of {reference} ({tar}) failed: {proc.stderr.strip()}")
+        listed = subprocess.run([tool("ctr"), "--address", str(self._layout.containerd_socket), "--namespace", "k8s.io",
+                                 "images", "ls", "-q"], capture_output=True, text=True, timeout=60).stdout.split()
+        if reference not in listed:
+            raise ClusterError(f"the image tar {tar} did not hold {reference} (containerd has {sorted(listed)})")
+        return time.monotonic() - started
+
     def _containerd_ready(self) -> bool:
         if not self._layout.containerd_socket.exists():
             return False
@@ -245,9 +274,9 @@ class NodeCluster(LocalCluster):
     # --- control plane for a node ----------------------------------------------------------------
 
     def _apiserver_ips(self) -> list[str]:
-        """Also the node's address, where pods will reach the API server."""
-        return [*super()._apiserver_ips(), NodeLayout(root=Path("/"), pod_cidr=self.pod_cidr,
-                                                      service_cidr=self.service_cidr).node_ip]
+        """Also the node's address, where the API server listens (the ``kubernetes`` Service's
+        ClusterIP, which pods use, is the first of the service range: in the base list)."""
+        return [*super()._apiserver_ips(), self.node_ip]
 
     def _apiserver_mode_args(self) -> list[str]:
         """The Node authorizer and NodeRestriction for the kubelet; ServiceAccount admission on (the
@@ -398,6 +427,11 @@ class NodeCluster(LocalCluster):
         sandboxes (the CNI plugin takes their veths and addresses back) while it still runs."""
         if self.apiserver is None or not self.apiserver.running or self.kubelet is None or not self.kubelet.running:
             return
+        # first the controller manager: its ReplicaSet, DaemonSet and Job controllers would make a
+        # deleted pod again (a Deployment's pods kept the wait below busy until its timeout)
+        if self.controller_manager_process is not None:
+            self.controller_manager_process.stop(grace=10)
+            self.controller_manager_process = None
         deadline = time.monotonic() + timeout
         with contextlib.suppress(OSError, ValueError, urllib.error.URLError, ssl.SSLError):
             listing = self._get("/api/v1/pods") or {}

@@ -7,7 +7,11 @@ Both hold one static Go program (``CGO_ENABLED=0``, about 1.5 MB) built once int
 * ``toolbox connect HOST:PORT [SECONDS]``: opens a TCP connection and says whether it could,
   exit 0 if it connected and 1 if not (a pod that proves it cannot leave the machine);
   ``toolbox listen PORT``: accepts TCP connections and answers each with ``ok`` (the other end
-  of a connection test); ``toolbox sleep``: the pause loop under another name.
+  of a connection test); ``toolbox sleep``: the pause loop under another name;
+  ``toolbox api METHOD PATH [BODY]``: one request to the API server as an in-cluster client does
+  it (``$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT``, the mounted service-account token,
+  the server certificate checked against the mounted CA), printing the status code and the body;
+  exit 0 for a 2xx answer, 1 otherwise.
 
 Each image is an OCI image layout in a tar: ``oci-layout``, ``index.json`` naming the image in the
 ``io.containerd.image.name`` annotation, the manifest, the config and one uncompressed layer (whose
@@ -35,15 +39,70 @@ TOOL_SOURCE = """\
 package main
 
 import (
+	"bytes"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 )
+
+const serviceAccount = "/var/run/secrets/kubernetes.io/serviceaccount/"
+
+// api sends one request to the API server the way client-go's in-cluster configuration does.
+func api(method, path, body string) {
+	host, port := os.Getenv("KUBERNETES_SERVICE_HOST"), os.Getenv("KUBERNETES_SERVICE_PORT")
+	if host == "" || port == "" {
+		fmt.Println("KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT are not set")
+		os.Exit(1)
+	}
+	token, err := os.ReadFile(serviceAccount + "token")
+	if err != nil {
+		fmt.Printf("no service-account token: %v\\n", err)
+		os.Exit(1)
+	}
+	caPEM, err := os.ReadFile(serviceAccount + "ca.crt")
+	if err != nil {
+		fmt.Printf("no service-account CA: %v\\n", err)
+		os.Exit(1)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		fmt.Println("the service-account CA holds no certificate")
+		os.Exit(1)
+	}
+	httpClient := &http.Client{
+		Timeout:   10 * time.Second,
+		Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}},
+	}
+	url := "https://" + net.JoinHostPort(host, port) + path
+	req, err := http.NewRequest(method, url, bytes.NewBufferString(body))
+	if err != nil {
+		fmt.Printf("bad request: %v\\n", err)
+		os.Exit(2)
+	}
+	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(token)))
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := httpClient.Do(req)
+	if err != nil {
+		fmt.Printf("%s %s failed: %v\\n", method, url, err)
+		os.Exit(1)
+	}
+	defer resp.Body.Close()
+	answer, _ := io.ReadAll(resp.Body)
+	fmt.Printf("%d %s\\n", resp.StatusCode, strings.TrimSpace(string(answer)))
+	if resp.StatusCode/100 != 2 {
+		os.Exit(1)
+	}
+}
 
 // pause waits for SIGTERM or SIGINT and reaps whatever child ends meanwhile.
 func pause() {
@@ -127,8 +186,18 @@ func main() {
 			os.Exit(2)
 		}
 		connect(os.Args[2], seconds)
+	case "api":
+		if len(os.Args) < 4 {
+			fmt.Println("usage: toolbox api METHOD PATH [BODY]")
+			os.Exit(2)
+		}
+		body := ""
+		if len(os.Args) > 4 {
+			body = os.Args[4]
+		}
+		api(os.Args[2], os.Args[3], body)
 	default:
-		fmt.Printf("unknown command %q: sleep, listen or connect\\n", os.Args[1])
+		fmt.Printf("unknown command %q: sleep, listen, connect or api\\n", os.Args[1])
 		os.Exit(2)
 	}
 }

@@ -6,7 +6,10 @@
   ``FORWARD``, lets traffic from the bridge to the bridge pass (pod to pod, pod to Service after
   kube-proxy's DNAT) and drops anything else forwarded from or to it. With the pods' only route
   being the service range (no default route, no masquerading) nothing a pod sends leaves the
-  machine, and nothing from outside reaches a pod.
+  machine, and nothing from outside reaches a pod. A second chain, jumped to first from ``INPUT``
+  (IPv4: the node's addresses are IPv4 only), drops packets for the node's own address (where the
+  API server and the kubelet listen) unless they come over loopback or the bridge: nothing from
+  another machine reaches them, even with a route to the pod range.
 * The sysctls the components may write (the bridge plugin turns ``ip_forward`` on; the kubelet
   sets its kernel tunables) are recorded before and written back after.
 * Every command touches only what it names: this bridge, this chain, these address ranges.
@@ -28,6 +31,8 @@ from pet_harness.clusters.node_packages import find_tool
 
 #: the guard chain's name in ``mangle`` (iptables and ip6tables)
 GUARD_CHAIN = "PET-HARNESS-GUARD"
+#: the suffix of the guard's ``INPUT`` chain (``PET-HARNESS-GUARD-IN``, iptables only)
+INPUT_SUFFIX = "-IN"
 
 #: sysctls a node's components may change: recorded at start, written back at teardown
 SYSCTLS = (
@@ -73,32 +78,52 @@ def guard_rules(bridge: str, chain: str = GUARD_CHAIN) -> list[list[str]]:
     ]
 
 
-def guard_install_commands(bridge: str, chain: str = GUARD_CHAIN) -> list[list[str]]:
-    """Every command that installs the guard, for iptables and ip6tables."""
+def input_guard_rules(bridge: str, node_ip: str, chain: str) -> list[list[str]]:
+    """The ``INPUT`` chain's rules: the node's address takes packets from loopback and the bridge only."""
+    return [
+        ["-A", chain, "-i", "lo", "-j", "RETURN"],
+        ["-A", chain, "-i", bridge, "-j", "RETURN"],
+        ["-A", chain, "-d", f"{node_ip}/32", "-j", "DROP"],
+    ]
+
+
+def guard_install_commands(bridge: str, chain: str = GUARD_CHAIN, node_ip: str | None = None) -> list[list[str]]:
+    """Every command that installs the guard, for iptables and ip6tables (and, given the node's
+    address, the ``INPUT`` chain for iptables)."""
     commands: list[list[str]] = []
     for binary in ("iptables", "ip6tables"):
         base = [binary, "-w", "5", "-t", "mangle"]
         commands.append([*base, "-N", chain])
         commands += [[*base, *rule] for rule in guard_rules(bridge, chain)]
         commands.append([*base, "-I", "FORWARD", "1", "-j", chain])
+    if node_ip is not None:
+        base = ["iptables", "-w", "5", "-t", "mangle"]
+        chain_in = chain + INPUT_SUFFIX
+        commands.append([*base, "-N", chain_in])
+        commands += [[*base, *rule] for rule in input_guard_rules(bridge, node_ip, chain_in)]
+        commands.append([*base, "-I", "INPUT", "1", "-j", chain_in])
     return commands
 
 
-def install_guard(bridge: str, chain: str = GUARD_CHAIN, runner: Runner | None = None) -> None:
-    for command in guard_install_commands(bridge, chain):
+def install_guard(bridge: str, chain: str = GUARD_CHAIN, runner: Runner | None = None,
+                  node_ip: str | None = None) -> None:
+    for command in guard_install_commands(bridge, chain, node_ip):
         (runner or run)(command)
 
 
 def remove_guard(chain: str = GUARD_CHAIN, runner: Runner | None = None) -> None:
-    """Remove every jump to the chain from FORWARD, then the chain; quiet when it is not there."""
+    """Remove every jump to the chains from FORWARD and INPUT, then the chains; quiet when they are
+    not there."""
     execute = runner or (lambda argv: run(argv, check=False))
     for binary in ("iptables", "ip6tables"):
         base = [binary, "-w", "5", "-t", "mangle"]
-        for _ in range(20):  # one jump is inserted per start; a few stale ones at most
-            if execute([*base, "-D", "FORWARD", "-j", chain]).returncode != 0:
-                break
-        execute([*base, "-F", chain])
-        execute([*base, "-X", chain])
+        targets = [("FORWARD", chain)] + ([("INPUT", chain + INPUT_SUFFIX)] if binary == "iptables" else [])
+        for builtin, target in targets:
+            for _ in range(20):  # one jump is inserted per start; a few stale ones at most
+                if execute([*base, "-D", builtin, "-j", target]).returncode != 0:
+                    break
+            execute([*base, "-F", target])
+            execute([*base, "-X", target])
 
 
 def chains_with_prefix(prefixes: Sequence[str], runner: Runner | None = None) -> list[tuple[str, str, str]]:

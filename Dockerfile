@@ -1,0 +1,50 @@
+# The operator's image: `docker build -t pet-operator .` (or BuildKit's buildctl) at the repo root.
+#
+# BASE_IMAGE is any Debian-based image with Python 3.11 or newer and its venv module: the
+# default is the public python image; the test harness passes one it made from Debian packages
+# (mmdebstrap, no registry needed; docs/harness.md). Both stages use the same base, so the
+# virtualenv's interpreter link is valid in the final one.
+#
+# The result runs as uid/gid 65532 (no root, no shell needed), with tini as PID 1 so that
+# SIGTERM reaches the operator (Python as PID 1 would ignore it) and SIGSTOP/SIGCONT sent to
+# the operator's process work (the chaos freeze), and with a read-only root filesystem
+# (bytecode compiled at build time; /tmp is the only place it writes, an emptyDir in
+# deploy/operator/deployment.yaml).
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+
+# Wheels to install from instead of the package index: none by default (pip downloads them).
+# The harness passes a folder of wheels it made on its machine as the build context `wheels`
+# (buildctl --opt context:wheels=local:wheels), so that its builds need no network.
+FROM scratch AS wheels
+
+FROM ${BASE_IMAGE} AS build
+# The public python image lacks tini; the harness's base has it already (then no network is
+# needed for this step).
+RUN command -v tini >/dev/null || { apt-get update \
+      && apt-get install -y --no-install-recommends tini \
+      && rm -rf /var/lib/apt/lists/*; }
+WORKDIR /src
+# only what the operator's wheel is built from: pyproject.toml names README.md as the readme,
+# and the package finder skips the harness and chaos folders, which are not copied
+COPY pyproject.toml README.md ./
+COPY operator/pet_operator ./operator/pet_operator
+RUN --mount=type=bind,from=wheels,target=/wheels \
+    python3 -m venv /opt/venv \
+    && if [ -n "$(ls -A /wheels)" ]; then set -- --no-index --find-links /wheels; fi \
+    && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check "$@" . \
+    && /opt/venv/bin/python -m compileall -q /opt/venv \
+    && cp "$(command -v tini)" /opt/tini
+
+FROM ${BASE_IMAGE}
+# a name for uid 65532: Kopf's peering identity asks for the user's name (getpass.getuser), which
+# fails for a uid without a passwd entry
+RUN groupadd --gid 65532 nonroot \
+    && useradd --uid 65532 --gid 65532 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin nonroot
+COPY --from=build /opt/venv /opt/venv
+COPY --from=build /opt/tini /usr/local/bin/tini
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+USER 65532:65532
+WORKDIR /tmp
+ENTRYPOINT ["/usr/local/bin/tini", "--", "/opt/venv/bin/python", "-m", "pet_operator"]

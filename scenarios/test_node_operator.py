@@ -1,0 +1,253 @@
+"""The operator deployed for real on the node backend: its image built here from the project's
+Dockerfile by BuildKit, the manifests of deploy/ applied (namespaced RBAC, webhook configurations
+through the Service, Deployment of two replicas with leader election, Service, PDB) in a namespace
+enforcing Pod Security ``restricted``.
+
+Marker ``node`` (tox env ``node``): root, the node's Debian packages and ``pet-harness binaries
+build --node``. One node cluster and one deployment for the module.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from helpers import wait_phase
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+from kubernetes.stream import stream
+from node_support import POD_UID, require_root
+
+from pet_harness.clusters.node import NodeCluster
+from pet_harness.kube import PetApi
+from pet_harness.kubeclient import api_client
+from pet_harness.pet_deploy import (
+    DEPLOYMENT,
+    OPERATOR_NAMESPACE,
+    SELECTOR,
+    SERVICE,
+    DeployedOperator,
+    deploy_operator,
+    deployment_available,
+)
+from pet_harness.pet_image import operator_image
+from pet_harness.waiting import wait_for
+from petchaos.staging import check_frozen, freeze_script
+
+pytestmark = pytest.mark.node
+
+SERVED = ("node-pets", "node-doomed")
+CLAIM_LABEL = "petstore.example.com/id-claim=true"
+
+
+@pytest.fixture(scope="module")
+def node_cluster() -> Iterator[NodeCluster]:
+    require_root()
+    cluster = NodeCluster()
+    with cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def api(node_cluster: NodeCluster) -> Iterator[client.ApiClient]:
+    kube_api = api_client(node_cluster.kubeconfig_path)
+    try:
+        yield kube_api
+    finally:
+        kube_api.close()
+
+
+@pytest.fixture(scope="module")
+def deployed(node_cluster: NodeCluster, api: client.ApiClient) -> DeployedOperator:
+    image = operator_image()
+    return deploy_operator(node_cluster, api, image, SERVED)
+
+
+def _operator_pods(api: client.ApiClient) -> list[Any]:
+    pods = client.CoreV1Api(api).list_namespaced_pod(OPERATOR_NAMESPACE, label_selector=SELECTOR).items
+    return [p for p in pods if p.metadata.deletion_timestamp is None]
+
+
+def _leader(api: client.ApiClient) -> str:
+    lease = client.CoordinationV1Api(api).read_namespaced_lease("pet-operator-leader", OPERATOR_NAMESPACE)
+    return str(lease.spec.holder_identity or "")
+
+
+def test_two_replicas_run_as_restricted_pods_from_the_image_built_here(
+    deployed: DeployedOperator, api: client.ApiClient
+) -> None:
+    core = client.CoreV1Api(api)
+    labels = core.read_namespace(OPERATOR_NAMESPACE).metadata.labels
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+    pods = _operator_pods(api)
+    assert len(pods) == 2, [p.metadata.name for p in pods]
+    for pod in pods:
+        assert pod.status.phase == "Running"
+        # Ready comes from the readiness probe the kubelet sends to /readyz
+        assert any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions), pod.status.conditions
+        (container,) = pod.spec.containers
+        assert (container.image, container.image_pull_policy) == (deployed.image, "Never")
+        assert container.readiness_probe.http_get.path == "/readyz"
+        assert pod.spec.security_context.run_as_user == POD_UID
+        assert container.security_context.read_only_root_filesystem is True
+        (status,) = pod.status.container_statuses
+        assert status.restart_count == 0, f"{pod.metadata.name} restarted: {status.last_state}"
+    # one of the two holds the leader Lease, named after its pod
+    holder = wait_for(lambda: _leader(api), bool, 60, "a leader")
+    assert holder.rsplit("_", 1)[0] in {p.metadata.name for p in pods}, holder
+
+
+def test_pets_go_active_through_the_deployed_operator(deployed: DeployedOperator, api: client.ApiClient) -> None:
+    pets = PetApi(api, SERVED[0])
+    pets.create_store("shop", {"allowedTags": ["cute", "small"]})
+    pets.create_pet("rex", {"id": 7101, "name": "Rex", "store": "shop", "tags": ["cute"]})
+    pet = wait_phase(pets, "rex", "Active", timeout=60)
+    assert pet["status"]["reason"] == "Reconciled"
+    # the mutating webhook (through the Service) put the id-claim finalizer on at create
+    assert "petstore.example.com/id-claim" in pet["metadata"]["finalizers"]
+
+
+def test_a_bad_tag_is_refused_by_the_webhook_through_the_service(
+    deployed: DeployedOperator, api: client.ApiClient
+) -> None:
+    config = client.AdmissionregistrationV1Api(api).read_validating_webhook_configuration("pet-operator")
+    assert all(h.client_config.url is None and h.client_config.service.name == SERVICE for h in config.webhooks)
+    pets = PetApi(api, SERVED[0])
+    pets.create_store("strict", {"allowedTags": ["calm"]})
+    with pytest.raises(ApiException) as info:
+        pets.create_pet("wild", {"id": 7102, "name": "Wild", "store": "strict", "tags": ["loud"]})
+    assert info.value.status == 422, info.value.body
+    assert "loud" in str(info.value.body) and "admission webhook" in str(info.value.body), info.value.body
+
+
+class Writer(threading.Thread):
+    """Creates pets one after another until told to stop (bounded in count and time); records
+    every failure."""
+
+    def __init__(self, pets: PetApi, store: str, first_id: int, limit: int = 400, seconds: float = 180) -> None:
+        super().__init__(daemon=True)
+        self.pets, self.store, self.next_id = pets, store, first_id
+        self.limit, self.deadline = limit, time.monotonic() + seconds
+        self.created: list[str] = []
+        self.failures: list[str] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set() and len(self.created) < self.limit and time.monotonic() < self.deadline:
+            name = f"w-{self.next_id}"
+            try:
+                self.pets.create_pet(name, {"id": self.next_id, "name": name, "store": self.store, "tags": []})
+                self.created.append(name)
+            except ApiException as exc:
+                self.failures.append(f"{name}: {exc.status} {exc.body}")
+            except Exception as exc:  # noqa: BLE001 - any failure of a write is what the test looks for
+                self.failures.append(f"{name}: {exc!r}")
+            self.next_id += 1
+            self.stop.wait(0.05)
+
+
+def test_a_rollout_restart_while_pets_are_written_loses_no_write_and_gives_no_webhook_error(
+    deployed: DeployedOperator, api: client.ApiClient
+) -> None:
+    apps = client.AppsV1Api(api)
+    pets = PetApi(api, SERVED[0])
+    pets.create_store("busy", {"allowedTags": []})
+    before = {p.metadata.name for p in _operator_pods(api)}
+    writer = Writer(pets, "busy", 7200)
+    writer.start()
+    try:
+        wait_for(lambda: len(writer.created), lambda n: n >= 5, 30, "the first writes")
+        # what `kubectl rollout restart` does: a new annotation on the pod template
+        stamp = datetime.datetime.now(datetime.UTC).isoformat()
+        apps.patch_namespaced_deployment(DEPLOYMENT, OPERATOR_NAMESPACE, {"spec": {"template": {"metadata": {
+            "annotations": {"kubectl.kubernetes.io/restartedAt": stamp}}}}})
+        wait_for(lambda: {p.metadata.name for p in _operator_pods(api)}, lambda names: not names & before, 240,
+                 "the old operator pods to be replaced")
+        wait_for(lambda: deployment_available(api, 2), bool, 120, "the restarted Deployment to be available",
+                 interval=0.5)
+        count = len(writer.created)
+        wait_for(lambda: len(writer.created), lambda n: n >= count + 5, 30, "writes after the rollout")
+    finally:
+        writer.stop.set()
+        writer.join(30)
+    assert not writer.failures, writer.failures[:5]
+    assert len(writer.created) >= 10
+    print(f"{len(writer.created)} pets written during the rollout restart, none refused")
+    for name in writer.created:  # every write is there and is reconciled by the new leader
+        wait_phase(pets, name, "Active", timeout=90)
+    assert _leader(api).rsplit("_", 1)[0] in {p.metadata.name for p in _operator_pods(api)}
+
+
+def _exec(api: client.ApiClient, pod: str, command: list[str]) -> str:
+    core = client.CoreV1Api(api)
+    return str(stream(core.connect_get_namespaced_pod_exec, pod, OPERATOR_NAMESPACE, container="operator",
+                      command=command, stdin=False, stdout=True, stderr=True, tty=False, _request_timeout=30))
+
+
+def test_the_leader_frozen_through_exec_loses_the_lease_and_thaws_as_a_standby(
+    deployed: DeployedOperator, api: client.ApiClient
+) -> None:
+    """What the chaos experiments' Kubernetes target does to freeze the leader: SIGSTOP through an exec
+    into its container. tini is PID 1, so the operator is an ordinary process there and stops."""
+    holder = wait_for(lambda: _leader(api), bool, 60, "a leader")
+    frozen_pod = holder.rsplit("_", 1)[0]
+    stopped = check_frozen(frozen_pod, _exec(api, frozen_pod, freeze_script("SIGSTOP")))
+    frozen_at = time.monotonic()
+    try:
+        successor = wait_for(lambda: _leader(api), lambda h: bool(h) and not h.startswith(frozen_pod + "_"), 60,
+                             "the standby to take the Lease")
+        gap = time.monotonic() - frozen_at
+    finally:
+        thawed = _exec(api, frozen_pod, freeze_script("SIGCONT"))
+    assert successor.rsplit("_", 1)[0] in {p.metadata.name for p in _operator_pods(api)}
+    assert 1 not in stopped, "PID 1 is tini, not the operator"
+    assert "T" not in json.loads(thawed.strip().splitlines()[-1]).values(), thawed
+    print(f"leader frozen: the standby took the Lease after {gap:.1f}s (lease 15 s)")
+    # the thawed replica stays a standby and writes still go through: a new pet goes Active
+    pets = PetApi(api, SERVED[0])
+    pets.create_store("after-freeze", {"allowedTags": []})
+    pets.create_pet("thawed", {"id": 9401, "name": "thawed", "store": "after-freeze", "tags": []})
+    wait_phase(pets, "thawed", "Active", timeout=60)
+    assert _leader(api) == successor
+
+
+def test_deleting_a_served_namespace_finishes_and_releases_its_claims(
+    deployed: DeployedOperator, api: client.ApiClient
+) -> None:
+    doomed = SERVED[1]
+    pets = PetApi(api, doomed)
+    pets.create_store("shop", {"allowedTags": []})
+    ids = [9301, 9302, 9303]  # apart from the writer's range (7200 on)
+    for pet_id in ids:
+        pets.create_pet(f"p{pet_id}", {"id": pet_id, "name": f"p{pet_id}", "store": "shop", "tags": []})
+    for pet_id in ids:
+        wait_phase(pets, f"p{pet_id}", "Active", timeout=60)
+    coordination = client.CoordinationV1Api(api)
+
+    def claims() -> set[str]:
+        leases = coordination.list_namespaced_lease(OPERATOR_NAMESPACE, label_selector=CLAIM_LABEL).items
+        return {lease.metadata.name for lease in leases if str(lease.spec.holder_identity).startswith(f"{doomed}/")}
+
+    assert claims() == {f"pet-id-{i}" for i in ids}
+    core = client.CoreV1Api(api)
+    started = time.monotonic()
+    core.delete_namespace(doomed)
+
+    def gone() -> bool:
+        try:
+            core.read_namespace(doomed)
+        except ApiException as exc:
+            if exc.status == 404:
+                return True
+            raise
+        return False
+
+    wait_for(gone, bool, 120, f"namespace {doomed} to be deleted by the namespace controller", interval=0.5)
+    seconds = time.monotonic() - started
+    assert claims() == set(), "the deleted pets' id claims are released"
+    print(f"namespace deletion with 3 pets took {seconds:.1f}s")
