@@ -20,6 +20,9 @@ FROM scratch AS wheels
 FROM ${BASE_IMAGE} AS build
 # The public python image lacks tini; the harness's base has it already (then no network is
 # needed for this step).
+# DL3008 (pin apt versions): the package comes from the base image's own Debian release, which the
+# base's digest pins; a pinned version would break the build at Debian's next point release.
+# hadolint ignore=DL3008
 RUN command -v tini >/dev/null || { apt-get update \
       && apt-get install -y --no-install-recommends tini \
       && rm -rf /var/lib/apt/lists/*; }

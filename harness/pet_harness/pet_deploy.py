@@ -38,7 +38,8 @@ from pet_harness.waiting import wait_for
 OPERATOR_NAMESPACE = "pet-system"
 DEPLOYMENT = "pet-operator"
 SERVICE = "pet-operator-webhook"
-TLS_SECRET = "pet-operator-webhook-tls"  # noqa: S105 - a Secret's name
+# the name of the Secret with the webhook's serving certificate (not a secret itself)
+TLS_SECRET = "pet-operator-webhook-tls"  # noqa: S105 # nosec B105 # a name # pragma: allowlist secret
 SELECTOR = "app.kubernetes.io/name=pet-operator"
 RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted",
               "pod-security.kubernetes.io/enforce-version": "latest"}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import subprocess
+import subprocess  # nosec B404 # argv lists, never a shell
 import sys
 import tomllib
 from pathlib import Path
@@ -52,8 +52,9 @@ def wheelhouse(root: Path, progress: binaries.Progress | None = None) -> Path:
     say(f"making wheels for the operator's image: {', '.join(wanted)}")
     shutil.rmtree(folder, ignore_errors=True)
     (folder / "wheels").mkdir(parents=True)
-    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(folder / "wheels"),
-                           *wanted], capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(  # nosec B603 # argv of our own, no shell
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(folder / "wheels"), *wanted],
+        capture_output=True, text=True, timeout=900)
     if proc.returncode != 0:
         shutil.rmtree(folder, ignore_errors=True)
         raise ClusterError(f"pip wheel of the operator's requirements failed:\n{proc.stderr.strip()[-2000:]}")

@@ -20,7 +20,7 @@ import contextlib
 import json
 import os
 import ssl
-import subprocess
+import subprocess  # nosec B404 # argv lists, never a shell
 import time
 import urllib.error
 import urllib.request
@@ -251,12 +251,13 @@ class NodeCluster(LocalCluster):
         """Import an OCI image tar (e.g. built by :mod:`~pet_harness.clusters.node_buildkit`) into the
         node's containerd, where pods with ``imagePullPolicy: Never`` find it; returns the seconds."""
         started = time.monotonic()
-        proc = subprocess.run([tool("ctr"), "--address", str(self._layout.containerd_socket), "--namespace", "k8s.io",
-                               "images", "import", str(tar)], capture_output=True, text=True, timeout=300)
+        ctr = [tool("ctr"), "--address", str(self._layout.containerd_socket), "--namespace", "k8s.io"]
+        proc = subprocess.run(  # nosec B603 # argv of our own, no shell
+            [*ctr, "images", "import", str(tar)], capture_output=True, text=True, timeout=300)
         if proc.returncode != 0:
             raise ClusterError(f"ctr images import of {reference} ({tar}) failed: {proc.stderr.strip()}")
-        listed = subprocess.run([tool("ctr"), "--address", str(self._layout.containerd_socket), "--namespace", "k8s.io",
-                                 "images", "ls", "-q"], capture_output=True, text=True, timeout=60).stdout.split()
+        listed = subprocess.run(  # nosec B603 # argv of our own, no shell
+            [*ctr, "images", "ls", "-q"], capture_output=True, text=True, timeout=60).stdout.split()
         if reference not in listed:
             raise ClusterError(f"the image tar {tar} did not hold {reference} (containerd has {sorted(listed)})")
         return time.monotonic() - started
@@ -266,7 +267,7 @@ class NodeCluster(LocalCluster):
             return False
         try:
             proc = subprocess.run([tool("ctr"), "--address", str(self._layout.containerd_socket), "version"],
-                                  capture_output=True, timeout=10)
+                                  capture_output=True, timeout=10)  # nosec B603 # argv of our own, no shell
         except subprocess.TimeoutExpired:
             return False
         return proc.returncode == 0
@@ -350,7 +351,8 @@ class NodeCluster(LocalCluster):
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE  # a self-signed serving certificate made at its start
         try:
-            with urllib.request.urlopen(f"https://127.0.0.1:{port}/healthz", context=ctx, timeout=2) as resp:
+            url = f"https://127.0.0.1:{port}/healthz"
+            with urllib.request.urlopen(url, context=ctx, timeout=2) as resp:  # nosec B310 # our loopback https URL
                 return bool(resp.status == 200)
         except urllib.error.HTTPError:
             return False
@@ -380,7 +382,7 @@ class NodeCluster(LocalCluster):
     def _get(self, path: str) -> dict[str, Any] | None:
         try:
             with urllib.request.urlopen(self.server_url + path, context=self.admin_ssl_context(),  # noqa: S310
-                                        timeout=5) as resp:
+                                        timeout=5) as resp:  # nosec B310 # the cluster's own https URL
                 data: dict[str, Any] = json.loads(resp.read())
                 return data
         except urllib.error.HTTPError as exc:
@@ -406,7 +408,7 @@ class NodeCluster(LocalCluster):
         def healthy() -> bool:
             url = f"http://127.0.0.1:{layout.proxy_healthz_port}/healthz"
             try:
-                with urllib.request.urlopen(url, timeout=2) as resp:
+                with urllib.request.urlopen(url, timeout=2) as resp:  # nosec B310 # an https URL of our own cluster
                     return bool(resp.status == 200)
             except urllib.error.HTTPError:
                 return False
@@ -415,7 +417,8 @@ class NodeCluster(LocalCluster):
 
     def _wait_default_service_account(self) -> None:
         """Pods are refused until the controller manager made the namespace's ``default`` account."""
-        assert self.controller_manager_process is not None
+        if self.controller_manager_process is None:  # an explicit check survives python -O
+            raise ClusterError("the node cluster's kube-controller-manager is not running")
         self._wait(self.controller_manager_process,
                    lambda: self._get("/api/v1/namespaces/default/serviceaccounts/default") is not None,
                    time.monotonic() + self.start_timeout, "the default ServiceAccount")
@@ -438,7 +441,8 @@ class NodeCluster(LocalCluster):
             for ns in sorted({p["metadata"]["namespace"] for p in listing.get("items", [])}):
                 request = urllib.request.Request(  # noqa: S310 - the cluster's own loopback URL
                     f"{self.server_url}/api/v1/namespaces/{ns}/pods?gracePeriodSeconds=1", method="DELETE")
-                with urllib.request.urlopen(request, context=self.admin_ssl_context(), timeout=10):  # noqa: S310
+                context = self.admin_ssl_context()
+                with urllib.request.urlopen(request, context=context, timeout=10):  # noqa: S310 # nosec B310 # ours
                     pass
             while time.monotonic() < deadline and (self._get("/api/v1/pods") or {}).get("items"):
                 time.sleep(0.2)

@@ -15,7 +15,7 @@ import dataclasses
 import hashlib
 import json
 import shutil
-import subprocess
+import subprocess  # nosec B404 # argv lists, never a shell
 import time
 from pathlib import Path
 
@@ -149,7 +149,7 @@ def python_base_image(progress: binaries.Progress | None = None, packages: tuple
     rootfs = folder / "rootfs.tar"
     try:
         proc = subprocess.run(mmdebstrap_command(rootfs, packages, suite, sources), capture_output=True, text=True,
-                              timeout=1200)
+                              timeout=1200)  # nosec B603 # argv of our own, no shell
         if proc.returncode != 0:
             raise ClusterError(f"mmdebstrap failed with code {proc.returncode}:\n{proc.stderr.strip()[-2000:]}")
         manifest = write_layout(layout, rootfs, reference, {

@@ -21,7 +21,7 @@ import dataclasses
 import hashlib
 import json
 import shutil
-import subprocess
+import subprocess  # nosec B404 # argv lists, never a shell
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -112,7 +112,7 @@ def running_buildkitd(progress: binaries.Progress | None = None, timeout: float 
             while True:
                 if not proc.running:
                     raise ClusterError(f"buildkitd exited with code {proc.returncode}:\n{proc.log_text()[-2000:]}")
-                ready = socket.exists() and subprocess.run(
+                ready = socket.exists() and subprocess.run(  # nosec B603 # argv of our own, no shell
                     [str(bins["buildctl"]), "--addr", f"unix://{socket}", "debug", "workers"],
                     capture_output=True, timeout=10).returncode == 0
                 if ready:
@@ -147,7 +147,7 @@ def build_image(context: Path, repository: str, inputs: Sequence[str], dockerfil
     buildctl = binaries.ensure_buildkit(build=True, progress=progress)["buildctl"]
     try:
         with running_buildkitd(progress) as socket:
-            proc = subprocess.run(
+            proc = subprocess.run(  # nosec B603 # argv of our own, no shell
                 buildctl_command(buildctl, socket, context, dockerfile, args, contexts, partial, reference, local),
                 capture_output=True, text=True, timeout=1800)
         if proc.returncode != 0:

@@ -22,7 +22,7 @@ import contextlib
 import ipaddress
 import json
 import shlex
-import subprocess
+import subprocess  # nosec B404 # argv lists, never a shell
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -59,7 +59,7 @@ Runner = Callable[[Sequence[str]], subprocess.CompletedProcess[str]]
 def run(argv: Sequence[str], check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     """Run a host tool (looked up in the sbin folders too); ``check`` raises with its stderr."""
     path = find_tool(argv[0]) or argv[0]
-    proc = subprocess.run([path, *argv[1:]], capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run([path, *argv[1:]], capture_output=True, text=True, timeout=timeout)  # nosec B603 # argv of our own, no shell
     if check and proc.returncode != 0:
         raise ClusterError(f"{' '.join(argv)} failed with code {proc.returncode}: {proc.stderr.strip()}")
     return proc

@@ -28,7 +28,7 @@ import json
 import os
 import shutil
 import signal
-import subprocess
+import subprocess  # nosec B404 # argv lists, never a shell
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -366,7 +366,7 @@ def teardown(state: dict[str, Any], say: Say = _quiet) -> list[str]:
     proxy = state.get("kube_proxy")
     if proxy and os.path.exists(proxy):
         with contextlib.suppress(OSError, subprocess.SubprocessError):
-            subprocess.run([proxy, "--cleanup"], capture_output=True, timeout=60)
+            subprocess.run([proxy, "--cleanup"], capture_output=True, timeout=60)  # nosec B603 # argv of our own, no shell
     before_chains = {tuple(c) for c in state.get("chains_before", [])}
     chains = [c for c in node_network.chains_with_prefix(KUBE_CHAIN_PREFIXES) if c not in before_chains]
     if chains:
@@ -485,7 +485,7 @@ def watch(owner: int, poll: float = 0.5, lock_timeout: float = 120) -> int:
 
 def start_watcher(owner: int) -> subprocess.Popen[bytes]:
     """The watcher, in a session of its own so that a Ctrl-C meant for the run does not stop it."""
-    return subprocess.Popen(
+    return subprocess.Popen(  # nosec B603 # argv of our own, no shell
         [sys.executable, "-m", "pet_harness.clusters.node_teardown", "--watch", str(owner)],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True, close_fds=True,
