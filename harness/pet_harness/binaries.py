@@ -521,10 +521,11 @@ def build_buildkit(
     return out
 
 
-def binary_version(path: Path) -> str:
-    """What a binary says of its own version (first line of ``--version``)."""
+def binary_version(path: Path, ask: Sequence[str] = ("--version",)) -> str:
+    """What a binary says of its own version (first line of its answer to ``ask``: ``--version``, or
+    ``version --short`` for helm, which has no such flag)."""
     with tempfile.TemporaryDirectory() as tmp:  # etcd may write default.etcd into cwd
         proc = subprocess.run(  # nosec B603 # argv of our own, no shell
-            [str(path), "--version"], capture_output=True, text=True, cwd=tmp, timeout=60)
+            [str(path), *ask], capture_output=True, text=True, cwd=tmp, timeout=60)
     text = (proc.stdout or proc.stderr).strip()
     return text.splitlines()[0] if text else ""

@@ -37,6 +37,8 @@ from pet_harness.clusters.base import ClusterError
 from pet_harness.helm import HelmError
 from pet_operator.version import version
 
+HELM_VERSION_ASK = ("version", "--short")
+
 
 def _cmd_binaries_build(args: argparse.Namespace) -> int:
     extra = ("kube-controller-manager", *(binaries.NODE_COMMANDS if args.node else ()))
@@ -49,7 +51,7 @@ def _cmd_binaries_build(args: argparse.Namespace) -> int:
     # helm renders and lints the chart (deploy/helm) and regenerates deploy/ from it
     helm = binaries.ensure_helm(build=True)
     if args.helm_only:
-        print(f"helm: {helm} ({binaries.binary_version(helm)})")
+        print(f"helm: {helm} ({binaries.binary_version(helm, HELM_VERSION_ASK)})")
         return 0
     found = binaries.ensure_binaries(build=True)
     # kube-controller-manager for clusters started with one (namespace deletion, garbage collection);
@@ -61,7 +63,7 @@ def _cmd_binaries_build(args: argparse.Namespace) -> int:
     print(f"etcd:           {found.etcd} ({binaries.binary_version(found.etcd)})")
     for command, path in built.items():
         print(f"{command}: {path} ({binaries.binary_version(path)})")
-    print(f"helm: {helm} ({binaries.binary_version(helm)})")
+    print(f"helm: {helm} ({binaries.binary_version(helm, HELM_VERSION_ASK)})")
     if args.node:
         from pet_harness.clusters.node_packages import missing_packages
 
