@@ -11,6 +11,11 @@
 # (bytecode compiled at build time; /tmp is the only place it writes, an emptyDir in
 # deploy/operator/deployment.yaml).
 ARG BASE_IMAGE=python:3.11-slim-bookworm
+# VERSION: the package's version (the build context has no .git for setuptools-scm to read: the
+# harness and the release workflow pass `pet-operator --version`'s; without it, the fallback
+# 0.1.0.dev0); REVISION: the git commit. Both go into the OCI labels.
+ARG VERSION=0.1.0.dev0
+ARG REVISION=unknown
 
 # Wheels to install from instead of the package index: none by default (pip downloads them).
 # The harness passes a folder of wheels it made on its machine as the build context `wheels`
@@ -18,6 +23,7 @@ ARG BASE_IMAGE=python:3.11-slim-bookworm
 FROM scratch AS wheels
 
 FROM ${BASE_IMAGE} AS build
+ARG VERSION
 # The public python image lacks tini; the harness's base has it already (then no network is
 # needed for this step).
 # DL3008 (pin apt versions): the package comes from the base image's own Debian release, which the
@@ -34,11 +40,19 @@ COPY operator/pet_operator ./operator/pet_operator
 RUN --mount=type=bind,from=wheels,target=/wheels \
     python3 -m venv /opt/venv \
     && if [ -n "$(ls -A /wheels)" ]; then set -- --no-index --find-links /wheels; fi \
-    && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check "$@" . \
+    && SETUPTOOLS_SCM_PRETEND_VERSION="${VERSION}" \
+       /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check "$@" . \
     && /opt/venv/bin/python -m compileall -q /opt/venv \
     && cp "$(command -v tini)" /opt/tini
 
 FROM ${BASE_IMAGE}
+ARG VERSION
+ARG REVISION
+LABEL org.opencontainers.image.title="pet-operator" \
+      org.opencontainers.image.description="Kubernetes operator for Pet and PetStore resources (Kopf)" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.licenses="Apache-2.0"
 # a name for uid 65532: Kopf's peering identity asks for the user's name (getpass.getuser), which
 # fails for a uid without a passwd entry
 RUN groupadd --gid 65532 nonroot \

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import datetime
 import json
+import tarfile
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -100,6 +102,34 @@ def test_two_replicas_run_as_restricted_pods_from_the_image_built_here(
     # one of the two holds the leader Lease, named after its pod
     holder = wait_for(lambda: _leader(api), bool, 60, "a leader")
     assert holder.rsplit("_", 1)[0] in {p.metadata.name for p in pods}, holder
+
+
+def _image_labels(tar: Path) -> dict[str, str]:
+    """The OCI labels in an image-layout tar's config (index -> manifest -> config)."""
+    with tarfile.open(tar) as layout:
+        def blob(digest: str) -> dict[str, Any]:
+            member = layout.extractfile(f"blobs/{digest.replace(':', '/')}")
+            assert member is not None, digest
+            return dict(json.load(member))
+        index_file = layout.extractfile("index.json")
+        assert index_file is not None
+        manifest = blob(json.load(index_file)["manifests"][0]["digest"])
+        return dict(blob(manifest["config"]["digest"])["config"].get("Labels") or {})
+
+
+def test_the_image_carries_the_packages_version_in_its_labels_and_its_cli(
+    deployed: DeployedOperator, api: client.ApiClient
+) -> None:
+    """One version: the image's OCI labels and ``pet-operator --version`` inside the running pod say
+    what the package says here (the build context has no .git: the harness passes it in)."""
+    from pet_operator.version import version
+
+    labels = _image_labels(operator_image().tar)
+    assert labels["org.opencontainers.image.version"] == version()
+    assert len(labels["org.opencontainers.image.revision"]) == 40  # the git commit
+    pod = _operator_pods(api)[0].metadata.name
+    said = _exec(api, pod, ["/opt/venv/bin/pet-operator", "--version"]).strip()
+    assert said == f"pet-operator {version()}", said
 
 
 def test_pets_go_active_through_the_deployed_operator(deployed: DeployedOperator, api: client.ApiClient) -> None:

@@ -62,10 +62,24 @@ def wheelhouse(root: Path, progress: binaries.Progress | None = None) -> Path:
     return folder / "wheels"
 
 
+def revision(root: Path) -> str:
+    """The checkout's git commit, or ``unknown`` outside a git checkout."""
+    try:
+        proc = subprocess.run(  # nosec B603, B607 # a fixed argv, git from PATH
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=30)
+    except OSError:
+        return "unknown"
+    return proc.stdout.strip() if proc.returncode == 0 else "unknown"
+
+
 def operator_image(progress: binaries.Progress | None = None) -> BuiltImage:
-    """The operator's image, built now or taken from the cache."""
+    """The operator's image, built now or taken from the cache; stamped with the package's version
+    (as ``pet-operator --version`` says it) and the git commit, in its OCI labels and its package."""
+    from pet_operator.version import version
+
     root: Path = kube.REPO_ROOT
     base = python_base_image(progress)
-    return build_image(root, OPERATOR_REPOSITORY, operator_inputs(root), build_args={"BASE_IMAGE": base.reference},
+    args = {"BASE_IMAGE": base.reference, "VERSION": version(), "REVISION": revision(root)}
+    return build_image(root, OPERATOR_REPOSITORY, operator_inputs(root), build_args=args,
                        named={base.reference: base}, folders={"wheels": wheelhouse(root, progress)},
                        progress=progress)
