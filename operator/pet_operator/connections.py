@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -116,3 +116,17 @@ class BoundedSite(web.BaseSite):
         sockets = self._server.sockets
         if sockets:
             self._bound_port = int(sockets[0].getsockname()[1])
+
+
+async def serve_plain(app: web.Application, hosts: Sequence[str], port: int) -> web.AppRunner:
+    """Serve ``app`` over plain HTTP on ``port`` of each of ``hosts`` (the health and metrics
+    servers); nothing is left listening if one address cannot be bound."""
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    try:
+        for host in hosts:
+            await web.TCPSite(runner, host, port).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner

@@ -13,6 +13,8 @@ from typing import Any
 
 from aiohttp import web
 
+from pet_operator.connections import serve_plain
+
 
 class HealthServer:
     def __init__(
@@ -45,15 +47,7 @@ class HealthServer:
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/leader", self._leader_status)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await self._runner.setup()
-        try:
-            for host in self.hosts:
-                await web.TCPSite(self._runner, host, self.port).start()
-        except BaseException:
-            await self._runner.cleanup()
-            self._runner = None
-            raise
+        self._runner = await serve_plain(app, self.hosts, self.port)
 
     async def stop(self) -> None:
         if self._runner is not None:

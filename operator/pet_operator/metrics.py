@@ -37,6 +37,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
+from pet_operator.connections import serve_plain
+
 log = logging.getLogger(__name__)
 
 # No ``*_created`` series (the creation time of each counter and histogram child): they double the
@@ -411,15 +413,7 @@ class MetricsServer:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_get("/metrics", self._scrape)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await self._runner.setup()
-        try:
-            for host in self.hosts:
-                await web.TCPSite(self._runner, host, self.port).start()
-        except BaseException:
-            await self._runner.cleanup()
-            self._runner = None
-            raise
+        self._runner = await serve_plain(app, self.hosts, self.port)
 
     async def stop(self) -> None:
         runner, self._runner = self._runner, None
