@@ -339,3 +339,17 @@ def test_a_live_owner_is_not_swept_and_a_reused_pid_is_not_the_owner() -> None:
     assert node_teardown.owner_alive(me)
     assert not node_teardown.owner_alive({**me, "owner_start": "1"}), "same pid, other process"
     assert not node_teardown.owner_alive({"owner_pid": 0})
+
+
+@pytest.mark.parametrize(("text", "expected"), [("", 300.0), ("1800", 1800.0), (" 0.5 ", 0.5), ("0", 0.0)])
+def test_the_node_lock_wait_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch, text: str,
+                                                       expected: float) -> None:
+    monkeypatch.setenv(node_teardown.LOCK_TIMEOUT_ENV, text)
+    assert node_teardown.lock_timeout_from_env() == expected
+
+
+@pytest.mark.parametrize("text", ["soon", "-1", "nan"])
+def test_a_bad_node_lock_wait_is_refused_by_name(monkeypatch: pytest.MonkeyPatch, text: str) -> None:
+    monkeypatch.setenv(node_teardown.LOCK_TIMEOUT_ENV, text)
+    with pytest.raises(ClusterError, match=rf"PET_NODE_LOCK_TIMEOUT={text!r}.*>= 0"):
+        node_teardown.lock_timeout_from_env()

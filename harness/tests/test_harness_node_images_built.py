@@ -155,3 +155,15 @@ def test_older_builds_of_a_repository_are_pruned_to_the_newest_two(tmp_path: Pat
     assert sorted(removed) == made[:2]
     assert sorted(p.name for p in tmp_path.glob("*.tar")) == ["r_op_2.tar", "r_op_3.tar", "r_other_0.tar"]
     assert not (tmp_path / "r_op_0.tar.json").exists()
+
+
+def test_a_second_build_waits_for_the_first_and_fails_naming_the_lock(tmp_path: Path) -> None:
+    state = tmp_path / "buildkit-state"
+    told: list[str] = []
+    with node_buildkit.state_lock(state, timeout=1), \
+            pytest.raises(ClusterError, match=r"another image build holds .*buildkit-state.lock"), \
+            node_buildkit.state_lock(state, timeout=0.6, say=told.append):
+        pass
+    assert told and "waiting for another image build" in told[0]
+    with node_buildkit.state_lock(state, timeout=0.1):  # free again once the first is done
+        pass

@@ -55,18 +55,19 @@ class NodeCluster(LocalCluster):
         *,
         pod_cidr: str = "10.244.0.0/24",
         service_cidr: str = "10.97.0.0/24",
-        lock_timeout: float = 300.0,
+        lock_timeout: float | None = None,
         progress: binaries_mod.Progress | None = None,
         **kwargs: Any,
     ) -> None:
         """``pod_cidr``, ``service_cidr``: ranges used nowhere else on the machine (checked at
-        start). ``lock_timeout``: how long to wait for another node cluster of this machine to end."""
+        start). ``lock_timeout``: how long to wait for another node cluster of this machine to end
+        (default: ``$PET_NODE_LOCK_TIMEOUT``, else 300 seconds)."""
         kwargs.setdefault("start_timeout", 180.0)
         super().__init__(controller_manager=True, **kwargs)
         NodeLayout(root=Path("/"), pod_cidr=pod_cidr, service_cidr=service_cidr)  # bad ranges fail here
         self.pod_cidr = pod_cidr
         self.service_cidr = service_cidr
-        self.lock_timeout = lock_timeout
+        self.lock_timeout = node_teardown.lock_timeout_from_env() if lock_timeout is None else lock_timeout
         self._say = progress or (lambda line: None)
         self.layout: NodeLayout | None = None
         self.containerd: ManagedProcess | None = None

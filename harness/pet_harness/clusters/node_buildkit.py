@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
+import os
 import shutil
 import subprocess  # nosec B404 # argv lists, never a shell
 import tempfile
@@ -96,13 +98,38 @@ def buildkitd_command(buildkitd: Path, root: Path, socket: Path) -> list[str]:
 
 
 @contextlib.contextmanager
+def state_lock(state: Path, timeout: float = 1800, say: binaries.Progress | None = None) -> Iterator[None]:
+    """One buildkitd at a time on ``state`` (two on one state folder fight over its database):
+    wait up to ``timeout`` seconds for another build of this machine, then fail naming the lock."""
+    lock_file = state.with_name(state.name + ".lock")
+    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        deadline = time.monotonic() + timeout
+        told = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise ClusterError(f"another image build holds {lock_file}; waited {timeout:.0f}s") from None
+                if not told and say:
+                    say(f"waiting for another image build of this machine ({lock_file})")
+                    told = True
+                time.sleep(0.5)
+        yield
+    finally:
+        os.close(fd)  # the kernel releases the flock with the last descriptor
+
+
+@contextlib.contextmanager
 def running_buildkitd(progress: binaries.Progress | None = None, timeout: float = 60) -> Iterator[Path]:
     """A buildkitd for the block's length; yields its socket. Stopped (and its runc containers with
     it) on every exit path."""
     bins = binaries.ensure_buildkit(build=True, progress=progress)
     state = binaries.cache_root() / "buildkit-state"
     state.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="pet-harness-buildkit-") as tmp:
+    with state_lock(state, say=progress), tempfile.TemporaryDirectory(prefix="pet-harness-buildkit-") as tmp:
         socket = Path(tmp) / "buildkitd.sock"
         proc = ManagedProcess("buildkitd", buildkitd_command(bins["buildkitd"], state, socket),
                               Path(tmp) / "buildkitd.log", cwd=Path(tmp))

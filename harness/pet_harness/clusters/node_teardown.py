@@ -72,6 +72,25 @@ def _quiet(line: str) -> None:
 
 # --- the lock --------------------------------------------------------------------------------------
 
+#: the environment variable that sets how long a node cluster waits for the machine's lock
+LOCK_TIMEOUT_ENV = "PET_NODE_LOCK_TIMEOUT"
+DEFAULT_LOCK_TIMEOUT = 300.0
+
+
+def lock_timeout_from_env() -> float:
+    """``$PET_NODE_LOCK_TIMEOUT`` seconds (a number >= 0), else 300."""
+    text = os.environ.get(LOCK_TIMEOUT_ENV, "").strip()
+    if not text:
+        return DEFAULT_LOCK_TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:  # also refuses nan
+        raise ClusterError(f"{LOCK_TIMEOUT_ENV}={text!r}: expected a number of seconds >= 0")
+    return value
+
+
 
 @contextlib.contextmanager
 def node_lock(timeout: float, say: Say = _quiet, lock_file: Path = LOCK_FILE) -> Iterator[int]:
