@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterator
 
 import pytest
 from kubernetes import client
 from node_support import (
     POD_UID,
     pids_with_cmdline,
-    require_root,
     restricted_namespace,
     restricted_pod,
     uids_of,
@@ -28,27 +26,14 @@ from pet_harness import versions
 from pet_harness.clusters.base import ClusterError
 from pet_harness.clusters.node import NodeCluster
 from pet_harness.clusters.node_network import GUARD_CHAIN, INPUT_SUFFIX
-from pet_harness.kubeclient import api_client
 from pet_harness.waiting import wait_for
 
 pytestmark = pytest.mark.node
 
 
 @pytest.fixture(scope="module")
-def node_cluster() -> Iterator[NodeCluster]:
-    require_root()
-    cluster = NodeCluster()
-    with cluster:
-        yield cluster
-
-
-@pytest.fixture(scope="module")
-def core(node_cluster: NodeCluster) -> Iterator[client.CoreV1Api]:
-    api = api_client(node_cluster.kubeconfig_path)
-    try:
-        yield client.CoreV1Api(api)
-    finally:
-        api.close()
+def core(node_api: client.ApiClient) -> client.CoreV1Api:
+    return client.CoreV1Api(node_api)
 
 
 def test_the_node_is_ready_with_the_pinned_kubelet_on_its_bridge_address(

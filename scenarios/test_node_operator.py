@@ -14,7 +14,6 @@ import json
 import tarfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +22,10 @@ from helpers import wait_phase
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from kubernetes.stream import stream
-from node_support import POD_UID, require_root
+from node_support import POD_UID
 
 from pet_harness.clusters.node import NodeCluster
 from pet_harness.kube import PetApi
-from pet_harness.kubeclient import api_client
 from pet_harness.pet_deploy import (
     DEPLOYMENT,
     OPERATOR_NAMESPACE,
@@ -48,20 +46,8 @@ CLAIM_LABEL = "petstore.example.com/id-claim=true"
 
 
 @pytest.fixture(scope="module")
-def node_cluster() -> Iterator[NodeCluster]:
-    require_root()
-    cluster = NodeCluster()
-    with cluster:
-        yield cluster
-
-
-@pytest.fixture(scope="module")
-def api(node_cluster: NodeCluster) -> Iterator[client.ApiClient]:
-    kube_api = api_client(node_cluster.kubeconfig_path)
-    try:
-        yield kube_api
-    finally:
-        kube_api.close()
+def api(node_api: client.ApiClient) -> client.ApiClient:
+    return node_api
 
 
 @pytest.fixture(scope="module")

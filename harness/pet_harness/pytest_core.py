@@ -10,6 +10,10 @@ operator by overriding ``operator_profile`` in its ``conftest.py``
   (``local`` by default: etcd + kube-apiserver processes of their own, no Docker), with the
   profile's CRDs installed and served; one per xdist worker; stopped on every exit path.
 * ``kube_api`` (session): an admin ``kubernetes.client.ApiClient`` for it.
+* ``node_cluster`` / ``node_api`` (module): a :class:`~pet_harness.clusters.node.NodeCluster`
+  (control plane and a real node) for the module's tests, and an admin client for it; skipped
+  unless root. Module-scoped because one node cluster runs on a machine at a time: a module that
+  starts its own (teardown tests) must not find one held by the session.
 * ``make_namespace`` / ``namespace``: fresh namespaces, deleted with everything in them after
   the test (the profile's custom resources first, finalizers stripped).
 * ``operators``: an :class:`OperatorFactory`; ``operators.start(namespaces)`` runs the profile's
@@ -37,6 +41,7 @@ from kubernetes import client
 from pet_harness import binaries, crds, namespaces, subprocess_coverage
 from pet_harness.clusters import Cluster, make_cluster
 from pet_harness.clusters.local import LocalCluster
+from pet_harness.clusters.node import NodeCluster
 from pet_harness.kubeclient import api_client
 from pet_harness.operator_process import OperatorProcess
 from pet_harness.processes import install_signal_handlers
@@ -113,6 +118,24 @@ def kube_cluster(request: pytest.FixtureRequest, operator_profile: OperatorProfi
 @pytest.fixture(scope="session")
 def kube_api(kube_cluster: Cluster) -> Iterator[client.ApiClient]:
     api = api_client(kube_cluster.kubeconfig_path)
+    try:
+        yield api
+    finally:
+        api.close()
+
+
+@pytest.fixture(scope="module")
+def node_cluster() -> Iterator[NodeCluster]:
+    if os.geteuid() != 0:
+        pytest.skip("the node backend needs root (containerd, runc, the bridge and iptables)")
+    cluster = NodeCluster()
+    with cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def node_api(node_cluster: NodeCluster) -> Iterator[client.ApiClient]:
+    api = api_client(node_cluster.kubeconfig_path)
     try:
         yield api
     finally:
