@@ -17,6 +17,7 @@ from kubernetes import config as kube_config
 
 from pet_harness import versions
 from pet_harness.clusters import BACKENDS, Cluster, ClusterError, external, make_cluster
+from pet_harness.clusters import local as local_module
 from pet_harness.clusters.base import write_kubeconfig
 from pet_harness.clusters.external import K3S_IMAGE, K3sCluster, KubeconfigCluster
 from pet_harness.clusters.factory import backend_name
@@ -546,7 +547,13 @@ class FakeSocket:
         return ("127.0.0.1", self.port)
 
 
-def test_free_port_skips_the_ports_to_avoid(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def kernel_picks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A machine whose ephemeral range covers every port: free_port falls back to bind(0)."""
+    monkeypatch.setattr(local_module, "ephemeral_range", lambda: (1024, 65535))
+
+
+def test_free_port_skips_the_ports_to_avoid(monkeypatch: pytest.MonkeyPatch, kernel_picks: None) -> None:
     import socket as socket_module
 
     monkeypatch.setattr(FakeSocket, "ports", [41000, 41000, 41001])
@@ -554,10 +561,46 @@ def test_free_port_skips_the_ports_to_avoid(monkeypatch: pytest.MonkeyPatch) -> 
     assert free_port(avoid={41000}) == 41001
 
 
-def test_free_port_gives_up_naming_what_it_avoided(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_free_port_gives_up_naming_what_it_avoided(monkeypatch: pytest.MonkeyPatch, kernel_picks: None) -> None:
     import socket as socket_module
 
     monkeypatch.setattr(FakeSocket, "ports", [41000])
     monkeypatch.setattr(socket_module, "socket", FakeSocket)
     with pytest.raises(OSError, match=r"outside \[41000\] after 100 tries"):
         free_port(avoid={41000})
+
+
+def test_free_port_draws_below_the_ephemeral_range_skipping_taken_and_avoided_ports(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket as socket_module
+
+    low = 1024  # ranges widened so that a port the kernel gave a listener can be drawn
+    monkeypatch.setattr(local_module, "PORT_RANGE", (low, 65000))
+    monkeypatch.setattr(local_module, "ephemeral_range", lambda: (65001, 65535))
+    with socket_module.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        assert busy < 65000
+        draws = iter([busy - low, 7, 8])  # a listened port (drawn as an offset), an avoided one, a free one
+        monkeypatch.setattr(local_module.secrets, "randbelow", lambda n: next(draws))
+        assert free_port(avoid={low + 7}) == low + 8
+
+
+def test_the_drawn_ports_stay_out_of_the_kernels_range() -> None:
+    low, high = local_module.ephemeral_range()
+    if not (local_module.PORT_RANGE[1] <= low or local_module.PORT_RANGE[0] > high):
+        pytest.skip(f"this machine's ephemeral range {low}-{high} overlaps {local_module.PORT_RANGE}")
+    ports = {free_port() for _ in range(20)}
+    assert all(local_module.PORT_RANGE[0] <= p < local_module.PORT_RANGE[1] for p in ports), ports
+    assert len(ports) > 1, "drawn at random"
+
+
+def test_the_ephemeral_range_is_read_from_the_kernel_file(tmp_path: Path) -> None:
+    path = tmp_path / "range"
+    path.write_text("40000\t50000\n")
+    assert local_module.ephemeral_range(path) == (40000, 50000)
+    path.write_text("garbage")
+    assert local_module.ephemeral_range(path) == (32768, 60999)
+    assert local_module.ephemeral_range(tmp_path / "absent") == (32768, 60999)

@@ -642,6 +642,7 @@ def test_controller_manager_binary_missing_fails_before_anything_starts(
 def test_distinct_ports_never_repeat_a_port_the_kernel_hands_out_twice(monkeypatch: pytest.MonkeyPatch) -> None:
     from pet_harness.clusters import local
 
+    monkeypatch.setattr(local, "ephemeral_range", lambda: (1024, 65535))  # the kernel picks
     handed = iter([41000, 41000, 41000, 41001, 41000, 41001, 41002])
 
     class Socket:

@@ -18,6 +18,7 @@ import contextlib
 import ipaddress
 import json
 import os
+import secrets
 import shutil
 import socket
 import ssl
@@ -71,10 +72,46 @@ def sweep_stale_workdirs() -> list[Path]:
     return removed
 
 
+#: where :func:`free_port` draws its ports: below Linux's usual ephemeral range (32768-60999), from
+#: which the kernel gives every outgoing connection its local port, and below the NodePort range
+#: (30000-32767). A port drawn from the ephemeral range could be taken by any process's outgoing
+#: connection between the draw and the server's bind (seen: a replica's webhook port); here only
+#: another listener can take it.
+PORT_RANGE = (20000, 30000)
+EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def ephemeral_range(path: Path = EPHEMERAL_RANGE_FILE) -> tuple[int, int]:
+    """The kernel's range of local ports for outgoing connections (Linux's default if unreadable)."""
+    try:
+        low, high = (int(word) for word in path.read_text().split())
+    except (OSError, ValueError):
+        return (32768, 60999)
+    return (low, high)
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def free_port(avoid: Collection[int] = ()) -> int:
     """A loopback port free now, other than those in ``avoid`` (ports already promised elsewhere,
-    e.g. a webhook port while its process is down)."""
+    e.g. a webhook port while its process is down): drawn at random from :data:`PORT_RANGE` when
+    that lies outside the machine's ephemeral range, else given by the kernel (``bind`` to 0)."""
+    low, high = PORT_RANGE
+    eph_low, eph_high = ephemeral_range()
+    outside = high <= eph_low or low > eph_high
     for _ in range(100):
+        if outside:
+            port = low + secrets.randbelow(high - low)
+            if port not in avoid and _bindable(port):
+                return port
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.bind(("127.0.0.1", 0))
             port = int(sock.getsockname()[1])
