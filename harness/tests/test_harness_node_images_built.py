@@ -167,3 +167,15 @@ def test_a_second_build_waits_for_the_first_and_fails_naming_the_lock(tmp_path: 
     assert told and "waiting for another image build" in told[0]
     with node_buildkit.state_lock(state, timeout=0.1):  # free again once the first is done
         pass
+
+
+def test_socket_folders_of_killed_builds_are_swept_and_nothing_else(tmp_path: Path) -> None:
+    stale = tmp_path / (node_buildkit.SOCKET_DIR_PREFIX + "abc123")
+    (stale / "sub").mkdir(parents=True)
+    (stale / "buildkitd.log").write_text("left by a killed owner")
+    other = tmp_path / "pet-harness-node-xyz"
+    other.mkdir()
+    file_named_alike = tmp_path / (node_buildkit.SOCKET_DIR_PREFIX + "file")
+    file_named_alike.write_text("not a folder")
+    assert node_buildkit.sweep_socket_dirs(tmp_path) == [stale]
+    assert not stale.exists() and other.is_dir() and file_named_alike.is_file()

@@ -122,6 +122,22 @@ def state_lock(state: Path, timeout: float = 1800, say: binaries.Progress | None
         os.close(fd)  # the kernel releases the flock with the last descriptor
 
 
+#: the prefix of the temporary folder that holds a build's buildkitd socket and log
+SOCKET_DIR_PREFIX = "pet-harness-buildkit-"
+
+
+def sweep_socket_dirs(tmp: Path | None = None) -> list[Path]:
+    """Remove the socket folders of earlier builds whose owner was killed before its cleanup. Call
+    it holding :func:`state_lock`: only its holder runs a buildkitd, so every such folder is stale."""
+    root = Path(tmp or tempfile.gettempdir())
+    removed = []
+    for path in root.glob(SOCKET_DIR_PREFIX + "*"):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
 @contextlib.contextmanager
 def running_buildkitd(progress: binaries.Progress | None = None, timeout: float = 60) -> Iterator[Path]:
     """A buildkitd for the block's length; yields its socket. Stopped (and its runc containers with
@@ -129,7 +145,10 @@ def running_buildkitd(progress: binaries.Progress | None = None, timeout: float 
     bins = binaries.ensure_buildkit(build=True, progress=progress)
     state = binaries.cache_root() / "buildkit-state"
     state.mkdir(parents=True, exist_ok=True)
-    with state_lock(state, say=progress), tempfile.TemporaryDirectory(prefix="pet-harness-buildkit-") as tmp:
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(state_lock(state, say=progress))
+        sweep_socket_dirs()
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix=SOCKET_DIR_PREFIX))
         socket = Path(tmp) / "buildkitd.sock"
         proc = ManagedProcess("buildkitd", buildkitd_command(bins["buildkitd"], state, socket),
                               Path(tmp) / "buildkitd.log", cwd=Path(tmp))
