@@ -4,7 +4,9 @@
                                       version); --node also kube-scheduler, kubelet and kube-proxy;
                                       --helm-only: helm alone
     pet-harness binaries where        show which binaries would be used, and their versions
-    pet-harness cluster up            start the embedded cluster in the background (--node: with a real node)
+    pet-harness cluster up            start the embedded cluster in the background (--node: with a real node
+                                      and the operator on it as pods from the image built here, serving
+                                      --serve NS, default pets; --no-operator: the node alone)
     pet-harness cluster status        is it running, where, on which ports
     pet-harness cluster kubeconfig    print the admin kubeconfig's path
     pet-harness cluster down          stop it; nothing is left running
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,6 +41,9 @@ from pet_harness.helm import HelmError
 from pet_operator.version import version
 
 HELM_VERSION_ASK = ("version", "--short")
+#: the namespace ``cluster up --node`` has the operator serve when no ``--serve`` is given
+DEFAULT_SERVED = "pets"
+DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
 def _cmd_binaries_build(args: argparse.Namespace) -> int:
@@ -144,11 +150,37 @@ def _cmd_binaries_where(args: argparse.Namespace) -> int:
     return 0
 
 
+def _served(args: argparse.Namespace) -> list[str]:
+    """The namespaces the operator's pods serve: ``--serve`` (default ``pets``) with ``--node``,
+    none with ``--no-operator``; refuses operator options without ``--node`` and bad names."""
+    if not args.node:
+        if args.serve or args.no_operator:
+            raise SystemExit("pet-harness cluster: --serve and --no-operator need --node (the operator runs as pods "
+                             "only on a node)")
+        return []
+    if args.no_operator:
+        if args.serve:
+            raise SystemExit("pet-harness cluster: --serve and --no-operator contradict each other")
+        return []
+    served = args.serve or [DEFAULT_SERVED]
+    for ns in served:
+        if not DNS_LABEL.fullmatch(ns):
+            raise SystemExit(f"pet-harness cluster: --serve {ns!r} is not a namespace name (a DNS label: lower-case "
+                             "letters, digits and '-', at most 63, starting and ending with a letter or digit)")
+    return list(dict.fromkeys(served))
+
+
 def _cmd_cluster_up(args: argparse.Namespace) -> int:
-    state = cluster_daemon.up(args.name, node=args.node)
+    served = _served(args)
+    state = cluster_daemon.up(args.name, node=args.node, serve_namespaces=served,
+                              progress=lambda line: print(f"  {line}", file=sys.stderr, flush=True))
     print(f"cluster {args.name!r} is up at {state['server']} (supervisor pid {state['supervisor_pid']})",
           file=sys.stderr)
     print(f"use it with:  export KUBECONFIG={state['kubeconfig']}", file=sys.stderr)
+    operator = state.get("operator")
+    if operator:
+        print(f"the operator runs as pods in {operator['namespace']} ({operator['image']}), serving "
+              f"{', '.join(operator['serves'])}", file=sys.stderr)
     print(f"stop it with: pet-harness cluster down --name {args.name}", file=sys.stderr)
     print(state["kubeconfig"])
     return 0
@@ -261,7 +293,7 @@ def _cmd_node_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_cluster_serve(args: argparse.Namespace) -> int:
-    return cluster_daemon.serve(args.name, node=args.node)
+    return cluster_daemon.serve(args.name, node=args.node, serve_namespaces=_served(args))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -306,7 +338,11 @@ def build_parser() -> argparse.ArgumentParser:
         if action in ("up", "serve"):
             p.add_argument("--node", action="store_true",
                            help="with a real node: kube-scheduler, containerd, kubelet, kube-proxy (root; "
-                                "docs/harness.md, The node backend)")
+                                "docs/harness.md, The node backend); the operator deployed on it as pods")
+            p.add_argument("--serve", action="append", default=[], metavar="NAMESPACE",
+                           help=f"with --node: a namespace the operator's pods serve (repeatable; default "
+                                f"{DEFAULT_SERVED})")
+            p.add_argument("--no-operator", action="store_true", help="with --node: the node without the operator")
         p.set_defaults(func=func)
     node_bench = sub.add_parser("node-bench", help="start and stop the node cluster N times; figures to a file")
     node_bench.add_argument("--runs", type=_at_least_one, default=5, metavar="N", help="runs (default: 5)")

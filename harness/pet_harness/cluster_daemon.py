@@ -5,6 +5,11 @@ owns etcd and kube-apiserver: their parent, so they die with it even if it is
 SIGKILLed (PR_SET_PDEATHSIG). ``cluster down`` sends it SIGTERM and waits until it
 and both control-plane processes are gone. The supervisor's state is a JSON file in
 ``<cache>/clusters/<name>/``, next to a stable copy of the admin kubeconfig.
+
+With ``--node`` the supervisor owns a :class:`~pet_harness.clusters.node.NodeCluster` instead
+(controller-manager, scheduler and a real node beside them) and, unless ``--no-operator``, deploys
+the operator on it as pods from the image built here, serving the ``--serve`` namespaces; ``up``
+relays the supervisor's progress lines while it waits.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import subprocess  # nosec B404 # argv lists, never a shell
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,9 +63,10 @@ def _write_state(name: str, **state: Any) -> None:
     tmp.replace(directory / "state.json")
 
 
-def serve(name: str, node: bool = False) -> int:
+def serve(name: str, node: bool = False, serve_namespaces: Sequence[str] = ()) -> int:
     """Run the cluster in the foreground until SIGTERM or SIGINT (the supervisor); ``node``: the
-    cluster with a real node (:class:`~pet_harness.clusters.node.NodeCluster`)."""
+    cluster with a real node (:class:`~pet_harness.clusters.node.NodeCluster`);
+    ``serve_namespaces`` (node only): deploy the operator, its image built here, serving these."""
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -76,8 +83,11 @@ def serve(name: str, node: bool = False) -> int:
 
         with api_client(cluster.kubeconfig_path) as api:
             install_crds(api)
+            operator = _deploy_operator(cluster, api, serve_namespaces) if serve_namespaces else None
         kubeconfig = write_private(state_dir(name) / "kubeconfig", cluster.kubeconfig_path.read_bytes())
         info = cluster.describe()
+        if operator is not None:
+            info["operator"] = operator
         info.update(status="running", supervisor_pid=os.getpid(), kubeconfig=str(kubeconfig))
         _write_state(name, **info)
         while not stop.wait(1):
@@ -93,6 +103,24 @@ def serve(name: str, node: bool = False) -> int:
     return 0
 
 
+def _deploy_operator(cluster: LocalCluster, api: Any, served: Sequence[str]) -> dict[str, Any]:
+    """The operator's image built here (or from the cache) and deployed on the node, as the node
+    e2e suite deploys it; what the state file and ``status`` say of it."""
+    from pet_harness.clusters.node import NodeCluster
+    from pet_harness.pet_deploy import deploy_operator
+    from pet_harness.pet_image import operator_image
+
+    if not isinstance(cluster, NodeCluster):
+        raise ClusterError("the operator is deployed as pods only on a cluster with a node (--node)")
+    print("building (or finding) the operator's image", flush=True)
+    image = operator_image(progress=lambda line: print(line, flush=True))
+    print(f"deploying the operator ({image.reference}) serving {', '.join(served)}", flush=True)
+    deployed = deploy_operator(cluster, api, image, served)
+    print(f"operator ready: {deployed.timings}", flush=True)
+    return {"namespace": deployed.namespace, "serves": deployed.served, "image": deployed.image,
+            "seconds": deployed.timings}
+
+
 def _components(cluster: LocalCluster) -> dict[str, ManagedProcess | None]:
     if hasattr(cluster, "components"):
         found: dict[str, ManagedProcess | None] = cluster.components()
@@ -100,10 +128,15 @@ def _components(cluster: LocalCluster) -> dict[str, ManagedProcess | None]:
     return {"etcd": cluster.etcd, "kube-apiserver": cluster.apiserver}
 
 
-def up(name: str, timeout: float = 120, node: bool = False) -> dict[str, Any]:
+def up(name: str, timeout: float = 120, node: bool = False, serve_namespaces: Sequence[str] = (),
+       progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Start the named cluster in the background and return its state once it serves; ``node``:
     with a real node (root, the node's packages and ``binaries build --node``; it may first wait
-    for another node cluster of this machine to end)."""
+    for another node cluster of this machine to end); ``serve_namespaces`` (node only): the
+    operator deployed as pods serving these. ``progress`` gets the supervisor's lines as they come."""
+    if serve_namespaces and not node:
+        raise ClusterError(f"serving {', '.join(serve_namespaces)} deploys the operator as pods, which needs a "
+                           "node: add --node")
     state = read_state(name)
     if state and state.get("status") == "running" and pid_alive(int(state["supervisor_pid"])):
         if bool(state.get("backend") == "node") != node:
@@ -118,17 +151,23 @@ def up(name: str, timeout: float = 120, node: bool = False) -> dict[str, Any]:
         check_packages()
         ensure_node_binaries(build=True)
         timeout = max(timeout, 420)  # a node may wait up to 300 s for another node cluster to end
+        if serve_namespaces:
+            timeout += 900  # the image: a base by mmdebstrap, a wheelhouse and a BuildKit build when cold
     directory = state_dir(name)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "state.json").unlink(missing_ok=True)
     log = open(directory / "supervisor.log", "ab")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen(  # nosec B603 # argv of our own, no shell
-        [sys.executable, "-m", "pet_harness.cli", "cluster", "serve", "--name", name, *(["--node"] if node else [])],
+        [sys.executable, "-m", "pet_harness.cli", "cluster", "serve", "--name", name, *(["--node"] if node else []),
+         *(f"--serve={ns}" for ns in serve_namespaces)],
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
     )
     log.close()
     deadline = time.monotonic() + timeout
+    told = 0
     while time.monotonic() < deadline:
+        if progress is not None:
+            told = _tell_new_lines(directory / "supervisor.log", told, progress)
         state = read_state(name)
         if state and state.get("supervisor_pid") == proc.pid:
             if state["status"] == "running":
@@ -144,6 +183,20 @@ def up(name: str, timeout: float = 120, node: bool = False) -> dict[str, Any]:
     proc.terminate()
     proc.wait(30)
     raise ClusterError(f"cluster {name!r} did not become ready in {timeout:.0f}s; see {directory / 'supervisor.log'}")
+
+
+def _tell_new_lines(log: Path, offset: int, progress: Callable[[str], None]) -> int:
+    """Hand ``progress`` the whole lines ``log`` gained since ``offset``; returns the new offset."""
+    try:
+        with open(log, "rb") as handle:
+            handle.seek(offset)
+            chunk = handle.read()
+    except OSError:
+        return offset
+    complete = chunk.rfind(b"\n") + 1
+    for line in chunk[:complete].decode(errors="replace").splitlines():
+        progress(line)
+    return offset + complete
 
 
 def down(name: str, timeout: float = 120) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -309,10 +310,10 @@ def test_cluster_up_prints_the_kubeconfig_path(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     state = {"status": "running", "server": "https://127.0.0.1:1", "supervisor_pid": 42, "kubeconfig": "/k"}
-    asked: list[tuple[str, bool]] = []
+    asked: list[tuple[str, bool, list[str]]] = []
 
-    def up(name: str, node: bool = False) -> dict[str, Any]:
-        asked.append((name, node))
+    def up(name: str, node: bool = False, serve_namespaces: Sequence[str] = (), progress: Any = None) -> dict[str, Any]:
+        asked.append((name, node, list(serve_namespaces)))
         return state
 
     monkeypatch.setattr(cluster_daemon, "up", up)
@@ -322,7 +323,52 @@ def test_cluster_up_prints_the_kubeconfig_path(
     assert "export KUBECONFIG=/k" in captured.err
     assert "pet-harness cluster down --name dev" in captured.err
     assert cli.main(["cluster", "up", "--name", "n", "--node"]) == 0
-    assert asked == [("dev", False), ("n", True)]
+    assert cli.main(["cluster", "up", "--name", "n", "--node", "--serve", "a", "--serve", "b", "--serve", "a"]) == 0
+    assert cli.main(["cluster", "up", "--name", "n", "--node", "--no-operator"]) == 0
+    assert asked == [("dev", False, []), ("n", True, ["pets"]), ("n", True, ["a", "b"]), ("n", True, [])]
+
+
+def test_cluster_up_says_where_the_operator_runs(capsys: pytest.CaptureFixture[str],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    state = {"status": "running", "server": "https://10.0.0.1:1", "supervisor_pid": 42, "kubeconfig": "/k",
+             "operator": {"namespace": "pet-system", "image": "pet-operator:abc", "serves": ["pets"]}}
+    monkeypatch.setattr(cluster_daemon, "up", lambda *a, **k: state)
+    assert cli.main(["cluster", "up", "--node"]) == 0
+    assert "the operator runs as pods in pet-system (pet-operator:abc), serving pets" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--serve", "pets"], "--serve and --no-operator need --node"),
+    (["--no-operator"], "--serve and --no-operator need --node"),
+    (["--node", "--no-operator", "--serve", "x"], "contradict each other"),
+    (["--node", "--serve", "Pets_1"], "--serve 'Pets_1' is not a namespace name"),
+    (["--node", "--serve=-x"], "--serve '-x' is not a namespace name"),
+])
+def test_cluster_up_refuses_bad_operator_options_before_starting_anything(
+    argv: list[str], message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cluster_daemon, "up", lambda *a, **k: pytest.fail("nothing may start"))
+    with pytest.raises(SystemExit) as info:
+        cli.main(["cluster", "up", *argv])
+    assert message in str(info.value)
+
+
+def test_up_relays_the_supervisors_whole_lines(tmp_path: Path) -> None:
+    log = tmp_path / "supervisor.log"
+    log.write_bytes(b"one\ntwo\npart")
+    told: list[str] = []
+    offset = cluster_daemon._tell_new_lines(log, 0, told.append)
+    assert told == ["one", "two"] and offset == 8
+    with open(log, "ab") as handle:
+        handle.write(b"ial\n")
+    offset = cluster_daemon._tell_new_lines(log, offset, told.append)
+    assert told == ["one", "two", "partial"] and offset == log.stat().st_size
+    assert cluster_daemon._tell_new_lines(tmp_path / "absent.log", 3, told.append) == 3
+
+
+def test_up_refuses_an_operator_without_a_node(clean_env: Path) -> None:
+    with pytest.raises(ClusterError, match=r"serving pets deploys the operator as pods, which needs a node"):
+        cluster_daemon.up("dev", serve_namespaces=["pets"])
 
 
 def test_keyboard_interrupt_exits_130(monkeypatch: pytest.MonkeyPatch) -> None:
