@@ -5,6 +5,10 @@
 # (mmdebstrap, no registry needed; docs/harness.md). Both stages use the same base, so the
 # virtualenv's interpreter link is valid in the final one.
 #
+# Size (docs/image.md; `pet-harness image report`): the virtualenv keeps only what the operator
+# runs: pip and setuptools, which venv puts in to install with, are uninstalled before it is copied
+# (about 21 MB); the bytecode stays (a read-only filesystem cannot cache it).
+#
 # The result runs as uid/gid 65532 (no root, no shell needed), with tini as PID 1 so that
 # SIGTERM reaches the operator (Python as PID 1 would ignore it) and SIGSTOP/SIGCONT sent to
 # the operator's process work (the chaos freeze), and with a read-only root filesystem
@@ -42,6 +46,7 @@ RUN --mount=type=bind,from=wheels,target=/wheels \
     && if [ -n "$(ls -A /wheels)" ]; then set -- --no-index --find-links /wheels; fi \
     && SETUPTOOLS_SCM_PRETEND_VERSION="${VERSION}" \
        /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check "$@" . \
+    && /opt/venv/bin/pip uninstall --yes --quiet --disable-pip-version-check pip setuptools \
     && /opt/venv/bin/python -m compileall -q /opt/venv \
     && cp "$(command -v tini)" /opt/tini
 

@@ -20,6 +20,10 @@
                                       (--check: only say whether they are its rendering)
     pet-harness chart version         the version for the chart; --write [VERSION] stamps Chart.yaml, --check
                                       compares it with the package version (docs/versioning.md)
+    pet-harness image build           the operator's image (BuildKit; --arch arm64 through qemu-user;
+                                      --check-version runs pet-operator --version in it; docs/image.md)
+    pet-harness image report          what takes the image's space: results/image/image-report.{md,json}
+    pet-harness image sbom            the image's CycloneDX SBOM from its contents: reports/image/sbom.cdx.json
     pet-harness limits                a large population, restart, updates, narrowing, mass delete, failover
                                       (docs/limits.md)
 """
@@ -38,6 +42,7 @@ from typing import Any
 from pet_harness import binaries, cluster_daemon, versions
 from pet_harness.clusters.base import ClusterError
 from pet_harness.helm import HelmError
+from pet_harness.oci_image import ImageError
 from pet_operator.version import version
 
 HELM_VERSION_ASK = ("version", "--short")
@@ -292,6 +297,53 @@ def _cmd_node_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _image_tar(args: argparse.Namespace) -> tuple[Path, str | None]:
+    """The image to read: --tar, or the operator's image of --arch built now (or from the cache)."""
+    platform = f"linux/{args.arch}" if args.arch else None
+    if args.tar:
+        return Path(args.tar), platform
+    from pet_harness.pet_image import operator_image
+
+    return operator_image(lambda line: print(line, file=sys.stderr), args.arch).tar, platform
+
+
+def _cmd_image_build(args: argparse.Namespace) -> int:
+    import time
+
+    from pet_harness.pet_image import operator_image, version_in_image
+
+    started = time.monotonic()
+    image = operator_image(lambda line: print(line, file=sys.stderr), args.arch)
+    print(f"{image.reference} {image.tar} ({time.monotonic() - started:.0f} s)")
+    if args.check_version:
+        said = version_in_image(image, args.arch)
+        expected = f"pet-operator {version()}"
+        print(f"in the image: {said}")
+        if said != expected:
+            print(f"pet-harness: the image says {said!r}, the package is {expected!r}", file=sys.stderr)
+            return 1
+    return 0
+
+
+def _cmd_image_report(args: argparse.Namespace) -> int:
+    from pet_harness.image_report import write_report
+
+    tar, platform = _image_tar(args)
+    write_report(tar, Path(args.out), platform)
+    print((Path(args.out) / "image-report.md").read_text())
+    print(f"report: {Path(args.out) / 'image-report.md'} (and .json)")
+    return 0
+
+
+def _cmd_image_sbom(args: argparse.Namespace) -> int:
+    from pet_harness.image_sbom import counts, write_sbom
+
+    tar, platform = _image_tar(args)
+    document = write_sbom(tar, Path(args.out), platform, tool_version=version())
+    print(f"{args.out}: {len(document['components'])} components {counts(document)}")
+    return 0
+
+
 def _cmd_cluster_serve(args: argparse.Namespace) -> int:
     return cluster_daemon.serve(args.name, node=args.node, serve_namespaces=_served(args))
 
@@ -348,6 +400,27 @@ def build_parser() -> argparse.ArgumentParser:
     node_bench.add_argument("--runs", type=_at_least_one, default=5, metavar="N", help="runs (default: 5)")
     node_bench.add_argument("--results", default=None, help="results folder (default: results/node-bench/<timestamp>)")
     node_bench.set_defaults(func=_cmd_node_bench)
+    image = sub.add_parser("image", help="the operator's image: build (any arch), its size report, its SBOM")
+    image_sub = image.add_subparsers(dest="action", required=True)
+    for action, func, text in (
+        ("build", _cmd_image_build, "build the operator's image with BuildKit (root; cached by content)"),
+        ("report", _cmd_image_report, "its size, per layer and per owner (Python, site-packages, Debian)"),
+        ("sbom", _cmd_image_sbom, "its CycloneDX SBOM: Debian packages and Python distributions in it"),
+    ):
+        p = image_sub.add_parser(action, help=text)
+        p.add_argument("--arch", choices=["amd64", "arm64"], default=None,
+                       help="the image's architecture (default: the host's; another runs through qemu-user)")
+        if action == "build":
+            p.add_argument("--check-version", action="store_true",
+                           help="run pet-operator --version in the image; exit 1 unless it says the package's")
+        else:
+            p.add_argument("--tar", default=None, help="an OCI image tar to read instead of building")
+        if action == "report":
+            p.add_argument("--out", default="results/image", help="folder (default: results/image)")
+        if action == "sbom":
+            p.add_argument("--out", "-o", default="reports/image/sbom.cdx.json",
+                           help="file (default: reports/image/sbom.cdx.json)")
+        p.set_defaults(func=func)
     fin = sub.add_parser("finalizers", help="clean up after the operator is uninstalled")
     fin_sub = fin.add_subparsers(dest="action", required=True)
     strip = fin_sub.add_parser("strip", help="remove petstore.example.com/id-claim from pets (and the claims)")
@@ -390,7 +463,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)
-    except (binaries.BinaryError, ClusterError, HelmError) as exc:
+    except (binaries.BinaryError, ClusterError, HelmError, ImageError) as exc:
         print(f"pet-harness: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

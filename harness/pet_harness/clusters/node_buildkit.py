@@ -45,11 +45,15 @@ class BuiltImage:
 
 
 def content_hash(context: Path, dockerfile: str, inputs: Sequence[str], build_args: Mapping[str, str],
-                 named: Mapping[str, OciLayout], folders: Mapping[str, Path] | None = None) -> str:
+                 named: Mapping[str, OciLayout], folders: Mapping[str, Path] | None = None,
+                 platform: str | None = None) -> str:
     """A hash of everything the build reads: ``inputs`` are paths relative to ``context``; the
-    files of ``folders`` (named local contexts) count by name and size."""
+    files of ``folders`` (named local contexts) count by name and size; ``platform`` when one is
+    asked for."""
     digest = hashlib.sha256()
     digest.update(f"buildkit {versions.BUILDKIT_VERSION}\n".encode())
+    if platform:
+        digest.update(f"platform {platform}\n".encode())
     digest.update((context / dockerfile).read_bytes())
     for rel in sorted(set(inputs)):
         path = context / rel
@@ -69,13 +73,17 @@ def content_hash(context: Path, dockerfile: str, inputs: Sequence[str], build_ar
 
 def buildctl_command(buildctl: Path, socket: Path, context: Path, dockerfile: str, build_args: Mapping[str, str],
                      named: Mapping[str, OciLayout], out_tar: Path, reference: str,
-                     folders: Mapping[str, Path] | None = None) -> list[str]:
+                     folders: Mapping[str, Path] | None = None, platform: str | None = None) -> list[str]:
+    """``platform``: ``linux/arm64`` builds for that platform (its ``RUN`` steps through qemu-user
+    and binfmt_misc when it is not the host's)."""
     argv = [
         str(buildctl), "--addr", f"unix://{socket}", "build", "--progress=plain",
         "--frontend", "dockerfile.v0",
         "--local", f"context={context}", "--local", f"dockerfile={(context / dockerfile).parent}",
         "--opt", f"filename={Path(dockerfile).name}",
     ]
+    if platform:
+        argv += ["--opt", f"platform={platform}"]
     for key, value in sorted(build_args.items()):
         argv += ["--opt", f"build-arg:{key}={value}"]
     for index, (name, layout) in enumerate(sorted(named.items())):
@@ -173,28 +181,33 @@ def running_buildkitd(progress: binaries.Progress | None = None, timeout: float 
 
 def build_image(context: Path, repository: str, inputs: Sequence[str], dockerfile: str = "Dockerfile",
                 build_args: Mapping[str, str] | None = None, named: Mapping[str, OciLayout] | None = None,
-                folders: Mapping[str, Path] | None = None, progress: binaries.Progress | None = None) -> BuiltImage:
+                folders: Mapping[str, Path] | None = None, progress: binaries.Progress | None = None,
+                platform: str | None = None) -> BuiltImage:
     """The image of ``context/dockerfile``, from the cache or built now. ``named``: images made here
-    standing in for ``FROM`` names; ``folders``: local folders as named build contexts."""
+    standing in for ``FROM`` names; ``folders``: local folders as named build contexts;
+    ``platform``: ``os/arch`` to build for (the host's by default)."""
     say = progress or (lambda line: None)
     args = dict(build_args or {})
     contexts = dict(named or {})
     local = dict(folders or {})
-    tag = content_hash(context, dockerfile, inputs, args, contexts, local)
+    tag = content_hash(context, dockerfile, inputs, args, contexts, local, platform)
     reference = f"{repository}:{tag}"
     out_dir = images_dir() / "built"
+    if platform:  # kept apart: the pruning of the host's builds leaves them alone
+        out_dir = out_dir / platform.replace("/", "-")
     out_dir.mkdir(parents=True, exist_ok=True)
     tar = out_dir / (reference.replace("/", "_").replace(":", "_") + ".tar")
     if tar.is_file():
         return BuiltImage(reference, tar)
     started = time.monotonic()
-    say(f"building {reference} from {context / dockerfile} with BuildKit")
+    say(f"building {reference} from {context / dockerfile} with BuildKit" + (f" for {platform}" if platform else ""))
     partial = tar.with_name(tar.name + ".partial")
     buildctl = binaries.ensure_buildkit(build=True, progress=progress)["buildctl"]
     try:
         with running_buildkitd(progress) as socket:
             proc = subprocess.run(  # nosec B603 # argv of our own, no shell
-                buildctl_command(buildctl, socket, context, dockerfile, args, contexts, partial, reference, local),
+                buildctl_command(buildctl, socket, context, dockerfile, args, contexts, partial, reference, local,
+                                 platform),
                 capture_output=True, text=True, timeout=1800)
         if proc.returncode != 0:
             raise ClusterError(f"building {reference} failed (code {proc.returncode}):\n{proc.stderr.strip()[-4000:]}")
