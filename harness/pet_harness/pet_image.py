@@ -9,11 +9,14 @@ with its default (the public python image). The image's tag is a hash of what it
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import subprocess  # nosec B404 # argv lists, never a shell
 import sys
+import tarfile
 import tomllib
 from pathlib import Path
+from typing import Any
 
 from pet_harness import binaries, kube
 from pet_harness.clusters.base import ClusterError
@@ -72,14 +75,32 @@ def revision(root: Path) -> str:
     return proc.stdout.strip() if proc.returncode == 0 else "unknown"
 
 
-def operator_image(progress: binaries.Progress | None = None) -> BuiltImage:
+def operator_image(progress: binaries.Progress | None = None, version: str | None = None) -> BuiltImage:
     """The operator's image, built now or taken from the cache; stamped with the package's version
-    (as ``pet-operator --version`` says it) and the git commit, in its OCI labels and its package."""
-    from pet_operator.version import version
+    (as ``pet-operator --version`` says it), or with ``version`` (a PEP 440 version: another
+    release of the same code, for upgrade tests), and the git commit, in its OCI labels and its
+    package."""
+    from pet_operator.version import version as package_version
 
     root: Path = kube.REPO_ROOT
     base = python_base_image(progress)
-    args = {"BASE_IMAGE": base.reference, "VERSION": version(), "REVISION": revision(root)}
+    args = {"BASE_IMAGE": base.reference, "VERSION": version or package_version(), "REVISION": revision(root)}
     return build_image(root, OPERATOR_REPOSITORY, operator_inputs(root), build_args=args,
                        named={base.reference: base}, folders={"wheels": wheelhouse(root, progress)},
                        progress=progress)
+
+
+def image_labels(tar: Path) -> dict[str, str]:
+    """The OCI labels in an image-layout tar's config (index, then manifest, then config)."""
+    with tarfile.open(tar) as layout:
+        def blob(digest: str) -> dict[str, Any]:
+            member = layout.extractfile(f"blobs/{digest.replace(':', '/')}")
+            if member is None:
+                raise ClusterError(f"{tar} has no blob {digest}")
+            return dict(json.load(member))
+
+        index_file = layout.extractfile("index.json")
+        if index_file is None:
+            raise ClusterError(f"{tar} is not an OCI image layout: no index.json")
+        manifest = blob(json.load(index_file)["manifests"][0]["digest"])
+        return dict(blob(manifest["config"]["digest"])["config"].get("Labels") or {})
