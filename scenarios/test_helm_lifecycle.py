@@ -153,7 +153,16 @@ def installed(lifecycle: Lifecycle) -> Step:
 
 
 @pytest.fixture(scope="module")
-def upgraded(installed: Step, lifecycle: Lifecycle, busy_store: str) -> Step:
+def crds_applied(installed: Step, lifecycle: Lifecycle) -> list[str]:
+    """The procedure's CRD step before the upgrade (Helm never upgrades crds/): server-side apply."""
+    started = time.monotonic()
+    names = pet_release.apply_crds(lifecycle.api)
+    lifecycle.seconds["upgrade: CRDs applied server-side"] = round(time.monotonic() - started, 1)
+    return names
+
+
+@pytest.fixture(scope="module")
+def upgraded(installed: Step, lifecycle: Lifecycle, busy_store: str, crds_applied: list[str]) -> Step:
     state = lifecycle
     writer = _written_during(state, 20000, "upgrade",
                              lambda: state.helm.upgrade(RELEASE, state.second.chart, [state.values(state.second)]),
@@ -250,6 +259,18 @@ def test_a_bad_tag_is_refused_through_the_webhook_service(installed: Step, lifec
 def test_an_upgrade_to_a_new_image_while_pets_are_written_loses_no_write(upgraded: Step, lifecycle: Lifecycle) -> None:
     _check_step(lifecycle, upgraded)
     _check_writes(lifecycle, upgraded)
+
+
+def test_the_crd_step_takes_the_crds_over_from_helm(crds_applied: list[str], lifecycle: Lifecycle) -> None:
+    """The CRDs Helm created on install now belong to the procedure's field manager too (the same
+    files: this proves the step, not a schema change), and Helm left them in place."""
+    assert sorted(crds_applied) == ["pets.petstore.example.com", "petstores.petstore.example.com"]
+    extensions = client.ApiextensionsV1Api(lifecycle.api)
+    for name in crds_applied:
+        crd = extensions.read_custom_resource_definition(name)
+        managers = {f.manager for f in crd.metadata.managed_fields or []}
+        assert pet_release.CRD_FIELD_MANAGER in managers, managers
+        assert any(c.type == "Established" and c.status == "True" for c in crd.status.conditions)
 
 
 def test_a_rollback_to_revision_1_while_pets_are_written_loses_no_write(

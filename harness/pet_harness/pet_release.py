@@ -11,7 +11,9 @@ What the harness supplies around ``helm``, and nothing more:
   certificate would allow one replica only);
 * the namespaces (:func:`prepare`), the operator's enforcing Pod Security ``restricted``;
 * the waits that say a step is done (:func:`wait_rolled_out`): the Deployment available and every
-  pod of the release, terminating ones included, running the expected image.
+  pod of the release, terminating ones included, running the expected image;
+* the CRD step of an upgrade, which Helm never does (:func:`apply_crds`): what ``kubectl apply
+  --server-side --force-conflicts -f deploy/crds/`` sends.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from kubernetes import client
 from packaging.version import Version
 
 from pet_harness import helm, pet_chart
+from pet_harness.kube import REPO_ROOT, load_yaml_documents
 from pet_harness.pet_deploy import (
     OPERATOR_NAMESPACE,
     RESTRICTED,
@@ -102,3 +105,23 @@ def wait_rolled_out(api: client.ApiClient, image_reference: str, replicas: int =
              timeout, f"{replicas} pods of {image_reference} and no other in {NAMESPACE}", interval=0.5)
     wait_for(lambda: deployment_available(api, replicas), bool, timeout,
              f"the Deployment of release {RELEASE} to be available with {replicas} replicas", interval=0.5)
+
+
+#: the field manager of the CRD step (docs/operations/upgrade-and-rollback.md uses the same)
+CRD_FIELD_MANAGER = "pet-operator-crds"
+
+
+def apply_crds(api: client.ApiClient, folder: Path = REPO_ROOT / "deploy" / "crds",
+               field_manager: str = CRD_FIELD_MANAGER) -> list[str]:
+    """Server-side apply of every CRD in ``folder``, taking over the fields Helm created them with
+    (force): the request of ``kubectl apply --server-side --force-conflicts --field-manager
+    FIELD_MANAGER -f FOLDER``. Returns the CRDs' names."""
+    extensions = client.ApiextensionsV1Api(api)
+    names = []
+    for path in sorted(folder.glob("*.yaml")):
+        for doc in load_yaml_documents(path):
+            extensions.patch_custom_resource_definition(
+                doc["metadata"]["name"], doc, field_manager=field_manager, force=True,
+                _content_type="application/apply-patch+yaml")
+            names.append(doc["metadata"]["name"])
+    return names
