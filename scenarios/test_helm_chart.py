@@ -1,5 +1,5 @@
 """The Helm chart against the real API server: every combination of its documented switches
-(watch mode x certificate x monitors x network policies, 16) rendered by ``helm template`` and
+(watch mode x certificate source x monitors x network policies, 24) rendered by ``helm template`` and
 created with server-side dry run (``dryRun=All``: admission and validation run in full, nothing is
 stored), with the Prometheus Operator's and cert-manager's own CRDs installed (both from their Go
 modules at the versions the harness pins), and each rendered pod template admitted under the
@@ -7,6 +7,7 @@ restricted Pod Security profile."""
 
 from __future__ import annotations
 
+import base64
 import copy
 import itertools
 from typing import Any
@@ -16,13 +17,18 @@ from kubernetes import client, dynamic
 from kubernetes.client.exceptions import ApiException
 
 from pet_harness import crds, pet_chart, upstream_crds
+from pet_harness.pki import CertificateAuthority
 
+#: where the webhook's certificate comes from (the chart's three sources), and each one's short name
+CERT_SOURCES = {"cert-manager": "certmanager", "operator": "selfsigned", "secret": "secret"}
 COMBINATIONS = [
-    pytest.param(i, mode, cm, mon, np, id=f"{mode}-{'certmanager' if cm else 'selfsigned'}-"
+    pytest.param(i, mode, cert, mon, np, id=f"{mode}-{CERT_SOURCES[cert]}-"
                  f"{'monitors' if mon else 'nomonitors'}-{'netpol' if np else 'nonetpol'}")
-    for i, (mode, cm, mon, np) in enumerate(itertools.product(
-        ("namespaced", "all-namespaces"), (True, False), (True, False), (True, False)))
+    for i, (mode, cert, mon, np) in enumerate(itertools.product(
+        ("namespaced", "all-namespaces"), CERT_SOURCES, (True, False), (True, False)))
 ]
+#: the CA of the "secret" source (the installer's, given as webhookTLS.caBundle)
+CA_BUNDLE = base64.b64encode(CertificateAuthority("chart-dry-run-ca").cert_pem).decode()
 
 
 @pytest.fixture
@@ -41,18 +47,20 @@ def _dry_run_create(dyn: dynamic.DynamicClient, body: dict[str, Any]) -> dict[st
     return dict(created.to_dict())
 
 
-@pytest.mark.parametrize(("index", "mode", "cert_manager", "monitors", "network_policy"), COMBINATIONS)
+@pytest.mark.parametrize(("index", "mode", "cert", "monitors", "network_policy"), COMBINATIONS)
 def test_every_combination_is_admitted_by_the_api_server(
     kube_api: Any, make_namespace: Any, chart_crds: None,
-    index: int, mode: str, cert_manager: bool, monitors: bool, network_policy: bool,
+    index: int, mode: str, cert: str, monitors: bool, network_policy: bool,
 ) -> None:
+    cert_manager = cert == "cert-manager"
     ns = make_namespace("chart", labels={"pod-security.kubernetes.io/enforce": "restricted"})
     served = make_namespace("served")
     release = f"chart-{index}"  # cluster-scoped names of their own: dry runs never meet a stored object
     values = {
         "watch": {"mode": mode, "namespaces": [served]},
         "certManager": {"enabled": cert_manager},
-        "replicaCount": 2 if cert_manager else 1,
+        "replicaCount": 1 if cert == "operator" else 2,  # the operator's own certificate: one replica
+        **({"webhookTLS": {"existingSecret": "webhook-tls", "caBundle": CA_BUNDLE}} if cert == "secret" else {}),
         "metrics": {"serviceMonitor": {"enabled": monitors}, "prometheusRule": {"enabled": monitors}},
         "networkPolicy": {"enabled": network_policy},
     }
@@ -67,7 +75,10 @@ def test_every_combination_is_admitted_by_the_api_server(
     assert ("NetworkPolicy" in kinds) is network_policy
     assert ("ValidatingAdmissionPolicy" in kinds) is (mode == "namespaced")
     deployment = next(c for c in created if c["kind"] == "Deployment")
-    assert deployment["spec"]["replicas"] == (2 if cert_manager else 1)
+    assert deployment["spec"]["replicas"] == (1 if cert == "operator" else 2)
+    for kind in ("ValidatingWebhookConfiguration", "MutatingWebhookConfiguration"):
+        hooks = next(c for c in created if c["kind"] == kind)["webhooks"]
+        assert [h["clientConfig"].get("caBundle") for h in hooks] == [CA_BUNDLE if cert == "secret" else None]
     with pytest.raises(ApiException) as stored:  # a dry run: nothing was kept
         client.AppsV1Api(kube_api).read_namespaced_deployment(deployment["metadata"]["name"], ns)
     assert stored.value.status == 404

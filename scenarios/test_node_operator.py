@@ -11,18 +11,14 @@ from __future__ import annotations
 
 import datetime
 import json
-import tarfile
-import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
 from helpers import wait_phase
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from kubernetes.stream import stream
-from node_support import POD_UID
+from node_support import POD_UID, Writer, operator_exec
 
 from pet_harness.clusters.node import NodeCluster
 from pet_harness.kube import PetApi
@@ -35,7 +31,7 @@ from pet_harness.pet_deploy import (
     deploy_operator,
     deployment_available,
 )
-from pet_harness.pet_image import operator_image
+from pet_harness.pet_image import image_labels, operator_image
 from pet_harness.waiting import wait_for
 from petchaos.staging import check_frozen, freeze_script
 
@@ -90,19 +86,6 @@ def test_two_replicas_run_as_restricted_pods_from_the_image_built_here(
     assert holder.rsplit("_", 1)[0] in {p.metadata.name for p in pods}, holder
 
 
-def _image_labels(tar: Path) -> dict[str, str]:
-    """The OCI labels in an image-layout tar's config (index -> manifest -> config)."""
-    with tarfile.open(tar) as layout:
-        def blob(digest: str) -> dict[str, Any]:
-            member = layout.extractfile(f"blobs/{digest.replace(':', '/')}")
-            assert member is not None, digest
-            return dict(json.load(member))
-        index_file = layout.extractfile("index.json")
-        assert index_file is not None
-        manifest = blob(json.load(index_file)["manifests"][0]["digest"])
-        return dict(blob(manifest["config"]["digest"])["config"].get("Labels") or {})
-
-
 def test_the_image_carries_the_packages_version_in_its_labels_and_its_cli(
     deployed: DeployedOperator, api: client.ApiClient
 ) -> None:
@@ -110,7 +93,7 @@ def test_the_image_carries_the_packages_version_in_its_labels_and_its_cli(
     what the package says here (the build context has no .git: the harness passes it in)."""
     from pet_operator.version import version
 
-    labels = _image_labels(operator_image().tar)
+    labels = image_labels(operator_image().tar)
     assert labels["org.opencontainers.image.version"] == version()
     assert len(labels["org.opencontainers.image.revision"]) == 40  # the git commit
     pod = _operator_pods(api)[0].metadata.name
@@ -141,32 +124,6 @@ def test_a_bad_tag_is_refused_by_the_webhook_through_the_service(
     assert "loud" in str(info.value.body) and "admission webhook" in str(info.value.body), info.value.body
 
 
-class Writer(threading.Thread):
-    """Creates pets one after another until told to stop (bounded in count and time); records
-    every failure."""
-
-    def __init__(self, pets: PetApi, store: str, first_id: int, limit: int = 400, seconds: float = 180) -> None:
-        super().__init__(daemon=True)
-        self.pets, self.store, self.next_id = pets, store, first_id
-        self.limit, self.deadline = limit, time.monotonic() + seconds
-        self.created: list[str] = []
-        self.failures: list[str] = []
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        while not self.stop.is_set() and len(self.created) < self.limit and time.monotonic() < self.deadline:
-            name = f"w-{self.next_id}"
-            try:
-                self.pets.create_pet(name, {"id": self.next_id, "name": name, "store": self.store, "tags": []})
-                self.created.append(name)
-            except ApiException as exc:
-                self.failures.append(f"{name}: {exc.status} {exc.body}")
-            except Exception as exc:  # noqa: BLE001 - any failure of a write is what the test looks for
-                self.failures.append(f"{name}: {exc!r}")
-            self.next_id += 1
-            self.stop.wait(0.05)
-
-
 def test_a_rollout_restart_while_pets_are_written_loses_no_write_and_gives_no_webhook_error(
     deployed: DeployedOperator, api: client.ApiClient
 ) -> None:
@@ -192,6 +149,7 @@ def test_a_rollout_restart_while_pets_are_written_loses_no_write_and_gives_no_we
         writer.stop.set()
         writer.join(30)
     assert not writer.failures, writer.failures[:5]
+    assert not writer.unmutated, writer.unmutated[:5]
     assert len(writer.created) >= 10
     print(f"{len(writer.created)} pets written during the rollout restart, none refused")
     for name in writer.created:  # every write is there and is reconciled by the new leader
@@ -200,9 +158,7 @@ def test_a_rollout_restart_while_pets_are_written_loses_no_write_and_gives_no_we
 
 
 def _exec(api: client.ApiClient, pod: str, command: list[str]) -> str:
-    core = client.CoreV1Api(api)
-    return str(stream(core.connect_get_namespaced_pod_exec, pod, OPERATOR_NAMESPACE, container="operator",
-                      command=command, stdin=False, stdout=True, stderr=True, tty=False, _request_timeout=30))
+    return operator_exec(api, OPERATOR_NAMESPACE, pod, command)
 
 
 def test_the_leader_frozen_through_exec_loses_the_lease_and_thaws_as_a_standby(

@@ -1,6 +1,7 @@
 """Run ``helm`` (built from its Go module into the harness cache, :func:`binaries.ensure_helm`) on
 a local chart: ``helm template`` split into its manifests (comments kept, each with the template it
-came from), and ``helm lint``.
+came from), ``helm lint`` and ``helm package``; and the release commands (install, upgrade,
+rollback, history, uninstall) against one cluster through :class:`Releases`.
 
 Every call gets its own empty Helm home (config, cache and data folders in a temporary directory),
 so nothing of the user's Helm setup (repositories, plugins) changes a rendering, and nothing is
@@ -10,6 +11,7 @@ written outside that folder. Each call is bounded in time.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import subprocess  # nosec B404 # argv lists, never a shell
 import tempfile
@@ -106,3 +108,56 @@ def lint(chart: Path, values: Sequence[Mapping[str, Any]] = (), strict: bool = T
         if strict:
             args.append("--strict")
         return run(args, build=build)
+
+
+def package(chart: Path, destination: Path, version: str, app_version: str, build: bool = True) -> Path:
+    """``helm package`` of ``chart`` into ``destination`` with its ``version`` and ``appVersion`` set
+    (SemVer 2, as Helm demands); the path of the archive."""
+    said = run(["package", str(chart), "--destination", str(destination), "--version", version,
+                "--app-version", app_version], build=build)
+    # "Successfully packaged chart and saved it to: <path>"
+    archive = Path(said.strip().splitlines()[-1].rsplit(": ", 1)[-1])
+    if not archive.is_file():
+        raise HelmError(f"helm package said {said.strip()!r}, but no archive is there")
+    return archive
+
+
+@dataclasses.dataclass(frozen=True)
+class Releases:
+    """helm's release commands against the cluster of ``kubeconfig``, in ``namespace``.
+
+    Nothing waits inside helm (no ``--wait``): the caller waits for what it means by done, with
+    its own conditions. ``timeout`` bounds each helm call (CRDs and hooks included)."""
+
+    kubeconfig: Path
+    namespace: str
+    timeout: float = 300
+
+    def _run(self, args: Sequence[str]) -> str:
+        return run([*args, "--kubeconfig", str(self.kubeconfig), "--namespace", self.namespace],
+                   timeout=self.timeout)
+
+    def _with_values(self, verb: str, release: str, chart: Path, values: Sequence[Mapping[str, Any]]) -> str:
+        with tempfile.TemporaryDirectory(prefix="pet-harness-values-") as folder:
+            return self._run([verb, release, str(chart), *_values_args(values, Path(folder))])
+
+    def install(self, release: str, chart: Path, values: Sequence[Mapping[str, Any]] = ()) -> str:
+        """``helm install`` (the chart's crds/ are created first, as on every first install)."""
+        return self._with_values("install", release, chart, values)
+
+    def upgrade(self, release: str, chart: Path, values: Sequence[Mapping[str, Any]] = ()) -> str:
+        """``helm upgrade`` with exactly ``values`` over the chart's defaults (no ``--reuse-values``)."""
+        return self._with_values("upgrade", release, chart, values)
+
+    def rollback(self, release: str, revision: int) -> str:
+        """``helm rollback`` to ``revision``: a new revision with that one's chart and values."""
+        return self._run(["rollback", release, str(revision)])
+
+    def history(self, release: str) -> list[dict[str, Any]]:
+        """``helm history -o json``: each revision's ``revision``, ``status``, ``chart``, ``app_version``
+        and ``description``, oldest first."""
+        entries = json.loads(self._run(["history", release, "--output", "json"]))
+        return sorted(entries, key=lambda e: int(e["revision"]))
+
+    def uninstall(self, release: str) -> str:
+        return self._run(["uninstall", release])

@@ -222,6 +222,28 @@ def version_problems(package_version: str, chart: Path = CHART) -> list[str]:
     return []
 
 
+def release_version_problems(app_version: str, image_version: str, cli_said: str) -> list[str]:
+    """How an installed release disagrees with the image its pods run (empty: they agree).
+
+    ``app_version``: the release's chart appVersion (``helm history``); ``image_version``: the
+    image's ``org.opencontainers.image.version`` label; ``cli_said``: ``pet-operator --version`` run
+    in one of its pods. A chart stamped for an image (``helm package --app-version``, ``pet-harness
+    chart version --write``) carries the SemVer form of the image's version exactly, and the
+    package in the image says that version itself."""
+    problems = []
+    try:
+        wanted = semver(image_version)
+    except ChartError:
+        return [f"the image's version label {image_version!r} is not a PEP 440 version"]
+    if app_version != wanted:
+        problems.append(f"the release's appVersion {app_version!r} is not the image's version {image_version!r} "
+                        f"(SemVer {wanted!r}): stamp the chart for that image (docs/versioning.md)")
+    if cli_said.strip() != f"pet-operator {image_version}":
+        problems.append(f"`pet-operator --version` in the pod says {cli_said.strip()!r}, the image's label "
+                        f"{image_version!r}: the image was built without its VERSION argument, or from another tree")
+    return problems
+
+
 def write_version(version: str, chart: Path = CHART) -> None:
     """Set Chart.yaml's version and appVersion to ``version`` (SemVer 2), keeping its comments."""
     if not _SEMVER.match(version):

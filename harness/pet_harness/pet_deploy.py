@@ -58,7 +58,7 @@ def _deploy_dir() -> Path:
     return root / "deploy"
 
 
-def _apply(api: client.ApiClient, body: dict[str, Any]) -> None:
+def apply_object(api: client.ApiClient, body: dict[str, Any]) -> None:
     """Create ``body``, or replace what is there (server-side apply would need a field manager per
     caller; a plain create-or-replace is enough for objects only the harness writes)."""
     dynamic = copy.deepcopy(body)
@@ -169,23 +169,23 @@ def deploy_operator(cluster: NodeCluster, api: client.ApiClient, image: Any, ser
     install_crds(api)
     deploy = _deploy_dir()
     for doc in load_yaml_documents(deploy / "rbac" / "serviceaccount.yaml"):
-        _apply(api, doc)
+        apply_object(api, doc)
     rbac.install_cluster_roles(api)  # the ClusterRoles and the RoleBinding policy
     namespaced = load_yaml_documents(deploy / "rbac" / "namespaced-mode.yaml")
     for ns in served:
         binding = copy.deepcopy(namespaced[0])
         binding["metadata"]["namespace"] = ns
-        _apply(api, binding)
+        apply_object(api, binding)
     for doc in namespaced[1:]:
-        _apply(api, doc)
+        apply_object(api, doc)
     ca = CertificateAuthority("pet-harness-webhook-ca")
-    _apply(api, webhook_tls(ca))
+    apply_object(api, webhook_tls(ca))
     for body in webhook_configurations(served, ca.cert_pem):
         webhooks.install(api, body)
     for name in ("service.yaml", "poddisruptionbudget.yaml"):
         for doc in load_yaml_documents(deploy / "operator" / name):
-            _apply(api, doc)
-    _apply(api, operator_deployment(image.reference, served, replicas, extra_args))
+            apply_object(api, doc)
+    apply_object(api, operator_deployment(image.reference, served, replicas, extra_args))
     timings["applied"] = round(time.monotonic() - started, 2)
     wait_for(lambda: deployment_available(api, replicas), bool, timeout,
              f"{replicas} Ready replicas of Deployment {OPERATOR_NAMESPACE}/{DEPLOYMENT}", interval=0.5)

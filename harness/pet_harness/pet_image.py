@@ -21,6 +21,7 @@ from pet_harness.clusters.node_base_image import foreign_arch_problem, python_ba
 from pet_harness.clusters.node_buildkit import BuiltImage, build_image
 from pet_harness.clusters.node_images import go_arch, images_dir
 from pet_harness.image_run import run_in_image
+from pet_harness.oci_image import OciImage
 
 #: the operator image's repository on the node (never pulled: ``imagePullPolicy: Never``)
 OPERATOR_REPOSITORY = "pet-harness.local/pet-operator"
@@ -93,12 +94,14 @@ def revision(root: Path) -> str:
     return proc.stdout.strip() if proc.returncode == 0 else "unknown"
 
 
-def operator_image(progress: binaries.Progress | None = None, arch: str | None = None) -> BuiltImage:
+def operator_image(progress: binaries.Progress | None = None, arch: str | None = None,
+                   version: str | None = None) -> BuiltImage:
     """The operator's image, built now or taken from the cache; stamped with the package's version
-    (as ``pet-operator --version`` says it) and the git commit, in its OCI labels and its package.
-    ``arch``: ``arm64`` on an amd64 machine builds that image through qemu-user (its base, its
-    wheels and BuildKit's ``RUN`` steps; :func:`foreign_arch_problem` says whether it can)."""
-    from pet_operator.version import version
+    (as ``pet-operator --version`` says it), or with ``version`` (a PEP 440 version: another
+    release of the same code, for upgrade tests), and the git commit, in its OCI labels and its
+    package. ``arch``: ``arm64`` on an amd64 machine builds that image through qemu-user (its base,
+    its wheels and BuildKit's ``RUN`` steps; :func:`foreign_arch_problem` says whether it can)."""
+    from pet_operator.version import version as package_version
 
     root: Path = kube.REPO_ROOT
     arch = arch or go_arch()
@@ -106,7 +109,7 @@ def operator_image(progress: binaries.Progress | None = None, arch: str | None =
     if foreign and (problem := foreign_arch_problem(arch)):
         raise ClusterError(problem)
     base = python_base_image(progress, arch=arch)
-    args = {"BASE_IMAGE": base.reference, "VERSION": version(), "REVISION": revision(root)}
+    args = {"BASE_IMAGE": base.reference, "VERSION": version or package_version(), "REVISION": revision(root)}
     return build_image(root, OPERATOR_REPOSITORY, operator_inputs(root), build_args=args,
                        named={base.reference: base}, folders={"wheels": wheelhouse(root, progress, arch)},
                        progress=progress, platform=f"linux/{arch}" if foreign else None)
@@ -120,3 +123,9 @@ def version_in_image(image: BuiltImage, arch: str | None = None) -> str:
         raise ClusterError(f"pet-operator --version in {image.reference} ({result.platform}) exited "
                            f"{result.returncode}:\n{result.stderr.strip()[-2000:]}")
     return result.stdout.strip()
+
+
+def image_labels(tar: Path) -> dict[str, str]:
+    """The OCI labels of an image-layout tar (its config's ``Labels``)."""
+    with OciImage(tar) as image:
+        return dict(image.labels)

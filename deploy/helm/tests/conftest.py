@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import functools
 import itertools
 import json
@@ -10,25 +11,40 @@ from typing import Any
 import pytest
 
 from pet_harness import binaries, helm, pet_chart
+from pet_harness.pki import CertificateAuthority
 
-#: the documented switches; every combination is rendered (16)
+#: the documented switches; every combination is rendered (2 x 3 x 2 x 2 = 24)
 MODES = ("namespaced", "all-namespaces")
+#: where the webhook's certificate comes from: cert-manager, the operator (self-signed), a Secret of yours
+CERT_SOURCES = ("cert-manager", "operator", "secret")
+CERT_IDS = {"cert-manager": "certmanager", "operator": "selfsigned", "secret": "secret"}
+#: the webhookTLS values of the "secret" source: a Secret's name and a CA's PEM (base64), as an installer gives them
+SECRET_TLS = {"existingSecret": "pet-operator-webhook-tls",  # pragma: allowlist secret - a name
+              "caBundle": base64.b64encode(CertificateAuthority("chart-test-ca").cert_pem).decode()}
 
 
-def combination_values(mode: str, cert_manager: bool, monitors: bool, network_policy: bool) -> dict[str, Any]:
+def cert_values(cert: str) -> dict[str, Any]:
+    """The values of one certificate source; the operator's own certificate allows one replica only."""
+    values: dict[str, Any] = {"certManager": {"enabled": cert == "cert-manager"},
+                              "replicaCount": 1 if cert == "operator" else 2}
+    if cert == "secret":
+        values["webhookTLS"] = dict(SECRET_TLS)
+    return values
+
+
+def combination_values(mode: str, cert: str, monitors: bool, network_policy: bool) -> dict[str, Any]:
     return {
         "watch": {"mode": mode},
-        "certManager": {"enabled": cert_manager},
-        "replicaCount": 2 if cert_manager else 1,  # the operator's own certificate allows one replica
+        **cert_values(cert),
         "metrics": {"serviceMonitor": {"enabled": monitors}, "prometheusRule": {"enabled": monitors}},
         "networkPolicy": {"enabled": network_policy},
     }
 
 
 COMBINATIONS = [
-    pytest.param(mode, cm, mon, np, id=f"{mode}-{'certmanager' if cm else 'selfsigned'}-"
+    pytest.param(mode, cert, mon, np, id=f"{mode}-{CERT_IDS[cert]}-"
                  f"{'monitors' if mon else 'nomonitors'}-{'netpol' if np else 'nonetpol'}")
-    for mode, cm, mon, np in itertools.product(MODES, (True, False), (True, False), (True, False))
+    for mode, cert, mon, np in itertools.product(MODES, CERT_SOURCES, (True, False), (True, False))
 ]
 
 

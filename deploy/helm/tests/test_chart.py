@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import COMBINATIONS, combination_values, render
+from conftest import COMBINATIONS, SECRET_TLS, cert_values, combination_values, render
 
 from pet_harness import helm, monitoring, pet_chart
 from pet_operator.config import parse_config
@@ -25,7 +25,7 @@ def _one(objects: list[dict[str, Any]], kind: str, name: str | None = None) -> d
 
 def test_helm_lint_strict() -> None:
     assert "0 chart(s) failed" in helm.lint(pet_chart.CHART)
-    assert "0 chart(s) failed" in helm.lint(pet_chart.CHART, [combination_values("all-namespaces", False, True, False)])
+    assert "0 chart(s) failed" in helm.lint(pet_chart.CHART, [combination_values("all-namespaces", "operator", True, False)])
 
 
 def test_deploy_is_the_charts_rendering(tmp_path: Path) -> None:
@@ -45,14 +45,15 @@ def test_every_template_lands_in_a_deploy_file() -> None:
     assert set(pet_chart.templates()) == covered
 
 
-@pytest.mark.parametrize(("mode", "cert_manager", "monitors", "network_policy"), COMBINATIONS)
-def test_rendered_objects(mode: str, cert_manager: bool, monitors: bool, network_policy: bool) -> None:
-    objects = render(combination_values(mode, cert_manager, monitors, network_policy))
+@pytest.mark.parametrize(("mode", "cert", "monitors", "network_policy"), COMBINATIONS)
+def test_rendered_objects(mode: str, cert: str, monitors: bool, network_policy: bool) -> None:
+    objects = render(combination_values(mode, cert, monitors, network_policy))
+    cert_manager, own_secret = cert == "cert-manager", cert == "secret"
     deployment = _one(objects, "Deployment", "pet-operator")
     pod = deployment["spec"]["template"]
     selector = deployment["spec"]["selector"]["matchLabels"]
     assert selector.items() <= pod["metadata"]["labels"].items()
-    assert deployment["spec"]["replicas"] == (2 if cert_manager else 1)
+    assert deployment["spec"]["replicas"] == (1 if cert == "operator" else 2)
     container = pod["spec"]["containers"][0]
     named_ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert set(named_ports) == {"health", "webhook", "metrics"}
@@ -70,8 +71,9 @@ def test_rendered_objects(mode: str, cert_manager: bool, monitors: bool, network
     assert config.leader_elect is True and config.lease_name == "pet-operator-leader"
     assert config.all_namespaces is (mode == "all-namespaces")
     assert list(config.namespaces) == ([] if mode == "all-namespaces" else ["default"])
-    if cert_manager:
+    if cert_manager or own_secret:  # cert-manager's Secret, or the one named in webhookTLS.existingSecret
         assert config.webhook_cert_dir == "/etc/pet-operator/webhook"
+        assert config.webhook_configuration is None and config.mutating_webhook_configuration is None
         # the name of the Secret holding the serving certificate, not a secret itself
         tls = {"name": "webhook-tls", "secret": {"secretName": "pet-operator-webhook-tls"}}  # pragma: allowlist secret
         assert tls in pod["spec"]["volumes"]
@@ -86,7 +88,7 @@ def test_rendered_objects(mode: str, cert_manager: bool, monitors: bool, network
 
     # PodDisruptionBudget: only with more than one replica
     pdbs = _kinds(objects, "PodDisruptionBudget")
-    assert len(pdbs) == (1 if cert_manager else 0)
+    assert len(pdbs) == (0 if cert == "operator" else 1)
     for pdb in pdbs:
         assert pdb["spec"]["selector"]["matchLabels"] == selector and pdb["spec"]["minAvailable"] == 1
 
@@ -104,6 +106,8 @@ def test_rendered_objects(mode: str, cert_manager: bool, monitors: bool, network
         annotations = config_obj["metadata"].get("annotations") or {}
         assert (annotations.get("cert-manager.io/inject-ca-from") == "pet-system/pet-operator-webhook") is cert_manager
         for hook in config_obj["webhooks"]:
+            # the CA: in the configuration only with a Secret of yours (cert-manager or the operator write it)
+            assert hook["clientConfig"].get("caBundle") == (SECRET_TLS["caBundle"] if own_secret else None)
             ref = hook["clientConfig"]["service"]
             assert (ref["name"], ref["namespace"], ref["port"]) == ("pet-operator-webhook", "pet-system", 443)
             assert services["pet-operator-webhook"]["spec"]["ports"][0]["port"] == 443
@@ -125,7 +129,7 @@ def test_rendered_objects(mode: str, cert_manager: bool, monitors: bool, network
     bound = {b["roleRef"]["name"] for b in bindings}
     assert ("pet-operator-served-namespace" in bound) is (mode == "namespaced")
     assert ("pet-operator-pets" in bound) is (mode == "all-namespaces")
-    assert ("pet-operator-webhook-ca" in bound) is (not cert_manager)
+    assert ("pet-operator-webhook-ca" in bound) is (cert == "operator")
     assert bool(_kinds(objects, "ValidatingAdmissionPolicy")) is (mode == "namespaced")
 
     # monitors and network policies behind their values
@@ -168,7 +172,15 @@ def test_names_follow_the_release() -> None:
      ["'/metrics/serviceMonitor/interval'", "30 seconds"]),
     ({"image": {"pullPolicy": "Sometimes"}}, ["'/image/pullPolicy'", "'Always', 'IfNotPresent', 'Never'"]),
     ({"certManager": {"enabled": False}}, ["replicaCount is 2", "certManager.enabled is false",
-                                           "set replicaCount=1"]),
+                                           "set replicaCount=1", "webhookTLS.existingSecret"]),
+    ({**cert_values("secret"), "certManager": {"enabled": True}},
+     ["webhookTLS.existingSecret is \"pet-operator-webhook-tls\"", "certManager.enabled is true"]),
+    ({**cert_values("secret"), "webhookTLS": {"existingSecret": "mine"}},
+     ["webhookTLS.existingSecret is \"mine\"", "webhookTLS.caBundle is empty"]),
+    ({"certManager": {"enabled": False}, "replicaCount": 1, "webhookTLS": {"caBundle": SECRET_TLS["caBundle"]}},
+     ["webhookTLS.caBundle is set", "webhookTLS.existingSecret is empty"]),
+    ({**cert_values("secret"), "webhookTLS": {**SECRET_TLS, "caBundle": "not base64!"}},
+     ["'/webhookTLS/caBundle'", "not base64!"]),
     ({"watch": {"namespaces": []}}, ["watch.namespaces is empty", "all-namespaces"]),
 ])
 def test_bad_values_are_refused_clearly(values: dict[str, Any], words: list[str]) -> None:

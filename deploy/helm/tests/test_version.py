@@ -82,3 +82,19 @@ def test_write_version_stamps_both_and_keeps_comments(tmp_path: Path) -> None:
     assert "# comment kept" in (chart / "Chart.yaml").read_text()
     with pytest.raises(pet_chart.ChartError, match=r"'0\.4' is not SemVer 2"):
         pet_chart.write_version("0.4", chart)
+
+
+@pytest.mark.parametrize(("app_version", "label", "said", "wrong"), [
+    ("0.2.0", "0.2.0", "pet-operator 0.2.0", []),
+    ("0.1.0-dev.7+gabc", "0.1.0.dev7+gabc", "pet-operator 0.1.0.dev7+gabc", []),
+    ("0.1.0", "0.1.0.dev7+gabc", "pet-operator 0.1.0.dev7+gabc", ["appVersion '0.1.0'"]),    # not stamped for it
+    ("0.2.0", "0.2.0", "pet-operator 0.1.0.dev0", ["says 'pet-operator 0.1.0.dev0'"]),      # built without VERSION
+    ("0.3.0", "0.2.0", "pet-operator 0.1.0", ["appVersion '0.3.0'", "says 'pet-operator 0.1.0'"]),
+    ("0.2.0", "two", "pet-operator two", ["'two' is not a PEP 440 version"]),
+])
+def test_a_release_agrees_with_its_image_and_cli(app_version: str, label: str, said: str, wrong: list[str]) -> None:
+    """The check the node suite runs on each installed revision (scenarios/test_helm_lifecycle.py)."""
+    problems = pet_chart.release_version_problems(app_version, label, said)
+    assert len(problems) == len(wrong), problems
+    for problem, words in zip(problems, wrong, strict=True):
+        assert words in problem, problem

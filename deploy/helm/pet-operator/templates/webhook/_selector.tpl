@@ -15,3 +15,4 @@ annotations:
   cert-manager.io/inject-ca-from: {{ .Release.Namespace }}/{{ include "pet-operator.fullname" . }}-webhook
 {{- end }}
 {{- end -}}
+
