@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from pet_harness import chaos_env, chaos_runner, cli
+from pet_harness import chaos_cluster, chaos_env, chaos_runner, cli
 from petchaos import actions, probes, staging
 
 
@@ -344,6 +344,9 @@ def test_every_experiment_is_valid_json_with_the_probe_and_rollbacks() -> None:
         assert doc["rollbacks"], name
         assert {"control_url", "target", "operator_namespace", "pets_namespaces", "load_namespace"} <= set(
             doc["configuration"])
+        # chaos run's --var sets only keys the experiment declares: an undeclared --set would be dropped
+        missing = set(chaos_cluster.KNOWN_KEYS) - set(doc["configuration"])
+        assert not missing, f"{name} does not declare {sorted(missing)}"
         assert doc["controls"] == [{"name": "pet-load", "provider": {"type": "python", "module": "petchaos.load"}}]
         for activity in doc["method"] + doc["rollbacks"]:
             module = actions if activity["provider"]["module"] == "petchaos.actions" else probes
