@@ -559,6 +559,57 @@ def test_the_cluster_target_reads_lost_pets_from_the_load_report(tmp_path: Path)
     assert not target.workdir.exists()
 
 
+def test_the_cluster_target_judges_only_its_own_window_of_the_audit_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pet_harness import audit
+    from pet_harness.chaos_cluster import ClusterTarget
+
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(audit, "analyze", lambda path, ns, since=None: seen.update(path=path, ns=ns, since=since)
+                        or {"summary": {}})
+    log = tmp_path / "audit.log"
+    with ClusterTarget({"operator_namespace": "ops"}, log) as target:
+        target.audit_analysis()
+    assert seen["path"] == log and seen["ns"] == "ops"
+    assert seen["since"] == target.since and seen["since"] is not None
+
+
+def test_the_cluster_target_refuses_a_bad_cut_mode_before_any_chaos() -> None:
+    from pet_harness.chaos_cluster import ClusterTarget
+
+    with pytest.raises(ValueError, match="cut_mode 'nft' must be one of"), ClusterTarget({"cut_mode": "nft"}):
+        pass
+
+
+@pytest.mark.parametrize(("mode", "healed"), [("pod-netns", True), ("network-policy", False)])
+def test_leaving_the_cluster_target_heals_a_node_cut_whatever_the_rollbacks_did(
+    mode: str, healed: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pet_harness.chaos_cluster import ClusterTarget
+
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(staging, "heal", lambda configuration: calls.append(configuration) or {"healed": {}})
+    with pytest.raises(KeyboardInterrupt), ClusterTarget({"cut_mode": mode}) as target:
+        raise KeyboardInterrupt  # Ctrl-C in the middle of the experiment
+    assert bool(calls) is healed
+    if healed:
+        assert calls[0]["cut_mode"] == "pod-netns" and target.cleanup == {"healed": {}}
+    assert not target.workdir.exists()
+
+
+def test_a_failing_heal_at_the_end_still_removes_the_targets_folder(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pet_harness.chaos_cluster import ClusterTarget
+
+    def broken(configuration: Any) -> dict[str, Any]:
+        raise RuntimeError("API server gone")
+
+    monkeypatch.setattr(staging, "heal", broken)
+    with ClusterTarget({"cut_mode": "pod-netns"}) as target:
+        pass
+    assert target.cleanup is None and not target.workdir.exists()
+
+
 def test_cli_runs_the_experiments_and_fails_on_a_deviation(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
