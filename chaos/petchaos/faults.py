@@ -102,7 +102,8 @@ FAULTS: tuple[Fault, ...] = (
           lambda t, seconds: t.freeze_leader(seconds), staging.freeze_leader, (Param("seconds", float, 30),)),
     Fault("thaw", "SIGCONT every frozen replica.", lambda t: t.thaw(), staging.thaw),
     Fault("cut_leader", "Cut the leader off from the API server (every connection reset; on a cluster a "
-          "NetworkPolicy denying its pod all egress).", lambda t: t.cut_leader(), staging.cut_leader),
+          "NetworkPolicy denying its pod all egress, or with cut_mode=pod-netns reject rules in its pod's "
+          "network namespace).", lambda t: t.cut_leader(), staging.cut_leader),
     Fault("heal", "Undo every cut.", lambda t: t.heal(), staging.heal),
     Fault("delete_lease", "Delete the leader Lease.", lambda t: t.delete_lease(), staging.delete_lease),
     Fault("steal_lease", "Write another holder into the leader Lease (as admin), as a rogue candidate would.",

@@ -5,7 +5,9 @@ The operator runs there as the Deployment of ``deploy/operator`` (two replicas w
 plus a suffix), which is how the leader's pod is found. Process faults become pod faults
 through chaostoolkit-kubernetes (``chaosk8s``): SIGKILL is a pod deletion with grace 0,
 SIGSTOP/SIGCONT an exec into the leader's container, the cut a NetworkPolicy that denies
-the leader pod every egress. Lease faults and the steady state use the API directly.
+the leader pod every egress (or, with ``cut_mode=pod-netns``, reject rules in the leader pod's
+network namespace made from its node: :mod:`petchaos.netns_cut`). Lease faults and the steady
+state use the API directly.
 Control-plane restarts need node access and are refused with a message saying so.
 
 Credentials: those of chaosk8s (``KUBECONFIG`` or ``~/.kube/config``, ``KUBERNETES_CONTEXT``,
@@ -49,7 +51,12 @@ DEFAULTS: dict[str, Any] = {
     "lease_name": "pet-operator-leader",
     "pets_namespaces": "",  # pets the steady state checks: comma-separated, "" = all namespaces
     "clock_skew_seconds": 2,  # tolerated between this machine and the Lease's renewTime
+    "cut_mode": "network-policy",  # or "pod-netns": rules in the leader pod's network namespace (on its node)
 }
+
+#: how ``cut_leader`` cuts: a NetworkPolicy (needs a CNI that enforces it), or rules in the pod's
+#: network namespace (needs the chaos process on the pod's node, as root: petchaos.netns_cut)
+CUT_MODES = ("network-policy", "pod-netns")
 
 CUT_LABEL = "petchaos.example.com/cut"
 CUT_POLICY = "petchaos-cut-leader"
@@ -77,6 +84,9 @@ class Settings:
         except (TypeError, ValueError):
             raise ValueError(f"configuration clock_skew_seconds {merged['clock_skew_seconds']!r} "
                              "must be a number of seconds") from None
+        self.cut_mode = str(merged["cut_mode"])
+        if self.cut_mode not in CUT_MODES:
+            raise ValueError(f"configuration cut_mode {self.cut_mode!r} must be one of {', '.join(CUT_MODES)}")
 
 
 # --- pure parts (unit-tested) ------------------------------------------------------------------
@@ -331,24 +341,76 @@ def thaw(configuration: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def cut_leader(configuration: dict[str, Any] | None) -> dict[str, Any]:
-    from chaosk8s.networking.actions import create_network_policy
+    """Label the leader pod :data:`CUT_LABEL` and cut it: the NetworkPolicy :data:`CUT_POLICY`, or
+    (``cut_mode=pod-netns``) reject rules in its network namespace. The result names the method."""
     from kubernetes import client
 
     s = Settings(configuration)
     api = _api()
     pod = leader_pod(s, api)
-    client.CoreV1Api(api).patch_namespaced_pod(pod, s.operator_namespace, {"metadata": {"labels": {CUT_LABEL: "true"}}})
+    core = client.CoreV1Api(api)
+    core.patch_namespaced_pod(pod, s.operator_namespace, {"metadata": {"labels": {CUT_LABEL: "true"}}})
+    if s.cut_mode == "pod-netns":
+        from petchaos import netns_cut
+
+        uid = str(core.read_namespaced_pod(pod, s.operator_namespace).metadata.uid)
+        endpoints = netns_cut.apiserver_endpoints(api)
+        pid = netns_cut.pod_pid(uid)
+        rules = netns_cut.cut(pid, endpoints)
+        return {"cut": pod, "cut_method": netns_cut.METHOD, "netns_of_pid": pid,
+                "rejected": [f"{ip}:{port}" for ip, port in endpoints], "rules": rules,
+                "expires_after_seconds": netns_cut.SAFETY_SECONDS,
+                "network_policy": netns_cut.NETWORK_POLICY_NOT_USED}
+    from chaosk8s.networking.actions import create_network_policy
+
     create_network_policy(spec=cut_policy(s.operator_namespace), ns=s.operator_namespace)
-    return {"cut": pod, "network_policy": f"{s.operator_namespace}/{CUT_POLICY}"}
+    return {"cut": pod, "cut_method": "network-policy", "network_policy": f"{s.operator_namespace}/{CUT_POLICY}"}
+
+
+def _heal_netns(s: Settings, api: Any) -> dict[str, Any]:
+    """Remove the cut from every operator pod on this node (and every pod labelled cut)."""
+    from kubernetes import client
+
+    from petchaos import netns_cut
+
+    core = client.CoreV1Api(api)
+    pods = {p.metadata.name: p for p in core.list_namespaced_pod(s.operator_namespace,
+                                                                 label_selector=s.operator_selector).items}
+    pods.update({p.metadata.name: p for p in core.list_namespaced_pod(s.operator_namespace,
+                                                                      label_selector=CUT_LABEL).items})
+    healed: dict[str, Any] = {}
+    for name, pod in sorted(pods.items()):
+        try:
+            pid = netns_cut.pod_pid(str(pod.metadata.uid))
+        except netns_cut.NotOnThisNode:
+            healed[name] = "no process here (gone, or not started): its network namespace holds no cut"
+            continue
+        healed[name] = netns_cut.uncut(pid)
+    return {"cut_method": netns_cut.METHOD, "healed": healed}
+
+
+def _unlabel_cut(s: Settings, api: Any) -> list[str]:
+    from kubernetes import client
+
+    core = client.CoreV1Api(api)
+    unlabelled = []
+    for pod in core.list_namespaced_pod(s.operator_namespace, label_selector=CUT_LABEL).items:
+        core.patch_namespaced_pod(pod.metadata.name, s.operator_namespace, {"metadata": {"labels": {CUT_LABEL: None}}})
+        unlabelled.append(pod.metadata.name)
+    return unlabelled
 
 
 def heal(configuration: dict[str, Any] | None) -> dict[str, Any]:
-    from chaosk8s.networking.actions import remove_network_policy
-    from kubernetes import client
-    from kubernetes.client.exceptions import ApiException
-
+    """Undo every cut of the configured ``cut_mode`` and remove the label (idempotent)."""
     s = Settings(configuration)
     api = _api()
+    if s.cut_mode == "pod-netns":
+        result = _heal_netns(s, api)
+        result["unlabelled"] = _unlabel_cut(s, api)
+        return result
+    from chaosk8s.networking.actions import remove_network_policy
+    from kubernetes.client.exceptions import ApiException
+
     removed = True
     try:
         remove_network_policy(CUT_POLICY, ns=s.operator_namespace)
@@ -356,12 +418,7 @@ def heal(configuration: dict[str, Any] | None) -> dict[str, Any]:
         if exc.status != 404:
             raise
         removed = False
-    core = client.CoreV1Api(api)
-    unlabelled = []
-    for pod in core.list_namespaced_pod(s.operator_namespace, label_selector=CUT_LABEL).items:
-        core.patch_namespaced_pod(pod.metadata.name, s.operator_namespace, {"metadata": {"labels": {CUT_LABEL: None}}})
-        unlabelled.append(pod.metadata.name)
-    return {"network_policy_removed": removed, "unlabelled": unlabelled}
+    return {"network_policy_removed": removed, "unlabelled": _unlabel_cut(s, api)}
 
 
 def delete_lease(configuration: dict[str, Any] | None) -> dict[str, Any]:

@@ -11,6 +11,7 @@ is available here too, so ``from pet_harness import audit`` is all a test needs.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import sys
 from collections.abc import Iterable, Sequence
@@ -19,6 +20,7 @@ from typing import Any
 
 from pet_harness import audit_log
 from pet_harness.audit_log import (  # noqa: F401 - re-exported for the pet tests and chaos
+    BEFORE_SEEING_TAKEOVER,
     HELD_BY_OTHER,
     LEASE_EXPIRED,
     LEASE_WRITE_VERBS,
@@ -65,21 +67,24 @@ def leadership(events: Iterable[AuditEvent], lease_namespace: str, lease_name: s
 
 def analyze_events(
     events: Sequence[AuditEvent], lease_namespace: str, lease_name: str = DEFAULT_LEASE_NAME,
-    users_prefix: str | None = None,
+    users_prefix: str | None = None, since: datetime.datetime | None = None,
 ) -> dict[str, Any]:
     prefix = users_prefix if users_prefix is not None else default_users_prefix(lease_namespace)
     return audit_log.analyze_events(events, lease_namespace, lease_name, prefix, resources=OPERATOR_RESOURCES,
-                                    lease_prefixes=(CLAIM_PREFIX,))
+                                    lease_prefixes=(CLAIM_PREFIX,), since=since)
 
 
 def analyze(
-    path: str | Path, lease_namespace: str, lease_name: str = DEFAULT_LEASE_NAME, users_prefix: str | None = None
+    path: str | Path, lease_namespace: str, lease_name: str = DEFAULT_LEASE_NAME, users_prefix: str | None = None,
+    since: datetime.datetime | None = None,
 ) -> dict[str, Any]:
     """Everything :mod:`pet_harness.audit_log` finds in one audit log, as plain JSON-ready data.
 
-    ``users_prefix`` defaults to ``system:serviceaccount:<lease_namespace>:pet-operator``.
+    ``users_prefix`` defaults to ``system:serviceaccount:<lease_namespace>:pet-operator``;
+    ``since``: only the writes and changes of holder from then on (see
+    :func:`pet_harness.audit_log.analyze_events`).
     """
-    return analyze_events(load(path), lease_namespace, lease_name, users_prefix)
+    return analyze_events(load(path), lease_namespace, lease_name, users_prefix, since)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

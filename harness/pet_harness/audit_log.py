@@ -16,8 +16,12 @@ operator says about itself:
   renewal to the new holder's first write.
 
 Times are the API server's own (``requestReceivedTimestamp``), so the replicas' clocks play
-no part. Writes are attributed by *user*: run each replica under its own ServiceAccount
-(``<name>-0``, ``<name>-1``, ...), or two replicas become indistinguishable.
+no part. Writes are attributed by *user*, and for a ServiceAccount token bound to a pod (what the
+kubelet mounts into every pod) by user *and pod*: the API server records the pod's name in the
+user's extra field ``authentication.kubernetes.io/pod-name``, and :func:`parse_event` makes the
+writer ``<user>@<pod>``. So the replicas of a Deployment, which share one ServiceAccount, are
+told apart; replicas outside pods need a ServiceAccount each (``<name>-0``, ``<name>-1``, ...),
+or two of them become indistinguishable.
 
 This module knows no operator: what an operator writes is given to :func:`operator_writes` and
 :func:`analyze_events`; :mod:`pet_harness.audit` gives them for this project's operator, with a command line.
@@ -37,12 +41,22 @@ from typing import Any
 
 WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection"})
 LEASE_WRITE_VERBS = frozenset({"create", "update"})
+#: a patch of a Lease changes its holder only when the patch names one (a rogue's, a chaos tool's)
+LEASE_PATCH = "patch"
 
 # violation reasons
 HELD_BY_OTHER = "held-by-other"  # another user held a valid term at the time
 LEASE_EXPIRED = "lease-expired"  # the last term had not been renewed within its lease duration
 RELEASED = "released"  # the last term had been released and nobody had taken the lease yet
 NO_LEADER_YET = "no-leader-yet"  # before the first term
+#: held by someone outside the election (not an operator user) who overwrote the Lease a moment
+#: before, and written by the holder it robbed before that one's next Lease round could see it
+#: (within the robbed term's longest interval between renewals): no elector can fence that
+#: without server-side fencing, which Leases lack; counted apart from the writes by non-leaders
+BEFORE_SEEING_TAKEOVER = "before-seeing-takeover"
+
+#: the user's extra field in which the API server names the pod a ServiceAccount token is bound to
+POD_NAME_EXTRA = "authentication.kubernetes.io/pod-name"
 
 _TIMESTAMP = re.compile(r"^(?P<base>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(?P<frac>\d+))?(?P<tz>Z|z|[+-]\d\d:?\d\d)?$")
 
@@ -74,7 +88,7 @@ def _seconds(delta: datetime.timedelta) -> float:
 class AuditEvent:
     time: datetime.datetime  # requestReceivedTimestamp
     done: datetime.datetime  # stageTimestamp (ResponseComplete)
-    user: str
+    user: str  # the writer: the username, ``<username>@<pod>`` for a token bound to a pod (:func:`writer`)
     verb: str
     resource: str
     subresource: str  # "" for the main resource
@@ -112,6 +126,18 @@ def _str(value: Any) -> str:
     return value if isinstance(value, str) else ""
 
 
+def writer(user: Any) -> str:
+    """The writer an audit event's ``user`` names: its username, followed by ``@<pod>`` when the
+    credential is a ServiceAccount token bound to a pod (the pod's name in :data:`POD_NAME_EXTRA`)."""
+    if not isinstance(user, dict):
+        return ""
+    name = _str(user.get("username"))
+    extra = user.get("extra")
+    pods = extra.get(POD_NAME_EXTRA) if isinstance(extra, dict) else None
+    pod = pods[0] if isinstance(pods, list) and len(pods) == 1 and isinstance(pods[0], str) else ""
+    return f"{name}@{pod}" if name and pod else name
+
+
 def parse_event(raw: Any) -> AuditEvent | None:
     """One decoded audit line as an :class:`AuditEvent`; None if it is not a complete request."""
     if not isinstance(raw, dict) or raw.get("stage") != "ResponseComplete":
@@ -133,7 +159,7 @@ def parse_event(raw: Any) -> AuditEvent | None:
     return AuditEvent(
         time=received,
         done=done,
-        user=_str(user.get("username")) if isinstance(user, dict) else "",
+        user=writer(user),
         verb=_str(raw.get("verb")),
         resource=_str(ref.get("resource")),
         subresource=_str(ref.get("subresource")),
@@ -184,6 +210,7 @@ class Term:
     lease_duration: float  # seconds, as last written by this holder
     renewals: int = 0  # successful writes as holder after the first
     transitions: int = 0  # spec.leaseTransitions written at the start
+    renew_interval: float = 0.0  # the longest time between two of its successive writes as holder
 
     @property
     def expires(self) -> datetime.datetime:
@@ -198,15 +225,26 @@ class Term:
             "identity": self.identity, "user": self.user, "start": _iso(self.start),
             "last_renewal": _iso(self.last_renewal), "end": _iso(self.end), "released": self.released,
             "lease_duration": self.lease_duration, "renewals": self.renewals, "transitions": self.transitions,
+            "renew_interval": self.renew_interval,
         }
 
 
+def _names_holder(event: AuditEvent) -> bool:
+    """A successful create or update of a Lease with its spec, or a patch whose body sets the holder."""
+    spec = event.lease_spec()
+    if not event.ok or spec is None:
+        return False
+    return event.verb in LEASE_WRITE_VERBS or (event.verb == LEASE_PATCH and "holderIdentity" in spec)
+
+
 def lease_writes(events: Iterable[AuditEvent], lease_namespace: str, lease_name: str) -> list[AuditEvent]:
-    """Successful create/update writes of one Lease that carry its spec."""
+    """Successful writes of one Lease that say who holds it: creates and updates carrying its spec,
+    and patches that set ``holderIdentity`` (someone taking the Lease over with a patch, as a chaos
+    tool stealing it does)."""
     return [
         e for e in events
         if e.resource == "leases" and not e.subresource and e.namespace == lease_namespace
-        and e.name == lease_name and e.verb in LEASE_WRITE_VERBS and e.ok and e.lease_spec() is not None
+        and e.name == lease_name and _names_holder(e)
     ]
 
 
@@ -226,12 +264,14 @@ def leadership(events: Iterable[AuditEvent], lease_namespace: str, lease_name: s
 
     A write naming a new holder starts a term (and ends the current one); a write by the
     current holder renews it; a write with an empty holder releases it. Failed writes (409
-    conflicts of the losing candidates, say) change nothing.
+    conflicts of the losing candidates, say) change nothing. A patch that leaves the lease
+    duration out keeps the one the Lease had.
     """
     terms: list[Term] = []
     current: Term | None = None
     for event in lease_writes(events, lease_namespace, lease_name):
         holder = _holder(event)
+        duration = _duration(event) or (current.lease_duration if current is not None else 0.0)
         if not holder:
             if current is not None:
                 terms.append(dataclasses.replace(current, end=event.time, released=True))
@@ -239,7 +279,8 @@ def leadership(events: Iterable[AuditEvent], lease_namespace: str, lease_name: s
             continue
         if current is not None and holder == current.identity:
             current = dataclasses.replace(
-                current, last_renewal=event.time, lease_duration=_duration(event), renewals=current.renewals + 1
+                current, last_renewal=event.time, lease_duration=duration, renewals=current.renewals + 1,
+                renew_interval=max(current.renew_interval, _seconds(event.time - current.last_renewal)),
             )
             continue
         if current is not None:
@@ -248,7 +289,7 @@ def leadership(events: Iterable[AuditEvent], lease_namespace: str, lease_name: s
         transitions = spec.get("leaseTransitions")
         current = Term(
             identity=holder, user=event.user, start=event.time, last_renewal=event.time, end=None,
-            released=False, lease_duration=_duration(event),
+            released=False, lease_duration=duration,
             transitions=transitions if isinstance(transitions, int) else 0,
         )
     if current is not None:
@@ -304,15 +345,34 @@ def users_by_identity(events: Iterable[AuditEvent], terms: Sequence[Term]) -> di
     """Every user that successfully wrote a Lease naming a term's identity as holder."""
     users: dict[str, set[str]] = {t.identity: {t.user} for t in terms}
     for e in events:
-        if e.resource == "leases" and e.verb in LEASE_WRITE_VERBS and e.ok:
+        if e.resource == "leases" and _names_holder(e):
             holder = _holder(e)
             if holder in users:
                 users[holder].add(e.user)
     return users
 
 
-def split_brain(events: Iterable[AuditEvent], terms: Sequence[Term], writes: Iterable[AuditEvent]) -> list[Violation]:
-    """The writes made by a user who did not hold a valid term when the API server received them."""
+def _robbed_and_unaware(w: AuditEvent, valid: Term, terms: Sequence[Term], users: dict[str, set[str]],
+                        users_prefix: str) -> bool:
+    """``valid`` was taken by someone outside the election, from the writer's own term just before
+    it, less than one of that term's renewal intervals before the write (see BEFORE_SEEING_TAKEOVER)."""
+    if valid.user.startswith(users_prefix):
+        return False
+    index = list(terms).index(valid)
+    if index == 0:
+        return False
+    robbed = terms[index - 1]
+    return (w.user in users[robbed.identity] and robbed.end == valid.start
+            and _seconds(w.time - valid.start) <= robbed.renew_interval)
+
+
+def split_brain(events: Iterable[AuditEvent], terms: Sequence[Term], writes: Iterable[AuditEvent],
+                users_prefix: str | None = None) -> list[Violation]:
+    """The writes made by a user who did not hold a valid term when the API server received them.
+
+    With ``users_prefix`` (the operator's users), a write made just after a takeover by someone
+    else, before the robbed leader could see it, has the reason :data:`BEFORE_SEEING_TAKEOVER`.
+    """
     users = users_by_identity(events, terms)
     found = []
     for w in writes:
@@ -321,7 +381,10 @@ def split_brain(events: Iterable[AuditEvent], terms: Sequence[Term], writes: Ite
             continue
         started = [t for t in terms if t.start <= w.time]
         own = [t for t in started if w.user in users[t.identity]]
-        if valid is not None:
+        if valid is not None and users_prefix is not None and _robbed_and_unaware(w, valid, terms, users,
+                                                                                  users_prefix):
+            reason = BEFORE_SEEING_TAKEOVER
+        elif valid is not None:
             reason = HELD_BY_OTHER
         elif not started:
             reason = NO_LEADER_YET
@@ -390,13 +453,16 @@ def summary(
     terms: Sequence[Term], writes: Sequence[AuditEvent], violations: Sequence[Violation], gaps: Sequence[Gap]
 ) -> dict[str, Any]:
     seconds = [g.seconds for g in gaps if g.seconds is not None]
+    unaware = sum(v.reason == BEFORE_SEEING_TAKEOVER for v in violations)
     return {
         "terms": len(terms),
         "transitions": len(gaps),
         "releases": sum(t.released for t in terms),
         "writes": len(writes),
         "writes_by_leaders": len(writes) - len(violations),
-        "writes_by_non_leaders": len(violations),
+        "writes_by_non_leaders": len(violations) - unaware,
+        # by a leader robbed by someone outside the election, before its next round could see it
+        "writes_before_seeing_takeover": unaware,
         "violations_by_reason": {r: sum(v.reason == r for v in violations)
                                  for r in sorted({v.reason for v in violations})},
         "gap_seconds": seconds,
@@ -414,17 +480,30 @@ def summary(
 def analyze_events(
     events: Sequence[AuditEvent], lease_namespace: str, lease_name: str, users_prefix: str, *,
     resources: Iterable[tuple[str, str]], lease_prefixes: Sequence[str] = (),
+    since: datetime.datetime | None = None,
 ) -> dict[str, Any]:
     """Terms, the operator's writes (see :func:`operator_writes`), split brain and failover gaps,
-    as plain JSON-ready data."""
+    as plain JSON-ready data.
+
+    ``since`` (aware) narrows the report to a window of a longer log (one experiment of several
+    on one cluster): the terms are rebuilt from the whole log (who held the Lease when the window
+    opened), but only the writes received from ``since`` on are judged and counted, and only the
+    changes of holder from then on are gaps; the terms reported are those still valid then.
+    """
     terms = leadership(events, lease_namespace, lease_name)
     writes = operator_writes(events, users_prefix, resources=resources, lease_prefixes=lease_prefixes,
                              lease=(lease_namespace, lease_name))
-    violations = split_brain(events, terms, writes)
     gaps = failover_gaps(terms, writes)
+    if since is not None:
+        writes = [w for w in writes if w.time >= since]
+        gaps = [g for g in gaps if g.takeover >= since]
+    violations = split_brain(events, terms, writes, users_prefix)
+    if since is not None:
+        terms = [t for t in terms if t.end is None or t.end >= since]
     return {
         "lease": f"{lease_namespace}/{lease_name}",
         "users_prefix": users_prefix,
+        "since": _iso(since),
         "events": len(events),
         "summary": summary(terms, writes, violations, gaps),
         "terms": [t.to_dict() for t in terms],

@@ -6,12 +6,21 @@ nothing is started; ``chaos run`` gets ``--var target=kubernetes`` and the confi
 keys given (``petchaos.staging.DEFAULTS``, ``petchaos.load.LOAD_DEFAULTS``); the load is the
 ``pet-load`` control inside the chaos process, which reports what it created to a file;
 the final steady state is read from the cluster; the failover figures come from the API
-server's audit log when one is given (``--audit-log``), else they are unknown.
+server's audit log when one is given (``--audit-log``), else they are unknown. The log may hold
+more than this experiment (other experiments on the same cluster, days of staging): only the
+writes and changes of holder from the moment the target is entered on are judged (the terms
+before are rebuilt from the whole log, so the leader then is known).
+
+With ``cut_mode=pod-netns`` (the cut made in the leader pod's network namespace from its node,
+:mod:`petchaos.netns_cut`) leaving the target heals every cut that is left, whatever the
+experiment's rollbacks did: a cut must not outlive its experiment.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
+import logging
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -23,6 +32,8 @@ from petchaos import load as pet_load
 from petchaos import staging
 
 __all__ = ["LOCAL_ONLY", "ClusterTarget", "parse_settings"]
+
+logger = logging.getLogger(__name__)
 
 #: experiments that need node access: not run on a cluster unless named
 LOCAL_ONLY = ("restart-apiserver", "restart-etcd")
@@ -54,12 +65,23 @@ class ClusterTarget:
         self.audit_log = audit_log
         self.workdir = Path(tempfile.mkdtemp(prefix="pet-chaos-cluster-"))
         self.load_report = self.workdir / "load-report.json"
+        self.since: datetime.datetime | None = None
+        self.cleanup: dict[str, Any] | None = None
 
     def __enter__(self) -> ClusterTarget:
+        self.since = datetime.datetime.now(datetime.UTC)
+        staging.Settings(self.configuration)  # a bad setting fails here, before any chaos
         return self
 
     def __exit__(self, *exc: object) -> None:
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        try:
+            if staging.Settings(self.configuration).cut_mode == "pod-netns":
+                try:
+                    self.cleanup = staging.heal(self.configuration)
+                except Exception:  # the teardown goes on; the pods' end removes the rules anyway
+                    logger.exception("healing the pod-netns cut at the end of the experiment failed")
+        finally:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
     @property
     def configuration(self) -> dict[str, str]:
@@ -91,7 +113,7 @@ class ClusterTarget:
         if self.audit_log is None:
             return None
         namespace = staging.Settings(self.configuration).operator_namespace
-        result: dict[str, Any] = audit.analyze(self.audit_log, namespace)
+        result: dict[str, Any] = audit.analyze(self.audit_log, namespace, since=self.since)
         return result
 
     def write_artifacts(self, results: Path, name: str) -> None:

@@ -169,6 +169,8 @@ def build_summary(name: str, journal: dict[str, Any] | None, analysis: dict[str,
         "transitions": audit_summary.get("transitions"),
         "writes_by_leaders": audit_summary.get("writes_by_leaders"),
         "writes_by_non_leaders": non_leader,
+        # by a leader robbed by a steal, before its next Lease round could see it (counted apart)
+        "writes_before_seeing_takeover": audit_summary.get("writes_before_seeing_takeover"),
         "violations": (analysis or {}).get("violations", [])[:10],
         "pets_lost": len(pets_lost),
         "pets_lost_names": list(pets_lost)[:20],

@@ -431,3 +431,87 @@ def test_parse_time(text: str, expected: datetime.datetime) -> None:
 def test_parse_time_rejects_garbage() -> None:
     with pytest.raises(ValueError, match="RFC 3339"):
         audit.parse_time("yesterday")
+
+
+def with_pod(raw_line: str, pod: str) -> str:
+    """The line as a token bound to ``pod`` makes it: the pod's name in the user's extra field."""
+    event = json.loads(raw_line)
+    event["user"]["extra"] = {audit.audit_log.POD_NAME_EXTRA: [pod], "authentication.kubernetes.io/pod-uid": ["u"]}
+    return json.dumps(event, separators=(",", ":"))
+
+
+def test_pods_sharing_a_service_account_are_told_apart_by_their_bound_tokens(tmp_path: Path) -> None:
+    """A Deployment's replicas share one ServiceAccount; the API server names each one's pod in the
+    user's extra field, so a write by the standby pod is still a non-leader's."""
+    sa = PREFIX
+    lines = [with_pod(x, "pet-operator-a") for x in leader_run(sa, "pet-operator-a_1", 0, 10, create=True)]
+    lines += [with_pod(pet_patch(1, sa), "pet-operator-a"), with_pod(pet_patch(2, sa, "stray"), "pet-operator-b")]
+    result = audit.analyze(write_log(tmp_path, lines), NS)
+    assert result["terms"][0]["user"] == f"{sa}@pet-operator-a"
+    assert result["summary"]["writes_by_non_leaders"] == 1
+    assert result["violations"][0]["write"]["name"] == "stray"
+    assert result["violations"][0]["write"]["user"] == f"{sa}@pet-operator-b"
+
+
+@pytest.mark.parametrize(("user", "expected"), [
+    ({"username": "u", "extra": {audit.audit_log.POD_NAME_EXTRA: ["p"]}}, "u@p"),
+    ({"username": "u", "extra": {"other": ["p"]}}, "u"),
+    ({"username": "u", "extra": {audit.audit_log.POD_NAME_EXTRA: ["p", "q"]}}, "u"),
+    ({"username": "u"}, "u"),
+    ({"extra": {audit.audit_log.POD_NAME_EXTRA: ["p"]}}, ""),
+    ("not a dict", ""),
+])
+def test_the_writer_of_an_event(user: Any, expected: str) -> None:
+    assert audit.audit_log.writer(user) == expected
+
+
+def test_a_window_judges_only_its_writes_and_changes_of_holder(tmp_path: Path) -> None:
+    """One cluster, several experiments: a window from ``since`` on counts the writes and failovers
+    in it, with the holder at its start known from the whole log."""
+    lines = [*leader_run(OP0, A, 0, 10, create=True), pet_patch(1, OP1, "early-stray")]
+    lines += [*leader_run(OP1, B, 16, 40, transitions=1), pet_patch(17, OP1), pet_patch(30, OP1)]
+    lines += [*leader_run(OP0, "host_c", 46, 50, transitions=2), pet_patch(47, OP0)]
+    path = write_log(tmp_path, lines)
+    whole = audit.analyze(path, NS)
+    assert whole["summary"]["writes_by_non_leaders"] == 1 and whole["summary"]["transitions"] == 2
+    window = audit.analyze(path, NS, since=at(20))
+    # the term of B, begun before the window, makes its write at 30 a leader's
+    assert window["summary"]["writes"] == 2 and window["summary"]["writes_by_non_leaders"] == 0
+    assert window["summary"]["gap_seconds"] == [7.0]  # B's last renewal at 40 (every 2 s) to C's write at 47
+    assert [t["identity"] for t in window["terms"]] == [B, "host_c"]
+    assert window["since"] == "2026-11-28T02:00:20Z"
+
+
+def lease_patch(t: float, user: str, spec: dict[str, Any]) -> str:
+    """A merge patch of the leader Lease, as ``kubectl patch`` or chaostoolkit's steal sends it."""
+    return line(t, user, "patch", "leases", LEASE, group="coordination.k8s.io", body={"spec": spec})
+
+
+def test_a_lease_stolen_with_a_patch_is_a_change_of_holder(tmp_path: Path) -> None:
+    """The chaos steal patches the Lease: the thief holds it from then on and the next holder's gap
+    runs from the thief's write; a patch that names no holder changes nothing. The robbed leader's
+    write before its next Lease round (it renewed every 1 s) is counted apart; one after is a
+    non-leader's."""
+    lines = [*leader_run(OP0, A, 0, 10, every=1, create=True, duration=4)]
+    lines += [lease_patch(10.5, ADMIN, {"holderIdentity": "chaos-thief", "leaseDurationSeconds": 4}),
+              pet_patch(10.7, OP0, "unaware"), lease_patch(11, ADMIN, {"leaseTransitions": 9}),
+              pet_patch(11.8, OP0, "too-late")]
+    lines += [*leader_run(OP0, A, 15, 18, every=1, duration=4), pet_patch(15.5, OP0)]
+    result = audit.analyze(write_log(tmp_path, lines), NS)
+    assert [t["identity"] for t in result["terms"]] == [A, "chaos-thief", A]
+    assert result["terms"][1]["lease_duration"] == 4 and result["terms"][0]["renew_interval"] == 1.0
+    assert [(v["write"]["name"], v["reason"]) for v in result["violations"]] == [
+        ("unaware", audit.BEFORE_SEEING_TAKEOVER), ("too-late", audit.HELD_BY_OTHER)]
+    assert (result["summary"]["writes_by_non_leaders"], result["summary"]["writes_before_seeing_takeover"]) == (1, 1)
+    assert [(g["old"], g["new"], g["seconds"]) for g in result["gaps"]] == [(A, "chaos-thief", None),
+                                                                              ("chaos-thief", A, 5.0)]
+
+
+def test_a_takeover_by_an_operator_replica_excuses_nothing(tmp_path: Path) -> None:
+    """Only a takeover from outside the election (not an operator user) is one the robbed leader
+    could not have seen coming; replicas take over only expired Leases."""
+    lines = [*leader_run(OP0, A, 0, 10, every=1, create=True, duration=4)]
+    lines += [lease_write(10.5, OP1, B, duration=4, transitions=1), pet_patch(10.7, OP0, "stray")]
+    result = audit.analyze(write_log(tmp_path, lines), NS)
+    assert [v["reason"] for v in result["violations"]] == [audit.HELD_BY_OTHER]
+    assert result["summary"]["writes_before_seeing_takeover"] == 0

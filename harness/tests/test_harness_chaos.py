@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from pet_harness import chaos_env, chaos_runner, cli
+from pet_harness import chaos_cluster, chaos_env, chaos_runner, cli
 from petchaos import actions, probes, staging
 
 
@@ -344,6 +344,9 @@ def test_every_experiment_is_valid_json_with_the_probe_and_rollbacks() -> None:
         assert doc["rollbacks"], name
         assert {"control_url", "target", "operator_namespace", "pets_namespaces", "load_namespace"} <= set(
             doc["configuration"])
+        # chaos run's --var sets only keys the experiment declares: an undeclared --set would be dropped
+        missing = set(chaos_cluster.KNOWN_KEYS) - set(doc["configuration"])
+        assert not missing, f"{name} does not declare {sorted(missing)}"
         assert doc["controls"] == [{"name": "pet-load", "provider": {"type": "python", "module": "petchaos.load"}}]
         for activity in doc["method"] + doc["rollbacks"]:
             module = actions if activity["provider"]["module"] == "petchaos.actions" else probes
@@ -554,6 +557,57 @@ def test_the_cluster_target_reads_lost_pets_from_the_load_report(tmp_path: Path)
         target.write_artifacts(tmp_path, "kill-leader")
         assert json.loads((tmp_path / "kill-leader-load.json").read_text())["created"] == 5
     assert not target.workdir.exists()
+
+
+def test_the_cluster_target_judges_only_its_own_window_of_the_audit_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pet_harness import audit
+    from pet_harness.chaos_cluster import ClusterTarget
+
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(audit, "analyze", lambda path, ns, since=None: seen.update(path=path, ns=ns, since=since)
+                        or {"summary": {}})
+    log = tmp_path / "audit.log"
+    with ClusterTarget({"operator_namespace": "ops"}, log) as target:
+        target.audit_analysis()
+    assert seen["path"] == log and seen["ns"] == "ops"
+    assert seen["since"] == target.since and seen["since"] is not None
+
+
+def test_the_cluster_target_refuses_a_bad_cut_mode_before_any_chaos() -> None:
+    from pet_harness.chaos_cluster import ClusterTarget
+
+    with pytest.raises(ValueError, match="cut_mode 'nft' must be one of"), ClusterTarget({"cut_mode": "nft"}):
+        pass
+
+
+@pytest.mark.parametrize(("mode", "healed"), [("pod-netns", True), ("network-policy", False)])
+def test_leaving_the_cluster_target_heals_a_node_cut_whatever_the_rollbacks_did(
+    mode: str, healed: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pet_harness.chaos_cluster import ClusterTarget
+
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(staging, "heal", lambda configuration: calls.append(configuration) or {"healed": {}})
+    with pytest.raises(KeyboardInterrupt), ClusterTarget({"cut_mode": mode}) as target:
+        raise KeyboardInterrupt  # Ctrl-C in the middle of the experiment
+    assert bool(calls) is healed
+    if healed:
+        assert calls[0]["cut_mode"] == "pod-netns" and target.cleanup == {"healed": {}}
+    assert not target.workdir.exists()
+
+
+def test_a_failing_heal_at_the_end_still_removes_the_targets_folder(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pet_harness.chaos_cluster import ClusterTarget
+
+    def broken(configuration: Any) -> dict[str, Any]:
+        raise RuntimeError("API server gone")
+
+    monkeypatch.setattr(staging, "heal", broken)
+    with ClusterTarget({"cut_mode": "pod-netns"}) as target:
+        pass
+    assert target.cleanup is None and not target.workdir.exists()
 
 
 def test_cli_runs_the_experiments_and_fails_on_a_deviation(
