@@ -139,7 +139,7 @@ def test_the_tls_secret_serves_the_services_names() -> None:
     assert secret["type"] == "kubernetes.io/tls"
 
 
-def test_older_builds_of_a_repository_are_pruned_to_the_newest_two(tmp_path: Path) -> None:
+def test_older_builds_of_a_repository_unused_for_an_hour_are_pruned_to_the_newest_two(tmp_path: Path) -> None:
     import os
 
     made = []
@@ -151,8 +151,10 @@ def test_older_builds_of_a_repository_are_pruned_to_the_newest_two(tmp_path: Pat
         made.append(path)
     other = tmp_path / "r_other_0.tar"
     other.write_bytes(b"x")
-    removed = node_buildkit.prune_built(tmp_path, "r/op", keep=made[3])
-    assert sorted(removed) == made[:2]
+    removed = node_buildkit.prune_built(tmp_path, "r/op", keep=made[3], now=1000 + 3600.5)
+    assert removed == [made[0]], "the build used within the hour stays, though beyond the newest two"
+    removed = node_buildkit.prune_built(tmp_path, "r/op", keep=made[3], now=1000 + 3601.5)
+    assert removed == [made[1]]
     assert sorted(p.name for p in tmp_path.glob("*.tar")) == ["r_op_2.tar", "r_op_3.tar", "r_other_0.tar"]
     assert not (tmp_path / "r_op_0.tar.json").exists()
 

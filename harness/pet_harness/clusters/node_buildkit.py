@@ -198,6 +198,7 @@ def build_image(context: Path, repository: str, inputs: Sequence[str], dockerfil
     out_dir.mkdir(parents=True, exist_ok=True)
     tar = out_dir / (reference.replace("/", "_").replace(":", "_") + ".tar")
     if tar.is_file():
+        os.utime(tar)  # its last use: what pruning goes by
         return BuiltImage(reference, tar)
     started = time.monotonic()
     say(f"building {reference} from {context / dockerfile} with BuildKit" + (f" for {platform}" if platform else ""))
@@ -221,13 +222,16 @@ def build_image(context: Path, repository: str, inputs: Sequence[str], dockerfil
     return BuiltImage(reference, tar, seconds)
 
 
-def prune_built(out_dir: Path, repository: str, keep: Path, count: int = 2) -> list[Path]:
-    """Remove older builds of ``repository`` (each a few hundred MB): ``keep`` and the newest others
-    up to ``count`` in all stay."""
+def prune_built(out_dir: Path, repository: str, keep: Path, count: int = 2, min_age: float = 3600.0,
+                now: float | None = None) -> list[Path]:
+    """Remove older builds of ``repository`` (each a hundred MB or more): ``keep`` and the others
+    used most recently, up to ``count`` in all, stay, and so does any used within ``min_age``
+    seconds (another run of this machine may be about to import it)."""
+    now = time.time() if now is None else now
     prefix = repository.replace("/", "_").replace(":", "_") + "_"
     others = sorted((p for p in out_dir.glob(prefix + "*.tar") if p != keep), key=lambda p: p.stat().st_mtime,
                     reverse=True)
-    removed = others[max(count - 1, 0):]
+    removed = [p for p in others[max(count - 1, 0):] if now - p.stat().st_mtime > min_age]
     for path in removed:
         path.unlink(missing_ok=True)
         path.with_name(path.name + ".json").unlink(missing_ok=True)
