@@ -33,6 +33,7 @@ from pet_harness.pet_deploy import (
 )
 from pet_harness.pet_image import image_labels, operator_image
 from pet_harness.waiting import wait_for
+from petchaos import netns_cut
 from petchaos.staging import check_frozen, freeze_script
 
 pytestmark = pytest.mark.node
@@ -186,6 +187,73 @@ def test_the_leader_frozen_through_exec_loses_the_lease_and_thaws_as_a_standby(
     pets.create_pet("thawed", {"id": 9401, "name": "thawed", "store": "after-freeze", "tags": []})
     wait_phase(pets, "thawed", "Active", timeout=60)
     assert _leader(api) == successor
+
+
+def _ready(pod: Any) -> bool:
+    return any(c.type == "Ready" and c.status == "True" for c in (pod.status.conditions or []))
+
+
+def _ready_webhook_addresses(api: client.ApiClient) -> set[str]:
+    slices = client.DiscoveryV1Api(api).list_namespaced_endpoint_slice(
+        OPERATOR_NAMESPACE, label_selector=f"kubernetes.io/service-name={SERVICE}").items
+    return {address for item in slices for endpoint in item.endpoints or []
+            if endpoint.conditions is None or endpoint.conditions.ready is not False
+            for address in endpoint.addresses or []}
+
+
+def test_a_replica_cut_off_from_the_api_server_leaves_the_webhook_service_until_healed(
+    deployed: DeployedOperator, api: client.ApiClient
+) -> None:
+    """A standby cut off from the API server (reject rules in its pod's network namespace, as the
+    chaos target's pod-netns cut makes them) cannot decide admission reviews (each CREATE reads the
+    id's claim): its /readyz says why, the kubelet marks it unready, the Service stops sending it
+    webhook calls, and every write goes through the other replica; healed, it is Ready again."""
+    holder = wait_for(lambda: _leader(api), bool, 60, "a leader")
+    core = client.CoreV1Api(api)
+    standby = next(p for p in _operator_pods(api) if not holder.startswith(p.metadata.name + "_"))
+    name, address = standby.metadata.name, standby.status.pod_ip
+    assert address in _ready_webhook_addresses(api)
+    pets = PetApi(api, SERVED[0])
+    pets.create_store("cut-shop", {"allowedTags": []})
+    pid = netns_cut.pod_pid(standby.metadata.uid)
+    netns_cut.cut(pid, netns_cut.apiserver_endpoints(api))
+    try:
+        readyz = _exec(api, name, ["/opt/venv/bin/python", "-c", READYZ])
+        wait_for(lambda: core.read_namespaced_pod(name, OPERATOR_NAMESPACE), lambda pod: not _ready(pod), 60,
+                 f"the cut replica {name} to turn unready")
+        wait_for(lambda: _ready_webhook_addresses(api), lambda ready: address not in ready, 30,
+                 "the webhook Service to drop the cut replica")
+        writer = Writer(pets, "cut-shop", first_id=9501, limit=20, seconds=60, pause=0.05)
+        writer.start()
+        writer.join(90)
+        assert not writer.failures, writer.failures[:5]
+        assert len(writer.created) == 20
+    finally:
+        healed = netns_cut.uncut(pid)
+    assert healed["present"] and healed["rejected_packets"] > 0, healed
+    assert "503 no answer from the API server" in readyz, readyz
+    wait_for(lambda: core.read_namespaced_pod(name, OPERATOR_NAMESPACE), _ready, 60,
+             f"the healed replica {name} to be Ready again")
+    wait_for(lambda: _ready_webhook_addresses(api), lambda ready: address in ready, 30,
+             "the webhook Service to send to the healed replica again")
+    assert core.read_namespaced_pod(name, OPERATOR_NAMESPACE).status.container_statuses[0].restart_count == 0
+
+
+#: run in the cut replica: its own /readyz a few seconds into the cut (after the grace), code and body
+READYZ = """
+import time, urllib.error, urllib.request
+deadline = time.monotonic() + 20
+while True:
+    try:
+        with urllib.request.urlopen("http://127.0.0.1:8080/readyz", timeout=2) as answer:
+            code, body = answer.status, answer.read().decode()
+    except urllib.error.HTTPError as error:
+        code, body = error.code, error.read().decode()
+    if code == 503 or time.monotonic() > deadline:
+        break
+    time.sleep(0.5)
+print(code, body.strip())
+"""
 
 
 def test_deleting_a_served_namespace_finishes_and_releases_its_claims(

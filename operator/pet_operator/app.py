@@ -14,6 +14,7 @@ from collections.abc import Callable
 import kopf
 
 from pet_operator import handlers, metrics, model
+from pet_operator.api_reachability import ApiReachability, probe_while_failing
 from pet_operator.bindings import BindingGuard
 from pet_operator.config import Config
 from pet_operator.events import EventRecorder
@@ -75,9 +76,11 @@ def make_settings(exit_timeout: float = 20.0) -> kopf.OperatorSettings:
 
 
 class Readiness:
-    """Ready once Kopf has started and every existing object has been seen on a watch."""
+    """Ready once Kopf has started and every existing object has been seen on a watch, and while
+    the API server answers this replica's requests (``api``; api_reachability.py says why)."""
 
-    def __init__(self) -> None:
+    def __init__(self, api: ApiReachability | None = None) -> None:
+        self.api = api
         self.started = asyncio.Event()
         self.synced_event = asyncio.Event()
         self.synced = False
@@ -87,9 +90,12 @@ class Readiness:
     def check(self) -> tuple[bool, str]:
         if self.stopping:
             return False, "shutting down"
-        if self.synced:
-            return True, "ok"
-        return False, self.detail
+        if not self.synced:
+            return False, self.detail
+        problem = self.api.problem() if self.api is not None else None
+        if problem is not None:
+            return False, problem
+        return True, "ok"
 
 
 RELIST_SECONDS = 10.0  # initial sync: how often objects still unseen are listed again
@@ -314,7 +320,9 @@ async def main(
     install_task_factory(asyncio.get_running_loop())
     if config.kubeconfig:
         os.environ["KUBECONFIG"] = config.kubeconfig  # Kopf's login reads it too
-    kube = Kube(load_credentials(config.kubeconfig), claims_namespace=config.claims_namespace)
+    reachability = ApiReachability()
+    kube = Kube(load_credentials(config.kubeconfig), claims_namespace=config.claims_namespace,
+                reachability=reachability)
     recorder = EventRecorder(kube, config.event_level)
     # Every write is fenced by leadership. The elector is built last (when it starts leading it
     # reconciles through the objects below), so the fence asks it by name: with leader election on,
@@ -331,7 +339,7 @@ async def main(
     if not config.leader_elect:  # a leader-electing replica lists them when it starts leading
         await prime_claims(config, kube, ids)
     registry = kopf.OperatorRegistry()
-    readiness = Readiness()
+    readiness = Readiness(reachability)
     indexes = Indexes(complete=readiness.synced_event)  # handlers reconcile once all is indexed
     counts = handlers.register(registry, rec, indexes)
     deadlines = Deadlines(config.shutdown_grace, config.shutdown_drain_delay if config.webhook_port else 0.0)
@@ -348,7 +356,8 @@ async def main(
         webhook = await start_webhook(config, kube, store_lookup(kube, indexes, readiness))
         background = [asyncio.create_task(initial_sync(config, kube, rec, readiness)),
                       asyncio.create_task(release_forever()),
-                      asyncio.create_task(maintenance(config, rec, indexes, readiness, catch_up=elector is None))]
+                      asyncio.create_task(maintenance(config, rec, indexes, readiness, catch_up=elector is None)),
+                      asyncio.create_task(probe_while_failing(reachability, kube.server_version))]
         campaign = asyncio.create_task(campaign_forever(elector, ids, shutdown)) if elector is not None else None
         requested = asyncio.create_task(shutdown.requested.wait())
     log.info("serving %s; claims in %s; health on %s port %d", config.scope, config.claims_namespace,

@@ -1,8 +1,9 @@
 """Liveness (``/healthz``) and readiness (``/readyz``) over plain HTTP.
 
 Liveness answers while the event loop runs. Readiness answers 200 once Kopf has
-listed every watched resource (its indexes are filled) and the operator is not
-shutting down; otherwise 503 with the reason in the body.
+listed every watched resource (its indexes are filled), the operator is not
+shutting down and the API server answers its requests (api_reachability.py);
+otherwise 503 with the reason in the body.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from pet_operator import rest
+from pet_operator.api_reachability import ApiReachability
 from pet_operator.claims import CLAIM_LABEL, FINALIZER, Claim, claim_body, claim_from_body, claim_name
 from pet_operator.model import GROUP, PETS, PETSTORES, VERSION, LeaseRecord, StoreView
 from pet_operator.rest import JSON_PATCH, MERGE_PATCH, ApiError
@@ -53,13 +54,18 @@ class Kube:
 
     def __init__(
         self, credentials: rest.Credentials, claims_namespace: str = "pet-system", timeouts: Timeouts = Timeouts(),
+        reachability: ApiReachability | None = None,
     ) -> None:
-        self.rest = rest.RestClient(credentials, pool=API_CONNECTIONS)
+        self.rest = rest.RestClient(credentials, pool=API_CONNECTIONS, reachability=reachability)
         self.claims_namespace = claims_namespace
         self.timeouts = timeouts
 
     async def close(self) -> None:
         await self.rest.close()
+
+    async def server_version(self) -> dict[str, Any]:
+        """``GET /version``: the cheapest question every client may ask (the reachability probe)."""
+        return await self.rest.request("GET", "/version", timeout=self.timeouts.read)
 
     async def _get(self, path: str, params: Mapping[str, str] | None = None) -> dict[str, Any] | None:
         """The object at ``path``; None if there is none (404)."""

@@ -33,6 +33,7 @@ import aiohttp
 import yaml
 
 from pet_operator import metrics
+from pet_operator.api_reachability import ApiReachability
 
 JSON = "application/json"
 MERGE_PATCH = "application/merge-patch+json"
@@ -186,8 +187,11 @@ class RestClient:
     """Requests to one API server over a pooled keep-alive session."""
 
     def __init__(self, credentials: Credentials, pool: int = 100,
-                 measure: metrics.OperatorMetrics | None = None) -> None:
+                 measure: metrics.OperatorMetrics | None = None,
+                 reachability: ApiReachability | None = None) -> None:
+        """``reachability``: told of every request that got an answer and every one that got none."""
         self.credentials = credentials
+        self.reachability = reachability if reachability is not None else ApiReachability()
         self.pool = pool
         self._session: aiohttp.ClientSession | None = None
         self.requests = 0
@@ -226,9 +230,16 @@ class RestClient:
                     code = response.status
                     text = await response.text()
         except TimeoutError:
+            if code is None:
+                self.reachability.failed(f"{method} {path}: no answer within {timeout:g}s")
             raise TimeoutError(f"{method} {path}: no answer within {timeout:g}s") from None
+        except (aiohttp.ClientError, OSError) as exc:
+            if code is None:
+                self.reachability.failed(f"{method} {path}: {type(exc).__name__}: {exc}"[:300])
+            raise
         finally:
             self.metrics.api_request(method, self.host, code, time.monotonic() - started)
+        self.reachability.answered()
         if response.status >= 400:
             raise _error(response.status, response.reason or "", text)
         return json.loads(text) if text else {}

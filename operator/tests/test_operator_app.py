@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -247,6 +248,9 @@ class FakeAppKube(FakeWriter):
     async def close(self) -> None:
         self.closed = True
 
+    async def server_version(self) -> dict[str, Any]:
+        return {"gitVersion": "v0.0.0-fake"}
+
     async def list_claims(self) -> list[Any]:
         return []
 
@@ -284,11 +288,14 @@ def _run_main(cfg: Config, fake: FakeKopf, kube: FakeAppKube, monkeypatch: pytes
         credentials.append(kubeconfig)
 
     monkeypatch.setattr(app, "load_credentials", fake_load_credentials)
-    monkeypatch.setattr(app, "Kube", lambda credentials, claims_namespace: kube)
+    monkeypatch.setattr(app, "Kube", lambda credentials, claims_namespace, reachability: kube)
     monkeypatch.setattr(kopf, "spawn_tasks", fake.spawn_tasks)
     monkeypatch.setattr(kopf, "run_tasks", fake.run_tasks)
     exits: list[int] = []
-    cfg = Config(**{**cfg.__dict__, "health_port": 0})  # any free port
+    with socket.socket() as probe:  # metrics: a free port (the default 9090 collides between xdist workers)
+        probe.bind(("127.0.0.1", 0))
+        metrics_port = probe.getsockname()[1]
+    cfg = Config(**{**cfg.__dict__, "health_port": 0, "metrics_port": metrics_port})  # health: any free port
     code = app.main(cfg, exit_now=exits.append, stop_signals=(signal.SIGUSR1,))
     return code, credentials, exits
 
