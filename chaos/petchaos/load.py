@@ -106,11 +106,13 @@ def after_experiment_control(context: Any, state: Any = None, configuration: dic
         with open(report, "w") as f:
             json.dump({"namespace": settings["namespace"], "prefix": settings["prefix"], "id_base": settings["id_base"],
                        "created": len(load.created), "deleted": len(load.deleted), "operations": load.ops,
-                       "errors": load.errors, "lost": lost, "left_after_cleanup": left}, f, indent=2)
+                       "errors": load.errors, "error_kinds": dict(load.error_kinds.most_common(10)), "lost": lost,
+                       "left_after_cleanup": left}, f, indent=2)
     if lost:
         logger.error("pets created by the load, never deleted, and missing: %s", lost[:20])
-    logger.info("pet load stopped: %d created, %d errors; %d of its pets still present after cleanup",
-                len(load.created), load.errors, len(left))
+    kinds = "; ".join(f"{n} x {kind}" for kind, n in load.error_kinds.most_common(5))
+    logger.info("pet load stopped: %d created, %d errors%s; %d of its pets still present after cleanup",
+                len(load.created), load.errors, f" ({kinds})" if kinds else "", len(left))
     if left:
         logger.warning("pets of the load still present in %s: %s", settings["namespace"], sorted(left)[:20])
 

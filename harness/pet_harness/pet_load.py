@@ -6,13 +6,28 @@ load control (``petchaos.load``).
 
 from __future__ import annotations
 
+import collections
+import json
 import threading
 
 from kubernetes.client.exceptions import ApiException
 
 from pet_harness.kube import PetApi
 
-__all__ = ["PetLoad"]
+__all__ = ["PetLoad", "error_kind"]
+
+
+def error_kind(exc: BaseException) -> str:
+    """A failed request in a few words: the API's status and reason, and the start of its message
+    (a webhook's refusal names the webhook), or the exception's type."""
+    if isinstance(exc, ApiException):
+        message = ""
+        try:
+            message = str(json.loads(exc.body or "{}").get("message") or "")
+        except (ValueError, AttributeError):
+            message = str(exc.body or "")
+        return f"{exc.status} {exc.reason}: {message[:80]}".rstrip(": ")
+    return type(exc).__name__
 
 
 class PetLoad:
@@ -35,6 +50,7 @@ class PetLoad:
         self.deleted: set[str] = set()
         self.attempted = 0
         self.errors = 0
+        self.error_kinds: collections.Counter[str] = collections.Counter()  # what failed, by status and reason
         self.ops = 0
         self._stop = threading.Event()
         self._running = threading.Event()  # set: the load works; clear: paused
@@ -73,8 +89,9 @@ class PetLoad:
             self._idle.clear()
             try:
                 self._one(step)
-            except Exception:  # noqa: BLE001 - faults make requests fail; the load goes on
+            except Exception as exc:  # noqa: BLE001 - faults make requests fail; the load goes on
                 self.errors += 1
+                self.error_kinds[error_kind(exc)] += 1
             finally:
                 self._idle.set()
             step += 1
