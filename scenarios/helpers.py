@@ -61,3 +61,16 @@ def record(request: Any, name: str, data: dict[str, Any]) -> None:
         directory = Path(str(request.config.rootpath)) / directory
     directory.mkdir(parents=True, exist_ok=True)
     (directory / f"{name}.json").write_text(json.dumps(data, indent=2))
+
+
+def assert_chaos_passed(summary: dict[str, Any]) -> None:
+    """A chaos experiment's summary (chaos_runner) says it passed on every count; shows it if not."""
+    shown = json.dumps({k: v for k, v in summary.items() if k != "final_steady_state"}, indent=2, default=str)
+    assert summary["status"] == "completed", shown
+    assert summary["deviated"] is False, shown
+    assert summary["failed_activities"] == 0, shown
+    assert summary["writes_by_non_leaders"] == 0, shown
+    assert summary["pets_lost"] == 0, shown
+    assert summary["duplicate_ids"] == 0, shown
+    assert summary.get("error") is None, shown
+    assert summary["passed"], shown

@@ -9,11 +9,11 @@ summaries go to ``<--pet-report-dir>/chaos/`` (default ``reports/chaos/``).
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import assert_chaos_passed
 
 from pet_harness import chaos_runner
 
@@ -41,12 +41,4 @@ def test_experiment_keeps_the_steady_state(experiment: str, request: pytest.Fixt
     # experiment; summaries of earlier runs left in the folder are not this run's
     _RUN_SUMMARIES[experiment] = summary
     (results / "summary.md").write_text(chaos_runner.summary_markdown(list(_RUN_SUMMARIES.values())))
-    shown = json.dumps({k: v for k, v in summary.items() if k != "final_steady_state"}, indent=2, default=str)
-    assert summary["status"] == "completed", shown
-    assert summary["deviated"] is False, shown
-    assert summary["failed_activities"] == 0, shown
-    assert summary["writes_by_non_leaders"] == 0, shown
-    assert summary["pets_lost"] == 0, shown
-    assert summary["duplicate_ids"] == 0, shown
-    assert summary["error"] is None, shown
-    assert summary["passed"], shown
+    assert_chaos_passed(summary)

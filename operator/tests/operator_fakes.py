@@ -7,10 +7,13 @@ which works because pytest puts this directory on ``sys.path`` (no ``__init__.py
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import dataclasses
-from collections.abc import AsyncGenerator, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Any
+
+from aiohttp import web
 
 from pet_operator import model
 from pet_operator.model import Key, PetIndex, PetSnapshot, StoreSnapshot
@@ -216,3 +219,20 @@ def by_store_of(*pets: PetSnapshot) -> CountingIndex:
         if p.store:
             data.setdefault((p.namespace, p.store), []).append((p.namespace, p.name))
     return CountingIndex(data)
+
+
+@contextlib.asynccontextmanager
+async def plain_http(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> AsyncIterator[str]:
+    """A plain-HTTP stand-in for the API server on a free loopback port, every path and method to
+    ``handler``; yields its base URL and stops it after the block."""
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()

@@ -15,7 +15,7 @@ import kopf
 import pytest
 from aiohttp import web
 from claim_fakes import FakeClaimStore, FakeEventApi, FakeFinalizers
-from operator_fakes import NS, Clock, FakeWriter, IdsNotEnforced, pet_body
+from operator_fakes import NS, Clock, FakeWriter, IdsNotEnforced, pet_body, plain_http
 from prometheus_client.parser import text_string_to_metric_families
 
 from pet_operator import admission, handlers, model, rest
@@ -449,15 +449,8 @@ async def api_server() -> AsyncIterator[str]:
             return web.json_response({"kind": "Status", "code": 404, "reason": "NotFound"}, status=404)
         return web.json_response({"kind": "Thing"})
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", answer)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield f"http://127.0.0.1:{port}"
-    await runner.cleanup()
+    async with plain_http(answer) as url:
+        yield url
 
 
 async def test_api_requests_are_counted_by_code_method_and_host(api_server: str) -> None:

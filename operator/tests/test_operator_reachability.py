@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 from aiohttp import web
+from operator_fakes import plain_http
 
 from pet_operator import rest
 from pet_operator.api_reachability import ApiReachability, probe_while_failing
@@ -74,23 +75,16 @@ class Api:
 
 
 @pytest.fixture
-async def api() -> AsyncIterator[tuple[Api, str, web.AppRunner]]:
+async def api() -> AsyncIterator[tuple[Api, str]]:
     fake = Api()
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", fake.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield fake, f"http://127.0.0.1:{port}", runner
-    await runner.cleanup()
+    async with plain_http(fake.handle) as url:
+        yield fake, url
 
 
 async def test_the_rest_client_tells_answers_from_requests_that_got_none(
-    api: tuple[Api, str, web.AppRunner], unused_tcp_port: int
+    api: tuple[Api, str], unused_tcp_port: int
 ) -> None:
-    fake, url, _ = api
+    fake, url = api
     reach = ApiReachability(grace=0)
     client = rest.RestClient(rest.Credentials(url, False), reachability=reach)
     dead = rest.RestClient(rest.Credentials(f"http://127.0.0.1:{unused_tcp_port}", False), reachability=reach)
@@ -113,8 +107,8 @@ async def test_the_rest_client_tells_answers_from_requests_that_got_none(
         await dead.close()
 
 
-async def test_a_cancelled_request_says_nothing_about_the_server(api: tuple[Api, str, web.AppRunner]) -> None:
-    _, url, _ = api
+async def test_a_cancelled_request_says_nothing_about_the_server(api: tuple[Api, str]) -> None:
+    _, url = api
     reach = ApiReachability(grace=0)
     client = rest.RestClient(rest.Credentials(url, False), reachability=reach)
     try:

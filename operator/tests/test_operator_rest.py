@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import yaml
 from aiohttp import web
+from operator_fakes import plain_http
 
 from pet_operator import rest
 
@@ -39,15 +40,8 @@ class Server:
 @pytest.fixture
 async def server() -> AsyncIterator[tuple[Server, str]]:
     fake = Server()
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", fake.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield fake, f"http://127.0.0.1:{port}"
-    await runner.cleanup()
+    async with plain_http(fake.handle) as url:
+        yield fake, url
 
 
 async def test_a_call_sends_json_and_the_token_and_returns_the_answer(server: tuple[Server, str]) -> None:

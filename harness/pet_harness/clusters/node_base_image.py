@@ -23,6 +23,7 @@ from pet_harness import binaries, versions
 from pet_harness.clusters.base import ClusterError
 from pet_harness.clusters.node_images import go_arch, images_dir
 from pet_harness.clusters.node_packages import find_tool
+from pet_harness.oci_image import sha256_file
 
 #: what a Python program's image needs: the interpreter and its venv module (pip comes with it),
 #: an init for PID 1 and the CA certificates (pip's downloads at build time)
@@ -121,14 +122,6 @@ def mmdebstrap_command(out_tar: Path, packages: tuple[str, ...], suite: str, sou
     ]
 
 
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return "sha256:" + digest.hexdigest()
-
-
 def _put_blob(layout: Path, data: bytes) -> tuple[str, int]:
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     (layout / "blobs" / "sha256" / digest.split(":", 1)[1]).write_bytes(data)
@@ -142,7 +135,7 @@ def write_layout(layout: Path, rootfs_tar: Path, reference: str, config: dict[st
     arch = arch or go_arch()
     blobs = layout / "blobs" / "sha256"
     blobs.mkdir(parents=True, exist_ok=True)
-    layer_digest = _file_digest(rootfs_tar)
+    layer_digest = sha256_file(rootfs_tar)
     layer_size = rootfs_tar.stat().st_size
     rootfs_tar.replace(blobs / layer_digest.split(":", 1)[1])
     config_digest, config_size = _put_blob(layout, json.dumps({

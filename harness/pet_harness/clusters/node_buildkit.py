@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
 import os
@@ -34,6 +33,7 @@ from pet_harness.clusters.base import ClusterError
 from pet_harness.clusters.node_base_image import OciLayout
 from pet_harness.clusters.node_images import images_dir
 from pet_harness.clusters.node_packages import tool
+from pet_harness.file_lock import exclusive_lock
 from pet_harness.processes import ManagedProcess
 
 
@@ -110,24 +110,16 @@ def state_lock(state: Path, timeout: float = 1800, say: binaries.Progress | None
     """One buildkitd at a time on ``state`` (two on one state folder fight over its database):
     wait up to ``timeout`` seconds for another build of this machine, then fail naming the lock."""
     lock_file = state.with_name(state.name + ".lock")
-    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        deadline = time.monotonic() + timeout
-        told = False
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise ClusterError(f"another image build holds {lock_file}; waited {timeout:.0f}s") from None
-                if not told and say:
-                    say(f"waiting for another image build of this machine ({lock_file})")
-                    told = True
-                time.sleep(0.5)
+
+    def waiting() -> None:
+        if say:
+            say(f"waiting for another image build of this machine ({lock_file})")
+
+    def too_long() -> Exception:
+        return ClusterError(f"another image build holds {lock_file}; waited {timeout:.0f}s")
+
+    with exclusive_lock(lock_file, timeout, waiting, too_long):
         yield
-    finally:
-        os.close(fd)  # the kernel releases the flock with the last descriptor
 
 
 #: the prefix of the temporary folder that holds a build's buildkitd socket and log

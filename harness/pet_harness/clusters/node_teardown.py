@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import fcntl
 import json
 import os
 import shutil
@@ -37,6 +36,7 @@ from typing import Any
 
 from pet_harness.clusters import node_network
 from pet_harness.clusters.base import ClusterError
+from pet_harness.file_lock import exclusive_lock
 from pet_harness.processes import pid_alive
 
 LOCK_FILE = Path("/run/lock/pet-harness-node.lock")
@@ -95,32 +95,21 @@ def lock_timeout_from_env() -> float:
 @contextlib.contextmanager
 def node_lock(timeout: float, say: Say = _quiet, lock_file: Path = LOCK_FILE) -> Iterator[int]:
     """Hold the machine's node lock: wait up to ``timeout`` seconds, then fail naming the holder."""
-    lock_file.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        deadline = time.monotonic() + timeout
-        told = False
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                holder = read_state()
-                if time.monotonic() >= deadline:
-                    raise ClusterError(
-                        f"another node cluster holds {lock_file} (owner pid {holder.get('owner_pid', '?')}, "
-                        f"work folder {holder.get('workdir', '?')}): only one runs on a machine at a time, "
-                        "because the kubelet and containerd write the same host paths whatever their flags "
-                        f"say. Waited {timeout:.0f}s; stop the other one (`pet-harness cluster down`) or wait"
-                    ) from None
-                if not told:
-                    say(f"waiting for the node cluster of pid {holder.get('owner_pid', '?')} to end "
-                        f"(up to {timeout:.0f}s)")
-                    told = True
-                time.sleep(0.5)
+
+    def waiting() -> None:
+        holder = read_state()
+        say(f"waiting for the node cluster of pid {holder.get('owner_pid', '?')} to end (up to {timeout:.0f}s)")
+
+    def too_long() -> Exception:
+        holder = read_state()
+        return ClusterError(
+            f"another node cluster holds {lock_file} (owner pid {holder.get('owner_pid', '?')}, "
+            f"work folder {holder.get('workdir', '?')}): only one runs on a machine at a time, "
+            "because the kubelet and containerd write the same host paths whatever their flags "
+            f"say. Waited {timeout:.0f}s; stop the other one (`pet-harness cluster down`) or wait")
+
+    with exclusive_lock(lock_file, timeout, waiting, too_long) as fd:
         yield fd
-    finally:
-        os.close(fd)  # closing the last descriptor releases the flock
 
 
 # --- the state record ---------------------------------------------------------------------------
