@@ -25,7 +25,8 @@ def _one(objects: list[dict[str, Any]], kind: str, name: str | None = None) -> d
 
 def test_helm_lint_strict() -> None:
     assert "0 chart(s) failed" in helm.lint(pet_chart.CHART)
-    assert "0 chart(s) failed" in helm.lint(pet_chart.CHART, [combination_values("all-namespaces", "operator", True, False)])
+    all_namespaces = combination_values("all-namespaces", "operator", True, False)
+    assert "0 chart(s) failed" in helm.lint(pet_chart.CHART, [all_namespaces])
 
 
 def test_deploy_is_the_charts_rendering(tmp_path: Path) -> None:
