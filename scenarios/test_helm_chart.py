@@ -20,7 +20,8 @@ from pet_harness import crds, pet_chart, upstream_crds
 from pet_harness.pki import CertificateAuthority
 
 #: where the webhook's certificate comes from (the chart's three sources), and each one's short name
-CERT_SOURCES = {"cert-manager": "certmanager", "operator": "selfsigned", "secret": "secret"}
+CERT_SOURCES = {"cert-manager": "certmanager", "operator": "selfsigned",
+                "secret": "secret"}  # pragma: allowlist secret - names
 COMBINATIONS = [
     pytest.param(i, mode, cert, mon, np, id=f"{mode}-{CERT_SOURCES[cert]}-"
                  f"{'monitors' if mon else 'nomonitors'}-{'netpol' if np else 'nonetpol'}")
@@ -60,7 +61,8 @@ def test_every_combination_is_admitted_by_the_api_server(
         "watch": {"mode": mode, "namespaces": [served]},
         "certManager": {"enabled": cert_manager},
         "replicaCount": 1 if cert == "operator" else 2,  # the operator's own certificate: one replica
-        **({"webhookTLS": {"existingSecret": "webhook-tls", "caBundle": CA_BUNDLE}} if cert == "secret" else {}),
+        **({"webhookTLS": {"existingSecret": "webhook-tls",  # pragma: allowlist secret - a name
+                           "caBundle": CA_BUNDLE}} if cert == "secret" else {}),
         "metrics": {"serviceMonitor": {"enabled": monitors}, "prometheusRule": {"enabled": monitors}},
         "networkPolicy": {"enabled": network_policy},
     }

@@ -176,7 +176,7 @@ def test_names_follow_the_release() -> None:
                                            "set replicaCount=1", "webhookTLS.existingSecret"]),
     ({**cert_values("secret"), "certManager": {"enabled": True}},
      ["webhookTLS.existingSecret is \"pet-operator-webhook-tls\"", "certManager.enabled is true"]),
-    ({**cert_values("secret"), "webhookTLS": {"existingSecret": "mine"}},
+    ({**cert_values("secret"), "webhookTLS": {"existingSecret": "mine"}},  # pragma: allowlist secret - a Secret's name
      ["webhookTLS.existingSecret is \"mine\"", "webhookTLS.caBundle is empty"]),
     ({"certManager": {"enabled": False}, "replicaCount": 1, "webhookTLS": {"caBundle": SECRET_TLS["caBundle"]}},
      ["webhookTLS.caBundle is set", "webhookTLS.existingSecret is empty"]),
